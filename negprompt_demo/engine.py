@@ -1,0 +1,233 @@
+"""Paired generation: one seed through the pipeline twice — empty negative prompt vs the user's — in ONE call.
+
+Both runs share the prompt, the seed (one generator per batch item, seeded alike, so the starting noise is the
+same), the scheduler and every setting; only the negative branch of classifier-free guidance differs:
+
+    ε = ε_neg + s · (ε_text − ε_neg)
+
+The two runs go through the pipeline as one batch, so every denoising step is a single batched UNet call for both.
+Each run equals what a plain diffusers call with that negative prompt gives (tested to ≤ 2/255 on CPU fp32).
+
+"Empty negative" means what a plain call with no negative prompt gets: the encoded empty string "" for SD 1.x/2.x,
+and for SDXL models with `force_zeros_for_empty_prompt` (the base model) all-zero embeddings rather than "".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from PIL import Image
+
+from negprompt_demo.loading import model_defaults, model_family, model_label, native_size
+from negprompt_demo.previews import decode_previews
+from negprompt_demo.settings import SCHEDULERS, CompareSettings, resolve_settings
+from negprompt_demo.trace import GuidanceTrace, GuidanceTracer, StepRecord
+
+# on_step(done_steps, total_steps, record): record is None when the trace is off.
+StepCallback = Callable[[int, int, "StepRecord | None"], None]
+
+
+class GenerationCancelled(RuntimeError):
+    """The caller's stop flag ended the run between two steps."""
+
+
+class NonFiniteError(RuntimeError):
+    """The sample became NaN or infinite; the message names the step."""
+
+
+@dataclass
+class Comparison:
+    """The result of one paired run: both images, the settings that really ran (seed included) and the trace."""
+
+    without_negative: Image.Image
+    with_negative: Image.Image
+    settings: CompareSettings
+    model: str
+    trace: GuidanceTrace | None
+    warnings: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+_locks: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_base_scheduler_configs: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_locks_guard = threading.Lock()
+
+
+def pipeline_lock(pipe) -> threading.Lock:
+    """One run at a time per pipeline: hooks, the scheduler and the interrupt flag are pipeline state."""
+    with _locks_guard:
+        if pipe not in _locks:
+            _locks[pipe] = threading.Lock()
+            _base_scheduler_configs[pipe] = pipe.scheduler.config
+        return _locks[pipe]
+
+
+def prepare(pipe, settings: CompareSettings) -> tuple[CompareSettings, list[str]]:
+    """Validate and complete the settings for this model; return them with the warnings a user must see."""
+    resolved = resolve_settings(settings, native_size(pipe), model_defaults(pipe))
+    warnings = []
+    if resolved.guidance <= 1:
+        warnings.append(
+            f"Guidance scale {resolved.guidance:g} ≤ 1 turns classifier-free guidance off, so the negative prompt "
+            "has no effect: both images are the same. Use a scale above 1 (7.5 is usual)."
+        )
+    if not resolved.negative:
+        warnings.append("The negative prompt is empty, so both images are the same.")
+    warnings += truncation_warnings(pipe, resolved.prompt, "prompt")
+    warnings += truncation_warnings(pipe, resolved.negative, "negative prompt")
+    return resolved, warnings
+
+
+def truncation_warnings(pipe, text: str, field_name: str) -> list[str]:
+    """CLIP reads 77 tokens (75 words-pieces plus start/end); say exactly which words it never sees."""
+    tokenizer = pipe.tokenizer if pipe.tokenizer is not None else pipe.tokenizer_2
+    if not text or tokenizer is None:
+        return []
+    ids = tokenizer(text, truncation=False, add_special_tokens=True).input_ids
+    limit = tokenizer.model_max_length
+    if len(ids) <= limit:
+        return []
+    cut = tokenizer.decode(ids[limit - 1 : -1]).strip()
+    return [
+        f"The {field_name} is {len(ids) - 2} tokens long but the text encoder reads only {limit - 2}; "
+        f'these words were cut: "{cut}"'
+    ]
+
+
+def compare(
+    pipe,
+    settings: CompareSettings,
+    *,
+    trace: bool = True,
+    on_step: StepCallback | None = None,
+    stop: threading.Event | None = None,
+) -> Comparison:
+    """Run one seed with and without the negative prompt, in one batched pipeline call, recording the trace."""
+    started = time.perf_counter()
+    resolved, warnings = prepare(pipe, settings)
+    with pipeline_lock(pipe):
+        cfg_active = resolved.guidance > 1 and pipe.unet.config.time_cond_proj_dim is None
+        tracer = GuidanceTracer(pipe, resolved.guidance, cfg_active, resolved.push_map) if trace else None
+        images, nsfw = _sample(pipe, resolved, [resolved.seed], tracer, on_step, stop)
+        if tracer is not None:
+            _fill_previews(pipe, tracer.trace.steps)
+    for run, flagged in zip(("without", "with"), nsfw):
+        if flagged:
+            warnings.append(f"The model's safety checker blanked the image {run} the negative prompt.")
+    return Comparison(
+        without_negative=images[0],
+        with_negative=images[1],
+        settings=resolved,
+        model=model_label(pipe),
+        trace=None if tracer is None else tracer.trace,
+        warnings=warnings,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def generate_pairs(pipe, settings: CompareSettings, seeds: list[int]) -> list[tuple[Image.Image, Image.Image]]:
+    """Many seeds at once, no trace: (image with empty negative, image with the negative) per seed, all in ONE
+    batched pipeline call. Used for evaluation, where one seed per call would waste most of the time."""
+    if not seeds:
+        return []
+    resolved, _ = prepare(pipe, settings.replace(seed=seeds[0]))
+    with pipeline_lock(pipe):
+        images, _ = _sample(pipe, resolved, [int(seed) for seed in seeds], None, None, None)
+    return [(images[2 * i], images[2 * i + 1]) for i in range(len(seeds))]
+
+
+@torch.no_grad()
+def _sample(pipe, settings: CompareSettings, seeds: list[int], tracer, on_step, stop):
+    """The single pipeline call. Batch items are [seed0 without, seed0 with, seed1 without, ...]."""
+    scheduler_class, scheduler_kwargs = SCHEDULERS[settings.scheduler]
+    pipe.scheduler = scheduler_class.from_config(_base_scheduler_configs[pipe], **scheduler_kwargs)
+    cfg_active = settings.guidance > 1 and pipe.unet.config.time_cond_proj_dim is None
+    embeddings = _paired_embeddings(pipe, settings, len(seeds), cfg_active)
+    generators = [torch.Generator(device="cpu").manual_seed(seed) for seed in seeds for _ in range(2)]
+    total = settings.steps
+
+    def on_step_end(pipeline, index: int, timestep, callback_kwargs: dict) -> dict:
+        latents = callback_kwargs["latents"]
+        if not torch.isfinite(latents).all():
+            raise NonFiniteError(
+                f"The sample became NaN/inf at step {index + 1} of {total}; the model or its precision (fp16) "
+                "broke down. Try another scheduler, fewer steps or a lower guidance scale."
+            )
+        record = tracer.record_step(index, latents) if tracer is not None else None
+        if on_step is not None:
+            if record is not None:
+                record.previews = decode_previews(pipe, record.x0_latents, model_family(pipe))
+            on_step(index + 1, total, record)
+        if stop is not None and stop.is_set():
+            raise GenerationCancelled(f"Stopped after step {index + 1} of {total}.")
+        return callback_kwargs
+
+    context = tracer if tracer is not None else contextlib.nullcontext()
+    with context:
+        output = pipe(
+            **embeddings,
+            num_inference_steps=settings.steps,
+            guidance_scale=settings.guidance,
+            width=settings.width,
+            height=settings.height,
+            generator=generators,
+            output_type="np",
+            callback_on_step_end=on_step_end,
+        )
+    pixels = output.images
+    if not np.isfinite(pixels).all():
+        raise NonFiniteError("The decoded image contains NaN/inf (the VAE failed, often fp16 overflow).")
+    images = [Image.fromarray((image * 255).round().astype(np.uint8)) for image in pixels]
+    nsfw = getattr(output, "nsfw_content_detected", None) or [False] * len(images)
+    return images, nsfw
+
+
+def _paired_embeddings(pipe, settings: CompareSettings, seed_count: int, cfg_active: bool) -> dict:
+    """Text embeddings for the batch, encoded once per distinct text and repeated per seed.
+
+    The without-run's negative is what a plain call with no negative prompt uses (see the module docstring),
+    which for SDXL is not the same as encoding "".
+    """
+    device = pipe._execution_device
+    sdxl = model_family(pipe) == "sdxl"
+
+    def encode(negative: str | None):
+        return pipe.encode_prompt(
+            prompt=settings.prompt,
+            device=device,
+            num_images_per_prompt=1,
+            do_classifier_free_guidance=cfg_active,
+            negative_prompt=negative,
+        )
+
+    without = encode(None)
+    with_negative = encode(settings.negative or None) if cfg_active and settings.negative else without
+    count = 2 * seed_count
+    embeds = {"prompt_embeds": without[0].repeat(count, 1, 1)}
+    if sdxl:
+        embeds["pooled_prompt_embeds"] = without[2].repeat(count, 1)
+    if cfg_active:
+        pair = torch.cat([without[1], with_negative[1]])
+        embeds["negative_prompt_embeds"] = pair.repeat(seed_count, 1, 1)
+        if sdxl:
+            pooled_pair = torch.cat([without[3], with_negative[3]])
+            embeds["negative_pooled_prompt_embeds"] = pooled_pair.repeat(seed_count, 1)
+    return embeds
+
+
+def _fill_previews(pipe, steps: list[StepRecord]) -> None:
+    """Decode every step's x0 that the live callback did not already decode, in one batch."""
+    missing = [step for step in steps if step.previews is None]
+    if not missing:
+        return
+    latents = torch.cat([step.x0_latents for step in missing])
+    pictures = decode_previews(pipe, latents, model_family(pipe))
+    for i, step in enumerate(missing):
+        step.previews = pictures[2 * i : 2 * i + 2]

@@ -1,0 +1,250 @@
+"""Loading Stable Diffusion pipelines: the embedded model by default, a hub id or a local folder on request.
+
+Loading is where untrusted input (a model name typed into a public page) meets the network and the disk, so it is
+strict: only SD 1.x/2.x and SDXL text-to-image pipelines, safetensors weights only, no remote code, no custom
+pipelines, names that are either `owner/name` or an existing local folder. Loaded pipelines are cached per name
+with a bound, so switching models cannot exhaust (GPU) memory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+from negprompt_demo.embedded import MODEL_DIR
+
+EMBEDDED = "embedded"
+SUPPORTED_PIPELINES = {
+    "StableDiffusionPipeline": StableDiffusionPipeline,
+    "StableDiffusionXLPipeline": StableDiffusionXLPipeline,
+}
+SUPPORTED_TEXT = "Stable Diffusion 1.x/2.x and SDXL text-to-image models"
+# Component libraries a model_index.json may name; anything else would mean code from the model repository.
+TRUSTED_LIBRARIES = {"diffusers", "transformers", None}
+HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
+# Pipelines of this many parameters or fewer don't count against the cache bound (the embedded model is ~3M).
+SMALL_MODEL_PARAMETERS = 50_000_000
+
+
+class ModelLoadError(RuntimeError):
+    """A model could not be loaded; the message says why and what to do, and is shown to users as it is."""
+
+
+def pick_device() -> tuple[str, torch.dtype]:
+    """CUDA, then Apple MPS, then CPU; half precision only where it is fast and safe (CUDA)."""
+    if torch.cuda.is_available():
+        return "cuda", torch.float16
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "mps", torch.float32
+    return "cpu", torch.float32
+
+
+def check_model_name(name: str | None) -> str:
+    """Normalise a model name and refuse anything that is neither a local folder nor an `owner/name` hub id."""
+    if name is None or not str(name).strip() or str(name).strip() == EMBEDDED:
+        return EMBEDDED
+    name = str(name).strip()
+    if "\x00" in name or len(name) > 512:
+        raise ModelLoadError("That model name is not valid.")
+    if os.path.isdir(name):
+        if not os.path.isfile(os.path.join(name, "model_index.json")):
+            raise ModelLoadError(f"The folder '{name}' is not a diffusers model folder (it has no model_index.json).")
+        return str(Path(name).resolve())
+    if ".." in name or not HUB_ID.match(name):
+        raise ModelLoadError(
+            f"'{name}' is neither an existing local folder nor a Hugging Face model id of the form owner/name."
+        )
+    return name
+
+
+_cache: OrderedDict[str, object] = OrderedDict()
+_cache_lock = threading.Lock()
+
+
+def max_loaded_models(device: str) -> int:
+    """How many big pipelines may stay loaded at once: one on a GPU (an SDXL alone fills a small card)."""
+    return 1 if device in ("cuda", "mps") else 2
+
+
+def load_pipeline(name: str | None = None):
+    """Return the (cached) pipeline for `name`; None or "embedded" means the model shipped in the package."""
+    key = check_model_name(name)
+    with _cache_lock:
+        if key in _cache:
+            _cache.move_to_end(key)
+            return _cache[key]
+        pipe = _load_uncached(key)
+        _cache[key] = pipe
+        _evict_over_bound(pick_device()[0])
+        return pipe
+
+
+def loaded_models() -> list[str]:
+    return list(_cache)
+
+
+def clear_cache() -> None:
+    with _cache_lock:
+        _cache.clear()
+        _free_accelerator_memory()
+
+
+def _evict_over_bound(device: str) -> None:
+    big = [key for key, pipe in _cache.items() if _parameter_count(pipe) > SMALL_MODEL_PARAMETERS]
+    while len(big) > max_loaded_models(device):
+        del _cache[big.pop(0)]  # least recently used first
+        _free_accelerator_memory()
+
+
+def _free_accelerator_memory() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _parameter_count(pipe) -> int:
+    return sum(p.numel() for p in pipe.unet.parameters())
+
+
+def _load_uncached(key: str):
+    device, dtype = pick_device()
+    if key == EMBEDDED:
+        if not (MODEL_DIR / "model_index.json").is_file():
+            raise ModelLoadError(f"The embedded model is missing from the package (expected it in {MODEL_DIR}).")
+        source, shown = str(MODEL_DIR), "the embedded model"
+    else:
+        source, shown = key, f"'{key}'"
+
+    index = _read_model_index(source, shown)
+    class_name = index.get("_class_name")
+    if not isinstance(class_name, str) or class_name not in SUPPORTED_PIPELINES:
+        raise ModelLoadError(f"{shown} is a {class_name or 'unknown'} model; this demo supports {SUPPORTED_TEXT}.")
+    for component, spec in index.items():
+        if isinstance(spec, list) and spec and spec[0] not in TRUSTED_LIBRARIES:
+            raise ModelLoadError(
+                f"{shown} needs custom code for its '{component}' ({spec[0]}); this demo never runs code from a "
+                "model repository."
+            )
+
+    pipeline_class = SUPPORTED_PIPELINES[class_name]
+    try:
+        pipe = pipeline_class.from_pretrained(source, dtype=dtype, use_safetensors=True)
+    except (OSError, ValueError) as error:
+        message = str(error)
+        if "safetensors" in message:
+            raise ModelLoadError(
+                f"{shown} has no safetensors weights; pickle (.bin/.ckpt) weights are refused because loading them "
+                "can run arbitrary code. Use a version of the model saved as safetensors."
+            ) from None
+        raise ModelLoadError(f"Could not load {shown}: {message.splitlines()[0] if message else error!r}") from None
+    pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _read_model_index(source: str, shown: str) -> dict:
+    """Read model_index.json first, so an unsupported or unsafe model is refused before any weight is fetched."""
+    if os.path.isdir(source):
+        path = os.path.join(source, "model_index.json")
+    else:
+        path = _download_model_index(source, shown)
+    try:
+        with open(path, encoding="utf-8") as file:
+            index = json.load(file)
+    except (OSError, json.JSONDecodeError) as error:
+        raise ModelLoadError(f"{shown} has an unreadable model_index.json ({error}).") from None
+    if not isinstance(index, dict):
+        raise ModelLoadError(f"{shown} has an unreadable model_index.json.")
+    return index
+
+
+def _download_model_index(repo_id: str, shown: str) -> str:
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+    )
+
+    offline_message = (
+        f"Could not load {shown}: it is not a local folder, it is not in the local Hugging Face cache, and the "
+        "Hugging Face Hub cannot be reached (offline?). The embedded model works offline: run without --model."
+    )
+    try:  # a model downloaded earlier loads without the network
+        return hf_hub_download(repo_id, "model_index.json", local_files_only=True)
+    except (LocalEntryNotFoundError, FileNotFoundError, OSError):
+        pass
+    if not hub_reachable():
+        raise ModelLoadError(offline_message)
+    try:
+        return hf_hub_download(repo_id, "model_index.json")
+    except GatedRepoError:
+        raise ModelLoadError(f"{shown} is gated on the Hub: accept its licence and log in first.") from None
+    except RepositoryNotFoundError:
+        raise ModelLoadError(f"{shown} was not found on the Hugging Face Hub (or it is private).") from None
+    except LocalEntryNotFoundError:
+        raise ModelLoadError(offline_message) from None
+    except HfHubHTTPError as error:
+        if "404" in str(error):
+            raise ModelLoadError(f"{shown} is not a diffusers pipeline (it has no model_index.json).") from None
+        raise ModelLoadError(f"Could not load {shown}: the Hub answered {str(error).splitlines()[0]}") from None
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """A fast yes/no before any download: huggingface_hub itself retries for ~25 s when offline."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    parsed = urlparse(constants.ENDPOINT)
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parsed.hostname, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+FAMILY_DEFAULTS = {
+    "sd": {"steps": 25, "guidance": 7.5, "scheduler": "Euler"},
+    "sdxl": {"steps": 30, "guidance": 5.0, "scheduler": "Euler"},  # diffusers' SDXL default scale is 5
+}
+
+
+def model_defaults(pipe) -> dict:
+    """Default steps/guidance/scheduler/size: the family's, overridden by a `negprompt_defaults.json` that a model
+    folder may ship (the embedded model does, with the settings its results table was measured at)."""
+    defaults = dict(FAMILY_DEFAULTS[model_family(pipe)])
+    folder = getattr(pipe, "name_or_path", None) or pipe.config.get("_name_or_path")
+    if folder and os.path.isdir(folder):
+        path = os.path.join(folder, "negprompt_defaults.json")
+        if os.path.isfile(path):
+            with open(path, encoding="utf-8") as file:
+                defaults.update(json.load(file))
+    return defaults
+
+
+def model_label(pipe) -> str:
+    """The name to show and to write into metadata: 'embedded' for the shipped model, else the hub id/folder."""
+    source = getattr(pipe, "name_or_path", None) or pipe.config.get("_name_or_path") or "unknown"
+    if os.path.isdir(source) and Path(source).resolve() == MODEL_DIR.resolve():
+        return EMBEDDED
+    return str(source)
+
+
+def model_family(pipe) -> str:
+    return "sdxl" if isinstance(pipe, StableDiffusionXLPipeline) else "sd"
+
+
+def native_size(pipe) -> int:
+    """The resolution the model was trained at, in pixels: UNet sample size times the VAE's downsampling."""
+    return int(pipe.unet.config.sample_size) * int(pipe.vae_scale_factor)

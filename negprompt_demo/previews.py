@@ -1,0 +1,47 @@
+"""Pictures of latents: the predicted clean sample x0 at each step, shown while and after sampling.
+
+A small VAE (the embedded model's) is decoded for real. Big models' VAEs cost too much per step, so their latents
+are mapped to RGB with the published linear 4×3 factors (the same approximation ComfyUI and A1111 use for live
+previews), at latent resolution.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+# Published latent→RGB factors (rows: latent channels, columns: R, G, B) for the scaled latents diffusers samples.
+LATENT_RGB_FACTORS = {
+    "sd": (
+        [[0.3512, 0.2297, 0.3227], [0.3250, 0.4974, 0.2350], [-0.2829, 0.1762, 0.2721], [-0.2120, -0.2616, -0.7177]],
+        [0.0, 0.0, 0.0],
+    ),
+    "sdxl": (
+        [[0.3651, 0.4232, 0.4341], [-0.2533, -0.0042, 0.1068], [0.1076, 0.1111, -0.0362], [-0.3165, -0.2492, -0.2188]],
+        [0.1084, -0.0175, -0.0011],
+    ),
+}
+# A VAE decoder this small is cheap enough to run at every step.
+SMALL_VAE_PARAMETERS = 5_000_000
+
+
+def uses_vae_for_previews(pipe) -> bool:
+    decoder_size = sum(p.numel() for p in pipe.vae.decoder.parameters())
+    return decoder_size <= SMALL_VAE_PARAMETERS or pipe.vae.config.latent_channels != 4
+
+
+@torch.no_grad()
+def decode_previews(pipe, latents: torch.Tensor, family: str) -> np.ndarray:
+    """[n, c, h, w] latents → [n, H, W, 3] uint8 pictures."""
+    if uses_vae_for_previews(pipe):
+        vae = pipe.vae
+        scaled = latents.to(device=vae.device, dtype=vae.dtype) / vae.config.scaling_factor
+        images = vae.decode(scaled, return_dict=False)[0].float()
+        images = (images / 2 + 0.5).clamp(0, 1)
+    else:
+        factors, bias = LATENT_RGB_FACTORS[family]
+        weight = torch.tensor(factors, dtype=torch.float32)
+        rgb = torch.einsum("nchw,cr->nrhw", latents.float().cpu(), weight) + torch.tensor(bias).view(1, 3, 1, 1)
+        images = ((rgb + 1) / 2).clamp(0, 1)
+    images = torch.nan_to_num(images, nan=0.0)
+    return (images.permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)

@@ -1,0 +1,218 @@
+"""The per-step guidance trace: what classifier-free guidance did at every denoising step of both runs.
+
+During a paired call the UNet sees one batch per step, `[neg_without, neg_with, text_without, text_with]`
+(diffusers puts the negative/unconditional half first). A forward hook on the UNet splits its output into those
+halves, so for each run we get ε_neg and ε_text and hence the guidance direction ε_text − ε_neg, without a single
+extra UNet call. `callback_on_step_end` then adds what only exists after the scheduler step (the new latents).
+
+Optionally the hook appends one batch item — the with-negative run's latents under the *empty* conditioning — so
+ε_empty − ε_neg shows where the negative prompt itself pushes ("negative push" map).
+
+Everything kept is small, on the CPU, at latent resolution and in float16: about 25 MB for 50 SDXL steps at 1024 px.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+RUNS = ("without", "with")  # index 0: empty negative prompt; index 1: the user's negative prompt
+
+
+@dataclass
+class StepRecord:
+    """One denoising step of both runs. Maps are [h, w] per run at latent resolution."""
+
+    index: int  # 0-based step number
+    timestep: float
+    sigma: float  # noise level: x_t = x0 + sigma * noise in the variance-exploding view
+    guidance_map: torch.Tensor  # [2, h, w] float16: ‖ε_text − ε_neg‖ over channels, per latent pixel
+    guidance_mean: tuple[float, float]  # mean of each run's map
+    guidance_cosine: float  # cosine between the two runs' guidance vectors (1 = same direction)
+    divergence: float  # ‖x_with − x_without‖ / ‖x_without‖ of the latents after this step
+    x0_latents: torch.Tensor  # [2, c, h, w] float16: predicted clean sample of each run
+    push_map: torch.Tensor | None = None  # [h, w] float16: ‖ε_empty − ε_neg‖ on the with-run's latents
+    push_mean: float | None = None
+    previews: np.ndarray | None = None  # [2, H, W, 3] uint8 pictures of x0, filled in by the engine
+
+    def scalars(self) -> dict:
+        data = {
+            "step": self.index + 1,
+            "timestep": round(self.timestep, 4),
+            "sigma": round(self.sigma, 5),
+            "guidance_mean": {run: round(value, 6) for run, value in zip(RUNS, self.guidance_mean)},
+            "guidance_cosine": round(self.guidance_cosine, 6),
+            "divergence": round(self.divergence, 6),
+        }
+        if self.push_mean is not None:
+            data["push_mean"] = round(self.push_mean, 6)
+        return data
+
+
+@dataclass
+class GuidanceTrace:
+    """All steps of one comparison, plus what is needed to read them (scale, whether CFG was on)."""
+
+    guidance_scale: float
+    cfg_active: bool
+    prediction_type: str
+    steps: list[StepRecord] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        """Scalars only (maps and previews stay in the PNG/GIF outputs)."""
+        return {
+            "guidance_scale": self.guidance_scale,
+            "cfg_active": self.cfg_active,
+            "prediction_type": self.prediction_type,
+            "runs": list(RUNS),
+            "steps": [step.scalars() for step in self.steps],
+        }
+
+    def series(self, name: str) -> np.ndarray:
+        """One scalar over all steps: 'guidance_without', 'guidance_with', 'divergence', 'guidance_cosine', 'push'."""
+        pick = {
+            "guidance_without": lambda s: s.guidance_mean[0],
+            "guidance_with": lambda s: s.guidance_mean[1],
+            "divergence": lambda s: s.divergence,
+            "guidance_cosine": lambda s: s.guidance_cosine,
+            "push": lambda s: float("nan") if s.push_mean is None else s.push_mean,
+        }[name]
+        return np.array([pick(step) for step in self.steps], dtype=np.float64)
+
+    def nbytes(self) -> int:
+        total = 0
+        for step in self.steps:
+            for tensor in (step.guidance_map, step.x0_latents, step.push_map):
+                if tensor is not None:
+                    total += tensor.numel() * tensor.element_size()
+            if step.previews is not None:
+                total += step.previews.nbytes
+        return total
+
+
+class GuidanceTracer:
+    """Hooks on a pipeline's UNet that record a `GuidanceTrace` for a single-seed paired call.
+
+    Use as a context manager so the hooks are removed even if sampling raises.
+    """
+
+    def __init__(self, pipe, guidance_scale: float, cfg_active: bool, push_map: bool):
+        self.pipe = pipe
+        self.cfg_active = cfg_active
+        self.push_map = push_map and cfg_active
+        self.guidance_scale = guidance_scale
+        self.prediction_type = pipe.scheduler.config.get("prediction_type", "epsilon")
+        self.trace = GuidanceTrace(guidance_scale, cfg_active, self.prediction_type)
+        self._handles = []
+        self._captured = None  # what the hook saw at the current step
+        # log(sigma) at each integer training timestep, to find the noise level of any (fractional) timestep
+        alphas_cumprod = pipe.scheduler.alphas_cumprod.double()
+        self._log_sigmas = 0.5 * torch.log((1 - alphas_cumprod) / alphas_cumprod)
+
+    def __enter__(self) -> GuidanceTracer:
+        unet = self.pipe.unet
+        self._handles.append(unet.register_forward_pre_hook(self._before_unet, with_kwargs=True))
+        self._handles.append(unet.register_forward_hook(self._after_unet, with_kwargs=True))
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        self._captured = None
+
+    # --- hooks -----------------------------------------------------------------------------------------------
+
+    def _before_unet(self, module, args, kwargs):
+        if not self.push_map:
+            return None
+        # Append one item: the with-run's latents (index 1) under the without-run's negative conditioning (index
+        # 0), which is the empty prompt (or SDXL's zero embedding), giving ε_empty on the with-run's own path.
+        sample, timestep = args[0], args[1]
+        sample = torch.cat([sample, sample[1:2]])
+        if torch.is_tensor(timestep) and timestep.ndim == 1 and timestep.shape[0] > 1:
+            timestep = torch.cat([timestep, timestep[1:2]])
+        kwargs = dict(kwargs)
+        hidden = kwargs["encoder_hidden_states"]
+        kwargs["encoder_hidden_states"] = torch.cat([hidden, hidden[0:1]])
+        added = kwargs.get("added_cond_kwargs")
+        if added:
+            kwargs["added_cond_kwargs"] = {key: torch.cat([value, value[0:1]]) for key, value in added.items()}
+        return (sample, timestep, *args[2:]), kwargs
+
+    def _after_unet(self, module, args, kwargs, output):
+        sample, timestep = args[0], args[1]
+        prediction = output[0] if isinstance(output, tuple) else output.sample
+        extra = None
+        if self.push_map:
+            extra = prediction[-1:]
+            prediction = prediction[:-1]
+            sample = sample[:-1]
+        self._captured = (sample.detach(), timestep, prediction.detach(), None if extra is None else extra.detach())
+        if extra is None:
+            return None
+        return (prediction,) if isinstance(output, tuple) else type(output)(sample=prediction)
+
+    # --- per step ---------------------------------------------------------------------------------------------
+
+    def record_step(self, index: int, latents: torch.Tensor) -> StepRecord:
+        """Turn what the hook captured at this step, plus the stepped latents, into a StepRecord."""
+        sample, timestep, prediction, extra = self._captured
+        sample, prediction = sample.float(), prediction.float()
+        t = float(timestep.flatten()[0]) if torch.is_tensor(timestep) else float(timestep)
+        sigma = self.sigma_at(t)
+
+        if self.cfg_active:
+            neg, text = prediction[0:2], prediction[2:4]
+            guided = neg + self.guidance_scale * (text - neg)
+        else:  # no CFG: the batch is just the two conditional items and guidance is zero
+            neg = text = guided = prediction[0:2]
+        direction = text - neg  # [2, c, h, w]
+        guidance_map = direction.norm(dim=1)
+        flat = direction.flatten(1)
+        cosine = torch.nn.functional.cosine_similarity(flat[0:1], flat[1:2], eps=1e-12).item()
+
+        x0 = self.predict_x0(sample[0:2], guided, sigma)
+        stepped = latents.float()
+        divergence = ((stepped[1] - stepped[0]).norm() / stepped[0].norm().clamp_min(1e-12)).item()
+
+        record = StepRecord(
+            index=index,
+            timestep=t,
+            sigma=sigma,
+            guidance_map=guidance_map.half().cpu(),
+            guidance_mean=(guidance_map[0].mean().item(), guidance_map[1].mean().item()),
+            guidance_cosine=cosine if self.cfg_active else float("nan"),
+            divergence=divergence,
+            x0_latents=x0.half().cpu(),
+        )
+        if extra is not None:
+            push = (extra.float()[0] - neg[1]).norm(dim=0)  # ε_empty − ε_neg on the with-run's latents
+            record.push_map = push.half().cpu()
+            record.push_mean = push.mean().item()
+        self.trace.steps.append(record)
+        return record
+
+    def sigma_at(self, timestep: float) -> float:
+        """Noise level of a training timestep, interpolating log-sigma for the fractional ones Karras uses."""
+        last = len(self._log_sigmas) - 1
+        t = min(max(timestep, 0.0), float(last))
+        low = int(math.floor(t))
+        high = min(low + 1, last)
+        weight = t - low
+        log_sigma = (1 - weight) * self._log_sigmas[low] + weight * self._log_sigmas[high]
+        return float(torch.exp(log_sigma))
+
+    def predict_x0(self, model_input: torch.Tensor, model_output: torch.Tensor, sigma: float) -> torch.Tensor:
+        """The clean sample the model predicts now. `model_input` is the UNet's (scaled) input, which every
+        diffusers scheduler puts in the variance-preserving form x_t = √ᾱ·x0 + √(1−ᾱ)·ε."""
+        alpha_bar = 1.0 / (1.0 + sigma * sigma)
+        a, b = math.sqrt(alpha_bar), math.sqrt(1.0 - alpha_bar)
+        if self.prediction_type == "v_prediction":
+            return a * model_input - b * model_output
+        if self.prediction_type == "sample":
+            return model_output
+        return (model_input - b * model_output) / a

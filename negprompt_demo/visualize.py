@@ -1,0 +1,219 @@
+"""Turning a comparison and its trace into pictures, plots and a short reading of the curves.
+
+Nothing here runs a model: every function takes images, a `GuidanceTrace` or a `Comparison` and returns a PIL
+image, a matplotlib figure or text, so the CLI, the app and the docs all draw the same things.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.figure import Figure
+from PIL import Image, ImageDraw, ImageFont
+
+from negprompt_demo.trace import GuidanceTrace
+
+GUIDANCE_COLORMAP = "inferno"
+PUSH_COLORMAP = "viridis"
+DIFFERENCE_COLORMAP = "magma"
+RUN_COLORS = {"without": "#4c78a8", "with": "#e45756"}
+PART_THRESHOLD = 0.05  # runs "part" once their latents differ by 5 % of the latent norm
+
+
+def enlarge(image: Image.Image, min_side: int = 256) -> Image.Image:
+    """Scale up by a whole factor with nearest-neighbour, so a 64 px image shows crisp pixels, not blur."""
+    factor = max(1, -(-min_side // min(image.size)))
+    if factor == 1:
+        return image
+    return image.resize((image.width * factor, image.height * factor), Image.NEAREST)
+
+
+def font(size: int) -> ImageFont.ImageFont:
+    return ImageFont.load_default(size=size)
+
+
+def _wrap(text: str, limit: int) -> list[str]:
+    lines, line = [], ""
+    for word in text.split():
+        if line and len(line) + 1 + len(word) > limit:
+            lines.append(line)
+            line = word
+        else:
+            line = f"{line} {word}".strip()
+    return lines + ([line] if line else [])
+
+
+def run_labels(negative: str) -> tuple[str, str]:
+    shown = negative if len(negative) <= 40 else negative[:37] + "..."
+    return "no negative prompt", f"negative: {shown}" if negative else "negative: (empty)"
+
+
+def side_by_side(comparison, min_side: int = 384) -> Image.Image:
+    """Both images enlarged, labelled, with the settings underneath: the picture to share."""
+    settings = comparison.settings
+    left, right = enlarge(comparison.without_negative, min_side), enlarge(comparison.with_negative, min_side)
+    gap, pad, label_height = 16, 16, 34
+    footer = _wrap(f"prompt: {settings.prompt}", 90) + [
+        f"seed {settings.seed} · {settings.steps} steps · guidance {settings.guidance:g} · {settings.scheduler} · "
+        f"{settings.width}x{settings.height} · model {comparison.model}"
+    ]
+    footer_height = 22 * len(footer) + pad
+    width = left.width + right.width + gap + 2 * pad
+    height = label_height + max(left.height, right.height) + footer_height + pad
+    canvas = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(canvas)
+    for x, image, label in zip((pad, pad + left.width + gap), (left, right), run_labels(settings.negative)):
+        draw.text((x, 8), label, fill="black", font=font(20))
+        canvas.paste(image, (x, label_height))
+    y = label_height + max(left.height, right.height) + 10
+    for line in footer:
+        draw.text((pad, y), line, fill="#333333", font=font(16))
+        y += 22
+    return canvas
+
+
+def difference_heatmap(first: Image.Image, second: Image.Image, min_side: int = 256) -> tuple[Image.Image, float]:
+    """Where the two images differ: mean absolute RGB difference per pixel, coloured. Returns the map and the
+    largest difference in 0..1, so a legend can say what the brightest colour means."""
+    a = np.asarray(first.convert("RGB"), dtype=np.float32) / 255
+    b = np.asarray(second.convert("RGB"), dtype=np.float32) / 255
+    difference = np.abs(a - b).mean(axis=2)
+    peak = float(difference.max())
+    scaled = difference / max(peak, 1 / 255)
+    colored = (colormaps[DIFFERENCE_COLORMAP](scaled)[..., :3] * 255).astype(np.uint8)
+    return enlarge(Image.fromarray(colored), min_side), peak
+
+
+def overlay_map(preview: np.ndarray, values: np.ndarray, vmax: float, colormap: str, alpha: float = 0.55):
+    """Blend a latent-resolution map (upsampled smoothly) over an x0 preview; values are scaled to 0..vmax."""
+    height, width = preview.shape[:2]
+    scaled = np.clip(values / max(vmax, 1e-8), 0, 1).astype(np.float32)
+    upsampled = np.asarray(Image.fromarray(scaled, mode="F").resize((width, height), Image.BILINEAR))
+    colored = colormaps[colormap](np.clip(upsampled, 0, 1))[..., :3]
+    blended = (1 - alpha) * preview.astype(np.float32) / 255 + alpha * colored
+    return Image.fromarray((blended * 255).round().astype(np.uint8))
+
+
+def guidance_vmax(trace: GuidanceTrace) -> float:
+    """One colour scale for all steps and both runs, so brightness can be compared across the scrubber."""
+    peaks = [float(step.guidance_map.float().max()) for step in trace.steps]
+    return max(peaks) if peaks else 1.0
+
+
+def step_views(trace: GuidanceTrace, index: int, min_side: int = 256) -> dict[str, Image.Image]:
+    """Pictures of one step: each run's x0 preview, the same with its guidance map overlaid, and the negative-push
+    map when it was recorded. Keys: x0_without, x0_with, guidance_without, guidance_with, push (optional)."""
+    step = trace.steps[index]
+    vmax = guidance_vmax(trace)
+    views = {}
+    for run_index, run in enumerate(("without", "with")):
+        preview = step.previews[run_index]
+        views[f"x0_{run}"] = enlarge(Image.fromarray(preview), min_side)
+        guidance = step.guidance_map[run_index].float().numpy()
+        views[f"guidance_{run}"] = enlarge(overlay_map(preview, guidance, vmax, GUIDANCE_COLORMAP), min_side)
+    if step.push_map is not None:
+        push_peak = max(float(s.push_map.float().max()) for s in trace.steps if s.push_map is not None)
+        push = step.push_map.float().numpy()
+        views["push"] = enlarge(overlay_map(step.previews[1], push, push_peak, PUSH_COLORMAP), min_side)
+    return views
+
+
+def colorbar(colormap: str, vmax: float, label: str, width: int = 256) -> Image.Image:
+    """A small legend strip: what the overlay colours mean, from 0 to vmax."""
+    strip = (colormaps[colormap](np.linspace(0, 1, width))[None, :, :3] * 255).astype(np.uint8)
+    strip = np.repeat(strip, 14, axis=0)
+    canvas = Image.new("RGB", (width, 40), "white")
+    canvas.paste(Image.fromarray(strip), (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    draw.text((0, 20), "0", fill="black", font=font(13))
+    draw.text((width // 2 - 60, 20), label, fill="black", font=font(13))
+    text = f"{vmax:.3g}"
+    draw.text((width - 8 * len(text), 20), text, fill="black", font=font(13))
+    return canvas
+
+
+def curves_figure(trace: GuidanceTrace, index: int | None = None) -> Figure:
+    """Guidance magnitude of each run, run divergence and guidance cosine over the steps; the chosen step marked."""
+    steps = np.arange(1, len(trace.steps) + 1)
+    figure = Figure(figsize=(7, 5.2), dpi=100, layout="constrained")
+    axes = figure.subplots(3, 1, sharex=True)
+    axes[0].plot(steps, trace.series("guidance_without"), color=RUN_COLORS["without"], label="no negative")
+    axes[0].plot(steps, trace.series("guidance_with"), color=RUN_COLORS["with"], label="with negative")
+    if trace.steps and trace.steps[0].push_mean is not None:
+        axes[0].plot(steps, trace.series("push"), color="#54a24b", linestyle="--", label="negative push")
+    axes[0].set_ylabel("mean ‖ε_text − ε_neg‖")
+    axes[0].legend(loc="upper right", fontsize=8)
+    axes[1].plot(steps, 100 * trace.series("divergence"), color="#72b7b2")
+    axes[1].axhline(100 * PART_THRESHOLD, color="#999999", linewidth=0.8, linestyle=":")
+    axes[1].set_ylabel("runs differ (%)")
+    axes[2].plot(steps, trace.series("guidance_cosine"), color="#b279a2")
+    axes[2].set_ylabel("guidance cosine")
+    axes[2].set_ylim(-1.05, 1.05)
+    axes[2].set_xlabel("denoising step")
+    for axis in axes:
+        axis.grid(alpha=0.3)
+        if index is not None and trace.steps:
+            axis.axvline(index + 1, color="black", linewidth=1.2, alpha=0.6)
+    if not trace.cfg_active:
+        axes[0].set_title("guidance scale ≤ 1: classifier-free guidance is off", fontsize=9)
+    return figure
+
+
+def describe(trace: GuidanceTrace) -> str:
+    """A few sentences that read the curves for the user: when the runs part, when the negative acts."""
+    total = len(trace.steps)
+    if total == 0:
+        return "No steps were recorded."
+    if not trace.cfg_active:
+        return "Classifier-free guidance was off (scale ≤ 1), so the negative prompt had no effect on any step."
+    divergence = trace.series("divergence")
+    parted = np.nonzero(divergence > PART_THRESHOLD)[0]
+    sentences = []
+    if parted.size == 0:
+        sentences.append(
+            f"The two runs never part: their latents stay within {100 * divergence.max():.1f} % of each other "
+            f"over all {total} steps."
+        )
+    else:
+        sentences.append(f"The runs part at step {parted[0] + 1} of {total}.")
+        sentences.append(f"At the end their latents differ by {100 * divergence[-1]:.0f} %.")
+    effect = _negative_effect(trace)
+    if effect.max() > 0:
+        strong = np.nonzero(effect >= 0.5 * effect.max())[0]
+        first, last = strong[0] + 1, strong[-1] + 1
+        window = f"at step {first}" if first == last else f"mostly between steps {first} and {last}"
+        sentences.append(f"The negative prompt acts {window}.")
+    cosine = trace.series("guidance_cosine")
+    sentences.append(
+        f"The two runs' guidance directions agree {'closely' if cosine.mean() > 0.9 else 'only partly'} "
+        f"(mean cosine {cosine.mean():.2f})."
+    )
+    return " ".join(sentences)
+
+
+def _negative_effect(trace: GuidanceTrace) -> np.ndarray:
+    """How strongly the negative prompt steers at each step: the push map's mean when recorded, else how far
+    the with-run's guidance turns away from the without-run's, weighted by its size."""
+    push = trace.series("push")
+    if np.isfinite(push).all():
+        return push
+    cosine = np.nan_to_num(trace.series("guidance_cosine"), nan=1.0)
+    return (1 - cosine) * trace.series("guidance_with")
+
+
+def step_frames(trace: GuidanceTrace, negative: str, min_side: int = 192) -> list[Image.Image]:
+    """Both runs' x0 previews side by side at every step: the frames of the step animation."""
+    frames = []
+    labels = run_labels(negative)
+    for step in trace.steps:
+        left = enlarge(Image.fromarray(step.previews[0]), min_side)
+        right = enlarge(Image.fromarray(step.previews[1]), min_side)
+        canvas = Image.new("RGB", (left.width + right.width + 12, left.height + 48), "white")
+        canvas.paste(left, (0, 24))
+        canvas.paste(right, (left.width + 12, 24))
+        draw = ImageDraw.Draw(canvas)
+        draw.text((4, 4), labels[0], fill="black", font=font(14))
+        draw.text((left.width + 16, 4), labels[1], fill="black", font=font(14))
+        draw.text((4, left.height + 28), f"step {step.index + 1}/{len(trace.steps)}", fill="black", font=font(14))
+        frames.append(canvas)
+    return frames
