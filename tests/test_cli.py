@@ -1,0 +1,111 @@
+"""The command line: the five output files, PNG metadata, summary, exit codes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from negprompt_demo.cli import main
+
+ROOT = Path(__file__).parents[1]
+
+
+def test_compare_writes_all_outputs(tiny_sd_folder, tmp_path, capsys):
+    out = tmp_path / "out"
+    code = main(
+        ["compare", "--prompt", "a man", "--negative", "mustache", "--seed", "5", "--steps", "4"]
+        + ["--model", str(tiny_sd_folder), "--push-map", "--out", str(out)]
+    )
+    assert code == 0
+    names = {"without_negative.png", "with_negative.png", "side_by_side.png", "trace.json", "steps.gif"}
+    assert names <= {path.name for path in out.iterdir()}
+
+    with Image.open(out / "with_negative.png") as image:
+        assert image.size == (32, 32)
+        parameters = image.text["parameters"]
+    assert parameters.startswith("a man\nNegative prompt: mustache\nSteps: 4, Sampler: Euler, CFG scale: 7.5, Seed: 5")
+    with Image.open(out / "without_negative.png") as image:
+        assert "Negative prompt: \n" in image.text["parameters"]
+    with Image.open(out / "steps.gif") as animation:
+        assert animation.n_frames == 4
+
+    trace = json.loads((out / "trace.json").read_text())
+    assert trace["settings"]["seed"] == 5 and len(trace["steps"]) == 4 and "push_mean" in trace["steps"][0]
+
+    printed = capsys.readouterr().out
+    assert "seed 5" in printed and "wrote" in printed
+
+
+def test_random_seed_is_printed(tiny_sd_folder, tmp_path, capsys):
+    assert (
+        main(["compare", "--prompt", "a man", "--steps", "2", "--model", str(tiny_sd_folder), "--out", str(tmp_path)])
+        == 0
+    )
+    printed = capsys.readouterr().out
+    seed = json.loads((tmp_path / "trace.json").read_text())["settings"]["seed"]
+    assert f"seed {seed}" in printed
+    assert "negative prompt is empty" in printed  # warnings reach the terminal
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--steps", "500"], "steps must be between 1 and 150"),
+        (["--guidance", "99"], "guidance scale must be between 0 and 30"),
+        (["--width", "33"], "width must be a multiple of 8"),
+        (["--width", "4096"], "width must be between"),
+        (["--seed", "99999999999"], "seed must be between"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(tiny_sd_folder, tmp_path, capsys, extra, message):
+    code = main(["compare", "--prompt", "a man", "--model", str(tiny_sd_folder), "--out", str(tmp_path)] + extra)
+    assert code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("error: ") and message in error
+
+
+def test_bad_model_exits_2(tmp_path, capsys):
+    assert main(["compare", "--prompt", "a man", "--model", "../no-such-folder/model", "--out", str(tmp_path)]) == 2
+    assert "neither an existing local folder nor a Hugging Face model id" in capsys.readouterr().err
+
+
+def test_empty_prompt_exits_2(tiny_sd_folder, tmp_path, capsys):
+    assert main(["compare", "--prompt", "   ", "--model", str(tiny_sd_folder), "--out", str(tmp_path)]) == 2
+    assert "prompt is empty" in capsys.readouterr().err
+
+
+def test_help_works_without_loading_a_model():
+    for command in (
+        [sys.executable, "-m", "negprompt_demo", "compare", "--help"],
+        [sys.executable, "demo.py", "--help"],
+    ):
+        result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+        assert "--model" in result.stdout
+
+
+def test_unknown_scheduler_is_a_usage_error(tmp_path):
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "negprompt_demo",
+            "compare",
+            "--prompt",
+            "a",
+            "--scheduler",
+            "Heun",
+            "--out",
+            str(tmp_path),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2 and "invalid choice: 'Heun'" in result.stderr

@@ -1,0 +1,81 @@
+"""Loading: names are validated, unsafe or unsupported models are refused with clear messages, the cache is bounded."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from negprompt_demo import loading
+from negprompt_demo.loading import ModelLoadError, check_model_name, load_pipeline, model_defaults, native_size
+from tiny_models import tiny_sd_pipeline
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["../etc/passwd", "owner/../name", "a/b/c", "/definitely/not/here", "no-slash", "own er/name", "x" * 600, "a\x00b"],
+)
+def test_bad_names_are_refused(name):
+    with pytest.raises(ModelLoadError):
+        check_model_name(name)
+
+
+@pytest.mark.parametrize("name", [None, "", "  ", "embedded"])
+def test_blank_means_embedded(name):
+    assert check_model_name(name) == loading.EMBEDDED
+
+
+def test_hub_id_offline_fails_fast_with_one_clear_message(monkeypatch):
+    monkeypatch.setattr(loading, "hub_reachable", lambda timeout=3.0: False)
+    started = time.perf_counter()
+    with pytest.raises(ModelLoadError) as error:
+        load_pipeline("stabilityai/some-model-that-is-not-cached")
+    assert time.perf_counter() - started < 5
+    message = str(error.value)
+    assert "'stabilityai/some-model-that-is-not-cached'" in message
+    assert "embedded model works offline" in message
+
+
+def test_folder_without_model_index_is_refused(tmp_path):
+    with pytest.raises(ModelLoadError, match="no model_index.json"):
+        load_pipeline(str(tmp_path))
+
+
+def test_unsupported_pipeline_is_refused(tmp_path):
+    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "FluxPipeline"}))
+    with pytest.raises(ModelLoadError, match="FluxPipeline model; this demo supports Stable Diffusion"):
+        load_pipeline(str(tmp_path))
+
+
+def test_custom_code_components_are_refused(tmp_path):
+    index = {"_class_name": "StableDiffusionPipeline", "unet": ["my_module", "MyUNet"]}
+    (tmp_path / "model_index.json").write_text(json.dumps(index))
+    with pytest.raises(ModelLoadError, match="never runs code from a model repository"):
+        load_pipeline(str(tmp_path))
+
+
+def test_pickle_only_weights_are_refused(tmp_path):
+    tiny_sd_pipeline(tmp_path / "tok").save_pretrained(tmp_path / "model", safe_serialization=False)
+    with pytest.raises(ModelLoadError, match="no safetensors weights"):
+        load_pipeline(str(tmp_path / "model"))
+
+
+def test_local_folder_loads_and_is_cached(tiny_sd_folder):
+    pipe = load_pipeline(str(tiny_sd_folder))
+    assert load_pipeline(str(tiny_sd_folder)) is pipe
+    assert native_size(pipe) == 32
+    assert model_defaults(pipe)["guidance"] == 7.5
+
+
+def test_cache_keeps_a_bounded_number_of_big_models(tmp_path, monkeypatch):
+    monkeypatch.setattr(loading, "SMALL_MODEL_PARAMETERS", 0)  # treat the tiny models as big
+    monkeypatch.setattr(loading, "max_loaded_models", lambda device: 1)
+    folders = []
+    for name in ("first", "second"):
+        tiny_sd_pipeline(tmp_path / f"tok_{name}").save_pretrained(tmp_path / name)
+        folders.append(str((tmp_path / name).resolve()))
+    load_pipeline(folders[0])
+    load_pipeline(folders[1])
+    assert folders[0] not in loading.loaded_models()
+    assert folders[1] in loading.loaded_models()

@@ -1,0 +1,124 @@
+"""The per-step trace: shapes, values checked against a hand-made UNet call, x0, hooks, no effect on images."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from negprompt_demo.engine import compare
+from negprompt_demo.settings import CompareSettings
+
+PROMPT, NEGATIVE, SEED, STEPS = "portrait photo of a man", "mustache", 7, 6
+
+
+@pytest.fixture(scope="module")
+def traced(sd_pipe):
+    return compare(sd_pipe, CompareSettings(PROMPT, NEGATIVE, seed=SEED, steps=STEPS, push_map=True))
+
+
+def test_trace_shapes(traced):
+    trace = traced.trace
+    assert len(trace.steps) == STEPS and trace.cfg_active
+    for index, step in enumerate(trace.steps):
+        assert step.index == index
+        assert step.guidance_map.shape == (2, 16, 16) and step.guidance_map.dtype == torch.float16
+        assert step.x0_latents.shape == (2, 4, 16, 16)
+        assert step.push_map.shape == (16, 16)
+        assert step.previews.shape == (2, 32, 32, 3) and step.previews.dtype == np.uint8
+        assert step.guidance_mean[0] == pytest.approx(step.guidance_map[0].float().mean().item(), rel=1e-2)
+        assert -1 <= step.guidance_cosine <= 1
+    timesteps = [step.timestep for step in trace.steps]
+    assert timesteps == sorted(timesteps, reverse=True)
+    sigmas = [step.sigma for step in trace.steps]
+    assert sigmas == sorted(sigmas, reverse=True) and sigmas[0] > 1
+
+
+def test_guidance_map_matches_a_hand_made_unet_call(sd_pipe, traced):
+    """Step 1 recomputed by hand: same starting noise, text embeddings for each branch, one UNet call each."""
+    pipe = sd_pipe
+    scheduler = pipe.scheduler  # compare() installed Euler for this run; rebuild its first-step state
+    scheduler.set_timesteps(STEPS)
+    latents = torch.randn((1, 4, 16, 16), generator=torch.Generator().manual_seed(SEED)) * scheduler.init_noise_sigma
+    t = scheduler.timesteps[0]
+    model_input = scheduler.scale_model_input(latents, t)
+
+    def eps(text: str) -> torch.Tensor:
+        embeds = pipe.encode_prompt(text, "cpu", 1, False)[0]
+        with torch.no_grad():
+            return pipe.unet(model_input, t, encoder_hidden_states=embeds).sample[0]
+
+    text, empty, negative = eps(PROMPT), eps(""), eps(NEGATIVE)
+    step = traced.trace.steps[0]
+    expected_without = (text - empty).norm(dim=0)
+    expected_with = (text - negative).norm(dim=0)
+    torch.testing.assert_close(step.guidance_map[0].float(), expected_without, rtol=2e-2, atol=1e-3)
+    torch.testing.assert_close(step.guidance_map[1].float(), expected_with, rtol=2e-2, atol=1e-3)
+    # at step 1 both runs sit on the same latents, so the push map is ‖ε_empty − ε_neg‖ there
+    torch.testing.assert_close(step.push_map.float(), (empty - negative).norm(dim=0), rtol=2e-2, atol=1e-3)
+    assert step.divergence > 0
+
+
+def test_last_x0_equals_the_final_latents_for_euler(sd_pipe, traced):
+    """Euler's last step lands exactly on the x0 it predicts, which checks the x0 formula end to end."""
+    final = sd_pipe(
+        prompt=[PROMPT, PROMPT],
+        negative_prompt=["", NEGATIVE],
+        generator=[torch.Generator().manual_seed(SEED) for _ in range(2)],
+        num_inference_steps=STEPS,
+        width=32,
+        height=32,
+        output_type="latent",
+    ).images
+    torch.testing.assert_close(traced.trace.steps[-1].x0_latents.float(), final, rtol=1e-2, atol=1e-2)
+
+
+def test_identical_runs_have_zero_divergence(sd_pipe):
+    result = compare(sd_pipe, CompareSettings(PROMPT, "", seed=SEED, steps=4))
+    assert all(step.divergence == 0 for step in result.trace.steps)
+    assert all(step.guidance_cosine == pytest.approx(1.0, abs=1e-5) for step in result.trace.steps)
+
+
+def test_tracing_does_not_change_images(sd_pipe, sdxl_pipe):
+    for pipe, guidance in ((sd_pipe, 7.5), (sdxl_pipe, 5.0)):
+        settings = CompareSettings(PROMPT, NEGATIVE, seed=SEED, steps=STEPS, guidance=guidance)
+        plain = compare(pipe, settings, trace=False)
+        traced = compare(pipe, settings, trace=True)
+        pushed = compare(pipe, settings.replace(push_map=True), trace=True)
+        for run in ("without_negative", "with_negative"):
+            untraced = np.asarray(getattr(plain, run), dtype=np.int16)
+            assert np.array_equal(untraced, np.asarray(getattr(traced, run), dtype=np.int16))
+            # the push map adds a batch item, which may reorder float sums: equal within 2/255
+            assert np.abs(untraced - np.asarray(getattr(pushed, run), dtype=np.int16)).max() <= 2
+
+
+def test_hooks_are_removed(sd_pipe, traced):
+    assert len(sd_pipe.unet._forward_hooks) == 0
+    assert len(sd_pipe.unet._forward_pre_hooks) == 0
+
+
+def test_sdxl_trace_and_push_map(sdxl_pipe):
+    result = compare(sdxl_pipe, CompareSettings(PROMPT, NEGATIVE, seed=SEED, steps=4, guidance=5.0, push_map=True))
+    assert len(result.trace.steps) == 4
+    assert all(step.push_map is not None and step.push_mean > 0 for step in result.trace.steps)
+
+
+def test_trace_scalars_serialise_to_json(traced):
+    document = json.loads(json.dumps(traced.trace.to_json()))
+    assert document["runs"] == ["without", "with"]
+    assert len(document["steps"]) == STEPS
+    first = document["steps"][0]
+    assert set(first) >= {"step", "timestep", "sigma", "guidance_mean", "guidance_cosine", "divergence", "push_mean"}
+
+
+def test_trace_stays_small_at_sdxl_scale(traced):
+    """Per latent pixel and step the trace keeps a fixed number of bytes; at SDXL's 128×128 latents (1024 px),
+    50 steps, push map on and latent-resolution previews, that must stay under 50 MB."""
+    step = traced.trace.steps[0]
+    latent_pixels = step.guidance_map.shape[1] * step.guidance_map.shape[2]
+    tensor_bytes = sum(t.numel() * t.element_size() for t in (step.guidance_map, step.x0_latents, step.push_map))
+    per_pixel = tensor_bytes / latent_pixels + 2 * 3  # + two RGB previews at latent resolution (big models)
+    sdxl_total = per_pixel * 128 * 128 * 50
+    assert sdxl_total < 50e6, f"{sdxl_total / 1e6:.1f} MB"
