@@ -6,10 +6,10 @@ import json
 import time
 
 import pytest
+from tiny_models import tiny_sd_pipeline
 
 from negprompt_demo import loading
 from negprompt_demo.loading import ModelLoadError, check_model_name, load_pipeline, model_defaults, native_size
-from tiny_models import tiny_sd_pipeline
 
 
 @pytest.mark.parametrize(
