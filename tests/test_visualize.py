@@ -1,0 +1,62 @@
+"""Trace → pictures: enlarged crisp images, overlays, curves, the reading text, the side-by-side picture."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from negprompt_demo import visualize
+from negprompt_demo.engine import compare
+from negprompt_demo.settings import CompareSettings
+
+
+@pytest.fixture(scope="module")
+def comparison(sd_pipe):
+    return compare(sd_pipe, CompareSettings("portrait photo of a man", "mustache", seed=3, steps=8, push_map=True))
+
+
+def test_enlarge_keeps_pixels_crisp():
+    image = Image.fromarray(np.array([[[0, 0, 0], [255, 255, 255]]], dtype=np.uint8))
+    big = visualize.enlarge(image, 256)
+    assert big.size == (512, 256)  # the short side reaches 256 by a whole factor
+    assert set(np.unique(np.asarray(big))) == {0, 255}  # nearest neighbour: no blended greys
+
+
+def test_step_views_and_legend(comparison):
+    views = visualize.step_views(comparison.trace, 3)
+    assert set(views) == {"x0_without", "x0_with", "guidance_without", "guidance_with", "push"}
+    assert all(min(view.size) >= 256 for view in views.values())
+    assert np.asarray(views["guidance_with"]).std() > 0
+    legend = visualize.colorbar(visualize.GUIDANCE_COLORMAP, visualize.guidance_vmax(comparison.trace), "guidance")
+    assert legend.size[0] == 256
+
+
+def test_difference_heatmap(comparison):
+    heat, peak = visualize.difference_heatmap(comparison.without_negative, comparison.with_negative)
+    assert peak > 0 and min(heat.size) >= 256
+    _, same = visualize.difference_heatmap(comparison.with_negative, comparison.with_negative)
+    assert same == 0
+
+
+def test_curves_mark_the_chosen_step(comparison):
+    figure = visualize.curves_figure(comparison.trace, index=4)
+    assert len(figure.axes) == 3
+    marked = [line for line in figure.axes[1].lines if list(line.get_xdata()) == [5, 5]]
+    assert marked, "the chosen step (index 4 → step 5) is drawn as a vertical line"
+
+
+def test_describe_reads_the_curves(comparison, sd_pipe):
+    text = visualize.describe(comparison.trace)
+    assert "The runs part at step" in text and "The negative prompt acts" in text
+    same = compare(sd_pipe, CompareSettings("portrait photo of a man", "", seed=3, steps=4))
+    assert "never part" in visualize.describe(same.trace)
+    off = compare(sd_pipe, CompareSettings("portrait photo of a man", "mustache", seed=3, steps=4, guidance=1))
+    assert "guidance was off" in visualize.describe(off.trace)
+
+
+def test_side_by_side_and_frames(comparison):
+    picture = visualize.side_by_side(comparison)
+    assert picture.width > 2 * 384 and picture.height > 384
+    frames = visualize.step_frames(comparison.trace, "mustache")
+    assert len(frames) == 8 and frames[0].size == frames[-1].size
