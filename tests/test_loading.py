@@ -79,3 +79,48 @@ def test_cache_keeps_a_bounded_number_of_big_models(tmp_path, monkeypatch):
     load_pipeline(folders[1])
     assert folders[0] not in loading.loaded_models()
     assert folders[1] in loading.loaded_models()
+
+
+def test_hub_path_checks_the_index_before_downloading_weights(tiny_sd_folder, monkeypatch):
+    """The online path, with the Hub replaced by a local folder: model_index.json is fetched first, then the
+    pipeline class it names is loaded with safetensors only."""
+    import huggingface_hub
+    from diffusers import StableDiffusionPipeline
+
+    requested = []
+
+    def fake_download(repo_id, filename, local_files_only=False, **kwargs):
+        requested.append((repo_id, filename, local_files_only))
+        if local_files_only:
+            raise huggingface_hub.errors.LocalEntryNotFoundError("not cached")
+        return str(tiny_sd_folder / filename)
+
+    real_from_pretrained = StableDiffusionPipeline.from_pretrained.__func__
+    loads = []
+
+    def fake_from_pretrained(cls, source, **kwargs):
+        loads.append((source, kwargs))
+        return real_from_pretrained(cls, str(tiny_sd_folder), **kwargs)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    monkeypatch.setattr(loading, "hub_reachable", lambda timeout=3.0: True)
+    monkeypatch.setattr(StableDiffusionPipeline, "from_pretrained", classmethod(fake_from_pretrained))
+    pipe = load_pipeline("someone/tiny-sd")
+    assert isinstance(pipe, StableDiffusionPipeline)
+    assert requested == [("someone/tiny-sd", "model_index.json", True), ("someone/tiny-sd", "model_index.json", False)]
+    assert loads[0][0] == "someone/tiny-sd" and loads[0][1]["use_safetensors"] is True
+
+
+def test_missing_hub_repo_gets_a_clear_message(monkeypatch):
+    import huggingface_hub
+
+    def fake_download(repo_id, filename, local_files_only=False, **kwargs):
+        if local_files_only:
+            raise huggingface_hub.errors.LocalEntryNotFoundError("not cached")
+        response = type("Response", (), {"status_code": 404, "headers": {}, "request": None, "url": ""})()
+        raise huggingface_hub.errors.RepositoryNotFoundError("404 Repository Not Found", response=response)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    monkeypatch.setattr(loading, "hub_reachable", lambda timeout=3.0: True)
+    with pytest.raises(ModelLoadError, match="was not found on the Hugging Face Hub"):
+        load_pipeline("someone/does-not-exist")
