@@ -34,3 +34,28 @@ def tiny_sd_folder(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("tiny_sd_model")
     tiny_sd_pipeline(tmp_path_factory.mktemp("tiny_sd_tok2")).save_pretrained(folder)
     return folder
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def app_server(tiny_sd_folder, tmp_path_factory):
+    """The Gradio app on the tiny SD model, launched on 127.0.0.1 for one test module: yields (url, config)."""
+    from negprompt_demo.app import build_app, page_style
+    from negprompt_demo.handlers import AppConfig
+
+    os.environ["GRADIO_EXAMPLES_CACHE"] = str(tmp_path_factory.mktemp("cached_examples"))
+    config = AppConfig(default_model=str(tiny_sd_folder), models=[str(tiny_sd_folder)])
+    demo = build_app(config)
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **page_style())
+    try:
+        yield f"http://127.0.0.1:{port}/", config
+    finally:
+        demo.close()
