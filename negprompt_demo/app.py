@@ -280,8 +280,22 @@ def build_app(config: AppConfig) -> gr.Blocks:
         )
 
         # --- public API: /compare (hidden trigger; the same engine call as the Compare button) -------------------
+        # Its own inputs, not the page's widgets: their bounds follow the model chosen in a browser session, while
+        # an API caller may name any offered model; every value is checked on the server by the engine anyway.
         with gr.Row(visible=False):
             api_trigger = gr.Button("compare (API)")
+            api_inputs = [
+                gr.Textbox(label="prompt"),
+                gr.Textbox(label="negative", value=""),
+                gr.Number(label="seed", value=-1, info="-1: random"),
+                gr.Number(label="steps", value=defaults["steps"]),
+                gr.Number(label="guidance", value=defaults["guidance"]),
+                gr.Dropdown(list(SCHEDULERS), value=defaults["scheduler"], label="scheduler"),
+                gr.Number(label="width", value=0, info="0: the model's native size"),
+                gr.Number(label="height", value=0, info="0: the model's native size"),
+                gr.Textbox(label="model", value=config.default_model),
+                gr.Checkbox(label="push_map", value=False),
+            ]
             api_outputs = [
                 gr.Image(label="without negative prompt", format="png", type="pil"),
                 gr.Image(label="with negative prompt", format="png", type="pil"),
@@ -290,7 +304,7 @@ def build_app(config: AppConfig) -> gr.Blocks:
             ]
         api_trigger.click(
             compare_api,
-            inputs,
+            api_inputs,
             api_outputs,
             api_name="compare",
             concurrency_id="device",

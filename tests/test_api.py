@@ -1,0 +1,92 @@
+"""The public `/compare` endpoint through `gradio_client`, against the app launched on 127.0.0.1 (tiny model)."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+from gradio_client import Client
+from gradio_client.exceptions import AppError
+from PIL import Image
+
+from negprompt_demo.engine import pipeline_lock
+from negprompt_demo.loading import load_pipeline
+
+
+@pytest.fixture(scope="module")
+def client(app_server) -> Client:
+    url, _ = app_server
+    return Client(url, verbose=False)
+
+
+def call(client: Client, folder, **changes):
+    values = {
+        "prompt": "a red hat",
+        "negative": "blue",
+        "seed": 11,
+        "steps": 4,
+        "guidance": 7.5,
+        "scheduler": "Euler",
+        "width": 32,
+        "height": 32,
+        "model": str(folder),
+        "push_map": False,
+    }
+    values.update(changes)
+    return client.submit(**values, api_name="/compare")
+
+
+def test_compare_returns_both_images_the_seed_and_the_trace(client, tiny_sd_folder):
+    without_path, with_path, seed, trace = call(client, tiny_sd_folder).result(timeout=120)
+    with Image.open(without_path) as without, Image.open(with_path) as with_negative:
+        assert without.format == with_negative.format == "PNG"
+        assert without.size == with_negative.size == (32, 32)
+        assert not np.array_equal(np.asarray(without), np.asarray(with_negative))
+    assert seed == 11
+    assert trace["settings"]["negative"] == "blue" and len(trace["steps"]) == 4
+    assert trace["cfg_active"] is True and "guidance_mean" in trace["steps"][0]
+
+
+def test_random_seed_and_native_size_are_the_defaults(client, tiny_sd_folder):
+    job = client.submit(prompt="a red hat", negative="blue", steps=1, api_name="/compare")
+    without_path, _, seed, trace = job.result(timeout=120)
+    assert 0 <= seed < 2**32 and trace["settings"]["seed"] == seed
+    assert Image.open(without_path).size == (32, 32) and trace["model"] == str(tiny_sd_folder)
+
+
+def test_bad_input_returns_a_clear_error_and_the_server_keeps_working(client, tiny_sd_folder):
+    with pytest.raises(AppError, match="guidance scale must be between 0 and 30, got 99"):
+        call(client, tiny_sd_folder, guidance=99).result(timeout=120)
+    with pytest.raises(AppError, match="steps must be a whole number, got 2.5"):
+        call(client, tiny_sd_folder, steps=2.5).result(timeout=120)
+    with pytest.raises(AppError, match="width must be between 16 and 64 px for this model, got 512"):
+        call(client, tiny_sd_folder, width=512).result(timeout=120)
+    with pytest.raises(AppError, match="neither an existing local folder nor a Hugging Face model id"):
+        call(client, tiny_sd_folder, model="no such model").result(timeout=120)
+    assert call(client, tiny_sd_folder, steps=1).result(timeout=120)[2] == 11
+
+
+def test_cancel_stops_the_run_within_a_step(client, tiny_sd_folder):
+    pipe = load_pipeline(str(tiny_sd_folder))
+    started = time.perf_counter()
+    call(client, tiny_sd_folder, steps=8, width=64, height=64).result(timeout=120)
+    full_run = (time.perf_counter() - started) / 8 * 150  # what 150 steps would take
+
+    job = call(client, tiny_sd_folder, steps=150, width=64, height=64)
+    deadline = time.monotonic() + 60
+    while not pipeline_lock(pipe).locked():  # sampling has begun
+        assert time.monotonic() < deadline and not job.done(), "the run never started"
+        time.sleep(0.02)
+    cancelled_at = time.perf_counter()
+    job.cancel()
+    while pipeline_lock(pipe).locked():
+        assert time.perf_counter() - cancelled_at < full_run / 3, "cancel did not stop sampling"
+        time.sleep(0.02)
+    assert call(client, tiny_sd_folder, steps=1).result(timeout=120)[2] == 11  # and the app still works
+
+
+def test_only_compare_is_listed(client):
+    api = client.view_api(print_info=False, return_format="dict")
+    assert list(api["named_endpoints"]) == ["/compare"]
+    assert not api["unnamed_endpoints"]
