@@ -146,7 +146,7 @@ def build_app(config: AppConfig) -> gr.Blocks:
                 )
                 model_info = gr.Markdown(f"Native size {native_size(pipe)} px; sizes {low}–{high} px allowed.")
                 with gr.Accordion("sampling settings", open=False):
-                    steps = gr.Slider(1, MAX_STEPS, value=defaults["steps"], step=1, label="steps")
+                    steps = gr.Slider(1, MAX_STEPS, value=defaults["steps"], step=1, label="steps", elem_id="steps")
                     guidance = gr.Slider(0, MAX_GUIDANCE, value=defaults["guidance"], step=0.5, label="guidance scale")
                     scheduler = gr.Dropdown(list(SCHEDULERS), value=defaults["scheduler"], label="scheduler")
                     with gr.Row():
@@ -164,7 +164,9 @@ def build_app(config: AppConfig) -> gr.Blocks:
                         gr.Markdown("**no negative prompt**", elem_classes="caption")
                         shown["image_without"] = result_image("image without the negative prompt", "image-without")
                     with gr.Column(min_width=200):
-                        shown["caption_with"] = gr.Markdown("**negative: …**", elem_classes="caption")
+                        shown["caption_with"] = gr.Markdown(
+                            "**negative: …**", elem_classes="caption", elem_id="caption-with"
+                        )
                         shown["image_with"] = result_image("image with the negative prompt", "image-with")
                 with gr.Tabs():
                     with gr.Tab("before / after slider"):
@@ -223,7 +225,7 @@ def build_app(config: AppConfig) -> gr.Blocks:
                         )
             with gr.Column(scale=2):
                 gr.Markdown("**guidance over the steps** (the line marks the chosen step)")
-                shown["curves"] = gr.Plot(show_label=False, format="png")
+                shown["curves"] = gr.Plot(show_label=False, format="png", elem_id="curves")
                 shown["reading"] = gr.Markdown(elem_id="reading")
         shown["trace_file"] = gr.File(visible=False)
 

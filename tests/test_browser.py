@@ -1,0 +1,140 @@
+"""The page in a real browser: Debian Chromium driven by Playwright, headless, against the app on 127.0.0.1.
+
+Also a script: `python tests/test_browser.py URL OUT.png` takes the README screenshot of a running app with the
+same steps the test takes (type a prompt and a negative, Compare, wait for the step view).
+"""
+
+from __future__ import annotations
+
+import io
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--no-first-run"]  # fmt: skip
+TIMEOUT_MS = 120_000
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"Chromium is not installed at {CHROMIUM}"),
+]
+
+
+def open_page(playwright, url: str):
+    browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto(url)
+    page.wait_for_selector("gradio-app")
+    page.wait_for_selector("#compare-button")
+    return browser, page
+
+
+def status(page) -> str:
+    return page.inner_text("#status")
+
+
+def compare(page, prompt: str, negative: str) -> None:
+    """Type both prompts, press Compare and wait until the run is done and the step view is drawn."""
+    page.get_by_label("prompt", exact=True).fill(prompt)
+    page.get_by_label("negative prompt", exact=True).fill(negative)
+    page.click("#compare-button")
+    page.wait_for_function("document.querySelector('#status').innerText.includes('Done in')")
+    page.wait_for_selector("#image-without img")
+    page.wait_for_selector("#image-with img")
+    page.wait_for_selector("#x0-with img")
+    page.wait_for_selector("#curves img")
+
+
+def shown_image(page, selector: str) -> Image.Image:
+    """The image file the browser shows in `selector`, as served (format and true size included)."""
+    source = page.get_attribute(f"{selector} img", "src")
+    response = page.request.get(source)
+    assert response.ok, f"{selector}: {source} answered {response.status}"
+    image = Image.open(io.BytesIO(response.body()))
+    image.load()
+    return image
+
+
+def set_step(page, step: int) -> None:
+    page.fill("#step input[type=range]", str(step))
+
+
+def test_compare_and_scrub_the_steps(app_server, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    url, _ = app_server
+    with sync_playwright() as playwright:
+        browser, page = open_page(playwright, url)
+        try:
+            compare(page, "a red hat", "blue")
+            without, with_negative = shown_image(page, "#image-without"), shown_image(page, "#image-with")
+            for image in (without, with_negative):
+                assert image.format == "PNG" and image.size == (32, 32)
+                assert np.ptp(np.asarray(image.convert("RGB"))) > 0, "a result image is one flat colour"
+            assert not np.array_equal(np.asarray(without), np.asarray(with_negative))
+            shown_width = page.eval_on_selector("#image-with img", "img => img.getBoundingClientRect().width")
+            assert shown_width >= 256, f"the 32 px result is shown {shown_width} px wide, a thumbnail"
+            assert "negative: blue" in page.inner_text("#caption-with")
+
+            last_step = shown_image(page, "#x0-with")
+            assert np.ptp(np.asarray(last_step.convert("RGB"))) > 0
+            set_step(page, 1)
+            page.wait_for_function(
+                "src => document.querySelector('#x0-with img').src !== src",
+                arg=page.get_attribute("#x0-with img", "src"),
+            )
+            first_step = shown_image(page, "#x0-with")
+            assert not np.array_equal(np.asarray(first_step), np.asarray(last_step))
+            assert "step" in page.inner_text("#reading")
+
+            screenshot = tmp_path / "page.png"
+            page.screenshot(path=str(screenshot), full_page=True)
+            assert np.ptp(np.asarray(Image.open(screenshot).convert("L"))) > 0
+        finally:
+            browser.close()
+
+
+def test_stop_ends_the_run_and_the_page_stays_usable(app_server):
+    from playwright.sync_api import sync_playwright
+
+    url, _ = app_server
+    with sync_playwright() as playwright:
+        browser, page = open_page(playwright, url)
+        try:
+            page.click("text=sampling settings")
+            page.fill("#steps input[type=number]", "150")
+            page.press("#steps input[type=number]", "Enter")
+            page.get_by_label("prompt", exact=True).fill("a red hat")
+            page.click("#compare-button")
+            page.wait_for_function("document.querySelector('#status').innerText.includes('Sampling')")
+            page.wait_for_selector("#x0-with img")  # at least one step streamed
+            page.click("#stop-button")
+            page.wait_for_function("document.querySelector('#status').innerText.includes('Stopped')")
+            step_when_stopped = page.input_value("#step input[type=number]")
+            page.wait_for_timeout(1500)
+            assert page.input_value("#step input[type=number]") == step_when_stopped, "sampling went on after Stop"
+            assert int(step_when_stopped) < 150
+
+            page.fill("#steps input[type=number]", "2")
+            page.press("#steps input[type=number]", "Enter")
+            compare(page, "a red hat", "blue")
+            assert page.input_value("#step input[type=number]") == "2"
+        finally:
+            browser.close()
+
+
+if __name__ == "__main__":
+    from playwright.sync_api import sync_playwright
+
+    target_url, out = sys.argv[1], sys.argv[2]
+    with sync_playwright() as playwright:
+        browser, page = open_page(playwright, target_url)
+        compare(page, "Portrait photo of a man.", "mustache")
+        page.screenshot(path=out, full_page=True)
+        browser.close()
