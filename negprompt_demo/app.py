@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import sys
+import threading
 from pathlib import Path
 
 import gradio as gr
@@ -111,8 +112,11 @@ def model_choices(config: AppConfig) -> list[tuple[str, str]]:
     return [("embedded (tiny face model, offline)" if name == EMBEDDED else name, name) for name in config.models]
 
 
-def build_app(config: AppConfig) -> gr.Blocks:
-    """The whole page for one deployment; loads the default model to learn its defaults."""
+def build_app(config: AppConfig, warm_first_example: bool = False) -> gr.Blocks:
+    """The whole page for one deployment; loads the default model to learn its defaults.
+
+    With `warm_first_example`, the first example is computed in the background right away, so a newcomer's first
+    click on it is answered from the cache instead of waiting for a whole run without a live view."""
     pipe = load_pipeline(config.default_model)
     defaults = {"width": native_size(pipe), "height": native_size(pipe), **model_defaults(pipe)}
     low, high = size_limits(native_size(pipe))
@@ -234,7 +238,7 @@ def build_app(config: AppConfig) -> gr.Blocks:
         with examples_slot:
             rows, labels = load_examples(EXAMPLES_FILE, defaults, config.default_model)
             with environment("GRADIO_EXAMPLES_CACHE", str(example_cache_folder(pipe, config.default_model))):
-                gr.Examples(
+                examples = gr.Examples(
                     rows,
                     inputs,
                     outputs,
@@ -313,7 +317,17 @@ def build_app(config: AppConfig) -> gr.Blocks:
             concurrency_limit=config.concurrency,
         )
     demo.queue(max_size=config.max_queue, default_concurrency_limit=config.concurrency)
+    if warm_first_example:
+        threading.Thread(target=warm_example, args=(examples, 0), name="warm-example", daemon=True).start()
     return demo
+
+
+def warm_example(examples: gr.Examples, index: int) -> None:
+    """Fill Gradio's lazy cache for one example, exactly as a first click would (same lock, same files)."""
+    try:
+        examples.load_from_cache(index)
+    except Exception as error:  # a failing example must not stop the app; clicking it shows the message
+        print(f"warning: could not pre-compute example {index + 1}: {error}", file=sys.stderr)
 
 
 def result_image(label: str, elem_id: str) -> gr.Image:
@@ -408,7 +422,7 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     config = config_from_args(args)
     try:
-        demo = build_app(config)
+        demo = build_app(config, warm_first_example=True)
     except ModelLoadError as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
