@@ -139,7 +139,10 @@ def _load_uncached(key: str):
         pipe = pipeline_class.from_pretrained(source, dtype=dtype, use_safetensors=True)
     except (OSError, ValueError) as error:
         message = str(error)
-        if "safetensors" in message:
+        # Only a *missing* safetensors file means pickle-only weights; a corrupt one also names its .safetensors
+        # path ("Unable to load weights from checkpoint file for '...safetensors'") and gets the plain message.
+        missing = "no file named" in message or "Could not find the necessary" in message
+        if "safetensors" in message and missing:
             raise ModelLoadError(
                 f"{shown} has no safetensors weights; pickle (.bin/.ckpt) weights are refused because loading them "
                 "can run arbitrary code. Use a version of the model saved as safetensors."
