@@ -12,7 +12,6 @@ import hashlib
 import json
 import os
 import sys
-import threading
 from pathlib import Path
 
 import gradio as gr
@@ -115,8 +114,10 @@ def model_choices(config: AppConfig) -> list[tuple[str, str]]:
 def build_app(config: AppConfig, warm_first_example: bool = False) -> gr.Blocks:
     """The whole page for one deployment; loads the default model to learn its defaults.
 
-    With `warm_first_example`, the first example is computed in the background right away, so a newcomer's first
-    click on it is answered from the cache instead of waiting for a whole run without a live view."""
+    With `warm_first_example`, the first example is computed now, before the server starts (once per model: the
+    cache stays on disk), so a newcomer's first click on it is answered at once instead of after a whole run
+    without a live view. Not in the background: Gradio computes an example through a temporary page-load event,
+    which a browser opening the page meanwhile would try to call after it is gone."""
     pipe = load_pipeline(config.default_model)
     defaults = {"width": native_size(pipe), "height": native_size(pipe), **model_defaults(pipe)}
     low, high = size_limits(native_size(pipe))
@@ -318,12 +319,13 @@ def build_app(config: AppConfig, warm_first_example: bool = False) -> gr.Blocks:
         )
     demo.queue(max_size=config.max_queue, default_concurrency_limit=config.concurrency)
     if warm_first_example:
-        threading.Thread(target=warm_example, args=(examples, 0), name="warm-example", daemon=True).start()
+        warm_example(examples, 0)
     return demo
 
 
 def warm_example(examples: gr.Examples, index: int) -> None:
     """Fill Gradio's lazy cache for one example, exactly as a first click would (same lock, same files)."""
+    print(f"Preparing example {index + 1} (computed once per model, then served from the cache)…", flush=True)
     try:
         examples.load_from_cache(index)
     except Exception as error:  # a failing example must not stop the app; clicking it shows the message

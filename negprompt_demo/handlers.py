@@ -315,7 +315,11 @@ def make_handlers(config: AppConfig):
                     progress(1.0, desc="drawing the results")
                     yield ordered(await asyncio.to_thread(final_outputs, event[1]))
         except Exception as error:
-            raise gr.Error(user_message(error)) from None
+            # Shown in the status line and as a toast; the last result stays on the page, and no output box
+            # turns into an "Error" badge, so the page reads as still working (it is).
+            message = user_message(error)
+            gr.Warning(message, title="Could not compare")
+            yield ordered({"status": f"❌ **Could not compare.** {message}"})
 
     async def compare_example(*values) -> tuple:
         """An example's result, computed on its first click and then served from Gradio's example cache."""

@@ -122,8 +122,8 @@ def test_trace_file_round_trip(sd_pipe, tmp_path):
 
 def test_bad_input_is_a_clear_message_not_a_traceback(config, tiny_sd_folder):
     compare_ui, _, compare_api, _ = handlers.make_handlers(config)
-    with pytest.raises(gr.Error, match="steps must be between 1 and 150, got 0"):
-        collect(compare_ui(*inputs(tiny_sd_folder, steps=0)))
+    (only,) = [named(values) for values in collect(compare_ui(*inputs(tiny_sd_folder, steps=0)))]
+    assert only == {"status": "❌ **Could not compare.** steps must be between 1 and 150, got 0."}
     with pytest.raises(gr.Error, match="prompt is empty"):
         asyncio.run(compare_api(*inputs(tiny_sd_folder, prompt="  ")))
     with pytest.raises(gr.Error, match="multiple of 8"):
@@ -221,3 +221,14 @@ def test_first_example_on_the_embedded_model_shows_two_different_images(tmp_path
     final = named(asyncio.run(handlers.make_handlers(config)[1](*rows[0])))
     assert not np.array_equal(np.asarray(final["image_without"]), np.asarray(final["image_with"]))
     assert final["x0_with"] is not None and "step" in final["reading"]
+
+
+def test_warnings_are_shown_in_the_status(config, tiny_sd_folder):
+    compare_ui = handlers.make_handlers(config)[0]
+    long_prompt = "a red hat " * 12  # the tiny tokenizer reads ~75 letters
+    updates = [
+        named(values)
+        for values in collect(compare_ui(*inputs(tiny_sd_folder, guidance=1, steps=1, prompt=long_prompt)))
+    ]
+    for status in (updates[0]["status"], updates[-1]["status"]):
+        assert "⚠️ Guidance scale 1 ≤ 1" in status and "these words were cut" in status
