@@ -90,3 +90,17 @@ def test_only_compare_is_listed(client):
     api = client.view_api(print_info=False, return_format="dict")
     assert list(api["named_endpoints"]) == ["/compare"]
     assert not api["unnamed_endpoints"]
+
+
+def test_a_second_comparison_waits_for_the_first(client, tiny_sd_folder):
+    first = call(client, tiny_sd_folder, steps=30, width=64, height=64)
+    time.sleep(0.3)
+    second = call(client, tiny_sd_folder, steps=1)
+    finished = []
+    deadline = time.monotonic() + 120
+    while len(finished) < 2 and time.monotonic() < deadline:
+        finished += [
+            name for name, job in (("first", first), ("second", second)) if job.done() and name not in finished
+        ]
+        time.sleep(0.01)
+    assert finished == ["first", "second"]  # one generation at a time: the short one queued behind the long one
