@@ -121,7 +121,7 @@ def build_app(config: AppConfig, warm_first_example: bool = False) -> gr.Blocks:
     pipe = load_pipeline(config.default_model)
     defaults = {"width": native_size(pipe), "height": native_size(pipe), **model_defaults(pipe)}
     low, high = size_limits(native_size(pipe))
-    compare_ui, compare_example, compare_api, model_selected = handlers.make_handlers(config)
+    events = handlers.make_handlers(config)
     shown: dict[str, gr.components.Component] = {}  # outputs by name, in UI_OUTPUTS
 
     with gr.Blocks(title="negprompt-demo: what a negative prompt does", delete_cache=(1800, 7200)) as demo:
@@ -243,7 +243,7 @@ def build_app(config: AppConfig, warm_first_example: bool = False) -> gr.Blocks:
                     rows,
                     inputs,
                     outputs,
-                    fn=compare_example,
+                    fn=events.compare_example,
                     cache_examples=True,
                     cache_mode="lazy",
                     example_labels=labels,
@@ -254,7 +254,7 @@ def build_app(config: AppConfig, warm_first_example: bool = False) -> gr.Blocks:
         # --- events: the comparison, Stop, and the UI-only helpers (none of them public API) ---------------------
         comparison = gr.on(
             [compare_button.click, prompt.submit, negative.submit],
-            compare_ui,
+            events.compare_ui,
             inputs,
             outputs,
             api_visibility="private",
@@ -267,7 +267,7 @@ def build_app(config: AppConfig, warm_first_example: bool = False) -> gr.Blocks:
         )
         random_button.click(handlers.random_seed, None, seed, queue=False, api_visibility="private")
         model.change(
-            model_selected,
+            events.model_selected,
             model,
             [model_info, steps, guidance, scheduler, width, height],
             api_visibility="private",
@@ -310,7 +310,7 @@ def build_app(config: AppConfig, warm_first_example: bool = False) -> gr.Blocks:
                 gr.JSON(label="trace"),
             ]
         api_trigger.click(
-            compare_api,
+            events.compare_api,
             api_inputs,
             api_outputs,
             api_name="compare",

@@ -19,9 +19,10 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import gradio as gr
 
@@ -270,7 +271,14 @@ def caption_for(negative: str) -> str:
     return f"**{html.escape(run_labels(negative)[1], quote=False)}**"
 
 
-def make_handlers(config: AppConfig):
+class Handlers(NamedTuple):
+    compare_ui: Callable  # the Compare button: streams, then shows the full result
+    compare_example: Callable  # an example's result, for Gradio's example cache
+    compare_api: Callable  # public /compare
+    model_selected: Callable  # the model selector: load it, adopt its defaults
+
+
+def make_handlers(config: AppConfig) -> Handlers:
     """The comparison handlers bound to one app's config (its model policy)."""
 
     def unpack(values: tuple) -> tuple[str, CompareSettings]:
@@ -294,6 +302,7 @@ def make_handlers(config: AppConfig):
                             "status": status_text(resolved, model, warnings, "Sampling both runs…"),
                             "seed_used": resolved.seed,
                             "caption_with": caption_for(resolved.negative),
+                            "trace_file": None,  # the scrubber rests until this run's trace exists
                         }
                     )
                 elif event[0] == "step":
@@ -375,7 +384,7 @@ def make_handlers(config: AppConfig):
             return (f"⚠️ {message}", *(gr.skip(),) * 5)
         return model_widgets(pipe)
 
-    return compare_ui, compare_example, compare_api, model_selected
+    return Handlers(compare_ui, compare_example, compare_api, model_selected)
 
 
 def model_widgets(pipe) -> tuple:

@@ -64,13 +64,13 @@ def config(tiny_sd_folder) -> AppConfig:
 
 @pytest.fixture(scope="module")
 def ui_run(config, tiny_sd_folder) -> list[dict]:
-    compare_ui = handlers.make_handlers(config)[0]
+    compare_ui = handlers.make_handlers(config).compare_ui
     return [named(values) for values in collect(compare_ui(*inputs(tiny_sd_folder)))]
 
 
 def test_compare_ui_streams_steps_then_the_full_result(ui_run):
     ready, *steps, final = ui_run
-    assert ready["seed_used"] == 7 and "Sampling" in ready["status"]
+    assert ready["seed_used"] == 7 and "Sampling" in ready["status"] and ready["trace_file"] is None
     assert steps, "no live step update was streamed"
     assert all(update["step"]["maximum"] == STEPS for update in steps)
     assert isinstance(steps[0]["image_without"], np.ndarray) and "x0_with" in steps[0]
@@ -121,7 +121,8 @@ def test_trace_file_round_trip(sd_pipe, tmp_path):
 
 
 def test_bad_input_is_a_clear_message_not_a_traceback(config, tiny_sd_folder):
-    compare_ui, _, compare_api, _ = handlers.make_handlers(config)
+    events = handlers.make_handlers(config)
+    compare_ui, compare_api = events.compare_ui, events.compare_api
     (only,) = [named(values) for values in collect(compare_ui(*inputs(tiny_sd_folder, steps=0)))]
     assert only == {"status": "❌ **Could not compare.** steps must be between 1 and 150, got 0."}
     with pytest.raises(gr.Error, match="prompt is empty"):
@@ -135,16 +136,16 @@ def test_locked_deployment_refuses_unlisted_models(tiny_sd_folder):
     assert locked.check_model("") == str(tiny_sd_folder)
     with pytest.raises(InputError, match="only offers these models"):
         locked.check_model("someone/any-model")
-    compare_api = handlers.make_handlers(locked)[2]
+    compare_api = handlers.make_handlers(locked).compare_api
     with pytest.raises(gr.Error, match="only offers these models"):
         asyncio.run(compare_api(*inputs(tiny_sd_folder, model="someone/any-model")))
 
 
 def test_unloadable_model_is_a_clear_message(config, tiny_sd_folder, tmp_path):
-    compare_api = handlers.make_handlers(config)[2]
+    compare_api = handlers.make_handlers(config).compare_api
     with pytest.raises(gr.Error, match="not a diffusers model folder"):
         asyncio.run(compare_api(*inputs(tiny_sd_folder, model=str(tmp_path))))
-    info, *rest = handlers.make_handlers(config)[3](str(tmp_path))
+    info, *rest = handlers.make_handlers(config).model_selected(str(tmp_path))
     assert info.startswith("⚠️") and all(is_skip(value) for value in rest)
 
 
@@ -168,7 +169,7 @@ def test_leaving_the_stream_stops_sampling_within_a_step(tiny_sd_folder):
 
 
 def test_model_selection_adopts_the_model_defaults(config, tiny_sd_folder):
-    info, steps, guidance, scheduler, width, height = handlers.make_handlers(config)[3](str(tiny_sd_folder))
+    info, steps, guidance, scheduler, width, height = handlers.make_handlers(config).model_selected(str(tiny_sd_folder))
     assert "Native size 32 px" in info
     assert steps["value"] == 25 and scheduler["value"] == "Euler"
     assert (width["minimum"], width["maximum"], width["value"]) == (16, 64, 32)
@@ -218,13 +219,13 @@ def test_first_example_on_the_embedded_model_shows_two_different_images(tmp_path
 
     defaults = {"width": native_size(pipe), "height": native_size(pipe), **model_defaults(pipe)}
     rows, _ = load_examples(EXAMPLES_FILE, defaults, config.default_model)
-    final = named(asyncio.run(handlers.make_handlers(config)[1](*rows[0])))
+    final = named(asyncio.run(handlers.make_handlers(config).compare_example(*rows[0])))
     assert not np.array_equal(np.asarray(final["image_without"]), np.asarray(final["image_with"]))
     assert final["x0_with"] is not None and "step" in final["reading"]
 
 
 def test_warnings_are_shown_in_the_status(config, tiny_sd_folder):
-    compare_ui = handlers.make_handlers(config)[0]
+    compare_ui = handlers.make_handlers(config).compare_ui
     long_prompt = "a red hat " * 12  # the tiny tokenizer reads ~75 letters
     updates = [
         named(values)
