@@ -50,9 +50,10 @@ def app_server(tiny_sd_folder, tmp_path_factory):
     from negprompt_demo.app import build_app, page_style
     from negprompt_demo.handlers import AppConfig
 
-    os.environ["GRADIO_EXAMPLES_CACHE"] = str(tmp_path_factory.mktemp("cached_examples"))
     config = AppConfig(default_model=str(tiny_sd_folder), models=[str(tiny_sd_folder)])
-    demo = build_app(config)
+    with pytest.MonkeyPatch.context() as patch:  # examples cache in a temporary folder, not the working directory
+        patch.setenv("GRADIO_EXAMPLES_CACHE", str(tmp_path_factory.mktemp("cached_examples")))
+        demo = build_app(config)
     port = free_port()
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **page_style())
     try:

@@ -100,6 +100,27 @@ def test_compare_and_scrub_the_steps(app_server, tmp_path):
             browser.close()
 
 
+def test_first_example_shows_two_different_images_and_the_step_view(app_server):
+    from playwright.sync_api import sync_playwright
+
+    url, _ = app_server
+    with sync_playwright() as playwright:
+        browser, page = open_page(playwright, url)
+        try:
+            page.click("text=Portrait photo of a man. | negative: mustache")
+            page.wait_for_function("document.querySelector('#status').innerText.includes('Done in')")
+            assert page.get_by_label("negative prompt", exact=True).input_value() == "mustache"
+            assert "negative: mustache" in page.inner_text("#caption-with")
+            without, with_negative = shown_image(page, "#image-without"), shown_image(page, "#image-with")
+            assert not np.array_equal(np.asarray(without), np.asarray(with_negative))
+            for selector in ("#x0-without", "#guidance-without", "#x0-with", "#guidance-with", "#push"):
+                assert np.ptp(np.asarray(shown_image(page, selector).convert("RGB"))) > 0, selector
+            page.wait_for_selector("#curves img")
+            assert "step" in page.inner_text("#reading")
+        finally:
+            browser.close()
+
+
 def test_stop_ends_the_run_and_the_page_stays_usable(app_server):
     from playwright.sync_api import sync_playwright
 
