@@ -318,6 +318,7 @@ def make_handlers(config: AppConfig) -> Handlers:
                         image_without=previews[0],
                         image_with=previews[1],
                         step=gr.update(maximum=total, value=done),
+                        status=status_text(resolved, model, warnings, f"Sampling both runs: step {done} of {total}…"),
                     )
                     yield ordered(updates)
                 else:
