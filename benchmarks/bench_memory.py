@@ -1,0 +1,78 @@
+"""Load figure: 50 consecutive comparisons in one process, the way the app runs them (trace on, live previews).
+Resident memory after the first few vs after the last; goal: grows < 5 % (no leaked hooks, traces or tensors).
+
+    python -m benchmarks.bench_memory
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+
+from benchmarks.common import (
+    NEGATIVE,
+    PROMPT,
+    MachineLoad,
+    Row,
+    add_common_arguments,
+    command_line,
+    configure_threads,
+    load_model,
+    machine_state,
+    print_table,
+    rss_bytes,
+    write_json,
+)
+from negprompt_demo.engine import compare
+from negprompt_demo.settings import CompareSettings
+
+RUNS, SETTLE = 50, 5
+GOAL = 0.05
+
+
+def run(args: argparse.Namespace, pipe) -> list[Row]:
+    readings = []
+    with MachineLoad() as load:
+        for run_index in range(RUNS):
+            settings = CompareSettings(
+                PROMPT, f"{NEGATIVE} {run_index}", seed=run_index, steps=args.steps, push_map=run_index % 2 == 0
+            )
+            result = compare(pipe, settings, trace=True, on_step=lambda done, total, record: None)
+            del result
+            gc.collect()
+            readings.append(rss_bytes())
+    settled, last = readings[SETTLE - 1], readings[-1]
+    growth = last / settled - 1
+    return [
+        Row(
+            name=f"memory: RSS growth over comparisons {SETTLE}→{RUNS}",
+            figure=f"{100 * growth:+.2f} %",
+            goal=f"< {100 * GOAL:.0f} %",
+            met=growth < GOAL,
+            command=command_line("bench_memory", args, ["model", "device", "threads", "steps"]),
+            details={
+                "RSS after comparison 1": f"{readings[0] / 2**20:.0f} MiB",
+                f"RSS after comparison {SETTLE}": f"{settled / 2**20:.0f} MiB",
+                f"RSS after comparison {RUNS}": f"{last / 2**20:.0f} MiB",
+                "peak of the 50 readings": f"{max(readings) / 2**20:.0f} MiB",
+                "other processes' CPU use (cores)": round(load.other_cores, 2),
+            },
+        )
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_common_arguments(parser)
+    args = parser.parse_args()
+    configure_threads(args.threads)
+    pipe = load_model(args.model, args.device)
+    rows = run(args, pipe)
+    print(rows[0].details)
+    state = machine_state(pipe)
+    print_table(rows, state)
+    write_json(args.json, rows, state)
+
+
+if __name__ == "__main__":
+    main()
