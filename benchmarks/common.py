@@ -13,6 +13,7 @@ import os
 import platform
 import statistics
 import time
+from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -105,6 +106,36 @@ def build_sd15_random(device: str):
     pipe.to(device, dtype)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+class ComponentTimer:
+    """Wall time spent inside each watched module, summed over calls (modules here are never nested)."""
+
+    def __init__(self, modules: dict[str, torch.nn.Module]):
+        self.seconds: dict[str, float] = defaultdict(float)
+        self.calls: dict[str, int] = defaultdict(int)
+        self._handles = []
+        for name, module in modules.items():
+            self._handles.append(module.register_forward_pre_hook(self._start(name)))
+            self._handles.append(module.register_forward_hook(self._stop(name)))
+        self._started: dict[str, float] = {}
+
+    def _start(self, name):
+        def hook(module, args):
+            self._started[name] = time.perf_counter()
+
+        return hook
+
+    def _stop(self, name):
+        def hook(module, args, output):
+            self.seconds[name] += time.perf_counter() - self._started.pop(name)
+            self.calls[name] += 1
+
+        return hook
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
 
 
 def synchronize(pipe) -> None:
