@@ -111,8 +111,10 @@ def compare(
 ) -> Comparison:
     """Run one seed with and without the negative prompt, in one batched pipeline call, recording the trace."""
     started = time.perf_counter()
-    resolved, warnings = prepare(pipe, settings)
     with pipeline_lock(pipe):
+        # Under the lock: a fast tokenizer's padding/truncation state is shared, so tokenizing here while another
+        # thread encodes its prompts gives that thread unpadded embeddings (seen as "Expected size 77 but got 21").
+        resolved, warnings = prepare(pipe, settings)
         cfg_active = resolved.guidance > 1 and pipe.unet.config.time_cond_proj_dim is None
         tracer = GuidanceTracer(pipe, resolved.guidance, cfg_active, resolved.push_map) if trace else None
         images, nsfw = _sample(pipe, resolved, [resolved.seed], tracer, on_step, stop)
@@ -137,8 +139,8 @@ def generate_pairs(pipe, settings: CompareSettings, seeds: list[int]) -> list[tu
     batched pipeline call. Used for evaluation, where one seed per call would waste most of the time."""
     if not seeds:
         return []
-    resolved, _ = prepare(pipe, settings.replace(seed=seeds[0]))
     with pipeline_lock(pipe):
+        resolved, _ = prepare(pipe, settings.replace(seed=seeds[0]))  # under the lock, as in `compare`
         images, _ = _sample(pipe, resolved, [int(seed) for seed in seeds], None, None, None)
     return [(images[2 * i], images[2 * i + 1]) for i in range(len(seeds))]
 
