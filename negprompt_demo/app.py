@@ -399,7 +399,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="address to bind (default 127.0.0.1, this machine only; 0.0.0.0 for the network)",
     )
     parser.add_argument(
-        "--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")), help="port (default 7860)"
+        "--port",
+        type=int,
+        default=int(os.environ["GRADIO_SERVER_PORT"]) if os.environ.get("GRADIO_SERVER_PORT") else None,
+        help="port (default: the first free one from 7860)",
     )
     parser.add_argument("--share", action="store_true", help="also open a temporary public gradio.live link")
     parser.add_argument("--concurrency", type=int, default=1, help="generations at once (default 1 per device)")

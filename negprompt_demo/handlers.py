@@ -26,7 +26,7 @@ from typing import NamedTuple
 
 import gradio as gr
 
-from negprompt_demo.engine import GenerationCancelled, NonFiniteError, compare, prepare
+from negprompt_demo.engine import GenerationCancelled, NonFiniteError, compare, pipeline_lock, prepare
 from negprompt_demo.export import trace_document, write_outputs
 from negprompt_demo.loading import EMBEDDED, ModelLoadError, load_pipeline, model_defaults, native_size
 from negprompt_demo.plots import difference_with_legend, step_legend
@@ -168,7 +168,8 @@ async def stream_comparison(model: str, settings: CompareSettings) -> AsyncItera
     def work() -> None:
         try:
             pipe = load_pipeline(model)
-            resolved, warnings = prepare(pipe, settings)
+            with pipeline_lock(pipe):  # tokenizers are not thread-safe; the engine tokenizes under this lock too
+                resolved, warnings = prepare(pipe, settings)
             post(("ready", resolved, warnings))
             post(("done", run_on_device(pipe, resolved, on_step, stop)))
         except BaseException as error:  # handed to the event loop, raised there

@@ -199,8 +199,9 @@ def test_command_line_defaults_and_public_lock(monkeypatch):
     monkeypatch.delenv("SPACE_ID", raising=False)
     monkeypatch.delenv("NEGPROMPT_MODEL", raising=False)
     monkeypatch.delenv("GRADIO_SERVER_NAME", raising=False)
+    monkeypatch.delenv("GRADIO_SERVER_PORT", raising=False)
     args = build_parser().parse_args([])
-    assert (args.host, args.model) == ("127.0.0.1", "embedded")
+    assert (args.host, args.port, args.model) == ("127.0.0.1", None, "embedded")
     assert not config_from_args(args).lock_models
     assert config_from_args(build_parser().parse_args(["--share"])).lock_models
     assert not config_from_args(build_parser().parse_args(["--share", "--no-lock-models"])).lock_models
