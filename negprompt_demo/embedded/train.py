@@ -1,0 +1,353 @@
+"""Train the embedded model from scratch: a tiny Stable Diffusion on procedural cartoon portraits.
+
+Two stages, both resumable, both deterministic given --seed:
+
+1. `vae`: a small AutoencoderKL (64x64x3 <-> 16x16x4, factor 4 like SD's factor 8 on 512 px);
+2. `diffusion`: a UNet2DConditionModel (cross-attention at 16x16 and 8x8) and a tiny CLIPTextModel
+   trained jointly on the VAE's latents, with 10 % empty captions for classifier-free guidance.
+
+At the end the EMA weights are written as a standard diffusers folder that loads with
+`StableDiffusionPipeline.from_pretrained(folder)`. Runs on CPU (2 cores: see docs/EMBEDDED.md for
+the wall time) or on a GPU if one is visible. Usage:
+
+    python -m negprompt_demo.embedded train --bpe /tmp/oc/bpe_simple_vocab_16e6.txt.gz
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import (
+    AutoencoderKL,
+    DDPMScheduler,
+    EulerDiscreteScheduler,
+    StableDiffusionPipeline,
+    UNet2DConditionModel,
+)
+from tqdm import tqdm
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+from negprompt_demo.embedded import MODEL_DIR
+from negprompt_demo.embedded.clip_vocab import derive_tokenizer_files
+from negprompt_demo.embedded.faces import caption, make_dataset
+
+# Stable Diffusion 1.x noise schedule, so the usual schedulers behave as they do on hub models.
+SD_SCHEDULE = {
+    "num_train_timesteps": 1000,
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "prediction_type": "epsilon",
+    "steps_offset": 1,
+}
+
+
+@dataclass
+class TrainConfig:
+    run_dir: Path = Path("runs/embedded")
+    out_dir: Path = MODEL_DIR
+    seed: int = 0
+    device: str = "cuda" if torch.cuda.is_available() else "cpu"
+    # stage 1: VAE
+    vae_images: int = 40_000
+    vae_steps: int = 2_000
+    vae_batch: int = 32
+    vae_lr: float = 1e-3
+    vae_kl_weight: float = 1e-6
+    # stage 2: UNet + text encoder
+    images: int = 60_000
+    steps: int = 10_000
+    batch: int = 32
+    lr: float = 1e-3
+    warmup: int = 300
+    ema_decay: float = 0.998
+    min_snr_gamma: float = 5.0
+    checkpoint_every: int = 500
+
+
+def build_vae() -> AutoencoderKL:
+    """64x64x3 <-> 16x16x4; small decoder because the app decodes a preview at every step."""
+    return AutoencoderKL(
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+        block_out_channels=(16, 32, 64),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=64,
+        mid_block_add_attention=False,
+    )
+
+
+def build_unet() -> UNet2DConditionModel:
+    """SD's UNet layout shrunk: cross-attention at 16x16 and 8x8, plain resnets at 4x4."""
+    return UNet2DConditionModel(
+        sample_size=16,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        block_out_channels=(32, 64, 128),
+        layers_per_block=1,
+        cross_attention_dim=64,
+        attention_head_dim=4,
+        norm_num_groups=32,
+    )
+
+
+def build_text_encoder() -> CLIPTextModel:
+    """CLIP's text transformer with the full 49,408-token vocabulary, 3 layers of width 64."""
+    config = CLIPTextConfig(
+        vocab_size=49408,
+        hidden_size=64,
+        intermediate_size=256,
+        projection_dim=64,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        max_position_embeddings=77,
+        pad_token_id=49407,
+        bos_token_id=49406,
+        eos_token_id=49407,
+    )
+    return CLIPTextModel(config)
+
+
+def to_tensor(images: np.ndarray) -> torch.Tensor:
+    """uint8 N x H x W x 3 -> float N x 3 x H x W in [-1, 1], as diffusers VAEs expect."""
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+def lr_at(step: int, total: int, base: float, warmup: int) -> float:
+    """Linear warm-up, then cosine decay to 10 % of the base rate."""
+    if step < warmup:
+        return base * (step + 1) / warmup
+    t = (step - warmup) / max(1, total - warmup)
+    return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def adapt_threads(max_threads: int) -> None:
+    """Use one thread while other processes are busy on this machine, all of them otherwise.
+
+    On a shared 2-core machine, two torch threads fighting a third process are 2-3x slower than one
+    thread (the OpenMP barrier waits for the descheduled thread); alone, two threads are 1.7x faster.
+    """
+    if not hasattr(os, "getloadavg") or torch.cuda.is_available():
+        return
+    others = os.getloadavg()[0] - torch.get_num_threads()
+    torch.set_num_threads(1 if others > 0.6 else max_threads)
+
+
+def _save(path: Path, **state: object) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)  # never leave a half-written checkpoint behind
+
+
+# ---------------------------------------------------------------- stage 1: VAE
+
+
+def train_vae(cfg: TrainConfig) -> AutoencoderKL:
+    """Train (or resume, or just load a finished) VAE; returns it in eval mode."""
+    cfg.run_dir.mkdir(parents=True, exist_ok=True)
+    ckpt = cfg.run_dir / "vae.pt"
+    torch.manual_seed(cfg.seed)
+    vae = build_vae().to(cfg.device)
+    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
+    start = 0
+    if ckpt.exists():
+        state = torch.load(ckpt, map_location=cfg.device)
+        vae.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        start = state["step"]
+    if start >= cfg.vae_steps:
+        return vae.eval()
+
+    images, _, _ = make_dataset(cfg.vae_images, seed=cfg.seed + 1)
+    data = to_tensor(images)
+    log = open(cfg.run_dir / "vae_loss.csv", "a", newline="")
+    writer = csv.writer(log)
+    bar = tqdm(range(start, cfg.vae_steps), desc="vae", initial=start, total=cfg.vae_steps)
+    max_threads = torch.get_num_threads()
+    for step in bar:
+        if step % 25 == 0:
+            adapt_threads(max_threads)
+        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)  # per-step RNG: exact resume
+        x = data[torch.randint(0, len(data), (cfg.vae_batch,), generator=g)].to(cfg.device)
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, cfg.vae_steps, cfg.vae_lr, 100)
+        posterior = vae.encode(x).latent_dist
+        recon = vae.decode(posterior.sample()).sample
+        rec = F.mse_loss(recon, x) + F.l1_loss(recon, x)
+        loss = rec + cfg.vae_kl_weight * posterior.kl().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        bar.set_postfix(rec=f"{rec.item():.4f}")
+        writer.writerow([step, f"{rec.item():.5f}"])
+        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.vae_steps:
+            _save(ckpt, model=vae.state_dict(), opt=opt.state_dict(), step=step + 1)
+            log.flush()
+    log.close()
+    return vae.eval()
+
+
+@torch.no_grad()
+def encode_latents(vae: AutoencoderKL, images: np.ndarray, device: str, batch: int = 256) -> torch.Tensor:
+    """Posterior means of the VAE for all training images (unscaled)."""
+    out = []
+    for i in tqdm(range(0, len(images), batch), desc="encode"):
+        out.append(vae.encode(to_tensor(images[i : i + batch]).to(device)).latent_dist.mean.cpu())
+    return torch.cat(out)
+
+
+# ---------------------------------------------------------------- stage 2: UNet + text encoder
+
+
+def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    with torch.no_grad():
+        for e, p in zip(ema.parameters(), model.parameters(), strict=True):
+            e.lerp_(p, 1.0 - decay)
+
+
+def train_diffusion(cfg: TrainConfig, vae: AutoencoderKL, tokenizer: CLIPTokenizer) -> None:
+    """Train UNet and text encoder jointly (resumable); keeps EMA copies of both in the checkpoint."""
+    cache = cfg.run_dir / f"latents_{cfg.images}_{cfg.seed}.pt"
+    _, _, portraits = make_dataset(cfg.images, seed=cfg.seed + 2)
+    if cache.exists():
+        latents = torch.load(cache)
+    else:
+        images = np.stack([np.asarray(p.image) for p in portraits])
+        latents = encode_latents(vae, images, cfg.device)
+        torch.save(latents, cache)
+    for p in portraits:
+        p.image = None  # keep only labels and colours (captions are re-drawn every step)
+    scaling = 1.0 / latents.std().item()
+    print(f"latents {tuple(latents.shape)} mean {latents.mean():.3f} std {latents.std():.3f}")
+
+    torch.manual_seed(cfg.seed)
+    unet, text = build_unet().to(cfg.device), build_text_encoder().to(cfg.device)
+    ema_unet, ema_text = build_unet().to(cfg.device), build_text_encoder().to(cfg.device)
+    ema_unet.load_state_dict(unet.state_dict())
+    ema_text.load_state_dict(text.state_dict())
+    params = list(unet.parameters()) + list(text.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    noise_sched = DDPMScheduler(**SD_SCHEDULE)
+    alphas = noise_sched.alphas_cumprod.to(cfg.device)
+    snr = alphas / (1 - alphas)
+
+    ckpt, start = cfg.run_dir / "diffusion.pt", 0
+    if ckpt.exists():
+        state = torch.load(ckpt, map_location=cfg.device)
+        for module, key in ((unet, "unet"), (text, "text"), (ema_unet, "ema_unet"), (ema_text, "ema_text")):
+            module.load_state_dict(state[key])
+        opt.load_state_dict(state["opt"])
+        start = state["step"]
+    log = open(cfg.run_dir / "loss.csv", "a", newline="")
+    writer = csv.writer(log)
+    bar = tqdm(range(start, cfg.steps), desc="diffusion", initial=start, total=cfg.steps)
+    t0, running = time.time(), None
+    max_threads = torch.get_num_threads()
+    for step in bar:
+        if step % 25 == 0:
+            adapt_threads(max_threads)
+        rng = random.Random(cfg.seed * 1_000_003 + step)  # per-step RNGs: exact resume
+        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+        idx = torch.randint(0, len(latents), (cfg.batch,), generator=g)
+        captions = [caption(portraits[i], rng) for i in idx.tolist()]
+        ids = tokenizer(
+            captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt"
+        ).input_ids.to(cfg.device)
+        x0 = (latents[idx] * scaling).to(cfg.device)
+        noise = torch.randn(x0.shape, generator=g).to(cfg.device)
+        t = torch.randint(0, 1000, (cfg.batch,), generator=g).to(cfg.device)
+        xt = noise_sched.add_noise(x0, noise, t)
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, cfg.steps, cfg.lr, cfg.warmup)
+
+        pred = unet(xt, t, text(ids)[0]).sample
+        # min-SNR weighting (Hang et al. 2023): faster convergence for epsilon prediction
+        weight = torch.clamp(snr[t], max=cfg.min_snr_gamma) / snr[t]
+        loss = (weight * (pred - noise).pow(2).mean(dim=(1, 2, 3))).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        decay = min(cfg.ema_decay, (1 + step) / (10 + step))
+        _ema_update(ema_unet, unet, decay)
+        _ema_update(ema_text, text, decay)
+
+        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+        bar.set_postfix(loss=f"{running:.4f}", threads=torch.get_num_threads())
+        writer.writerow([step, f"{loss.item():.5f}", f"{running:.5f}", f"{time.time() - t0:.1f}"])
+        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
+            _save(
+                ckpt,
+                unet=unet.state_dict(),
+                text=text.state_dict(),
+                ema_unet=ema_unet.state_dict(),
+                ema_text=ema_text.state_dict(),
+                opt=opt.state_dict(),
+                step=step + 1,
+                scaling=scaling,
+            )
+            log.flush()
+    log.close()
+
+
+def export_pipeline(
+    cfg: TrainConfig, vae: AutoencoderKL, tokenizer: CLIPTokenizer, out_dir: Path, defaults: dict | None = None
+) -> None:
+    """Write the EMA weights of the last checkpoint as a standard StableDiffusionPipeline folder."""
+    state = torch.load(cfg.run_dir / "diffusion.pt", map_location="cpu")
+    unet, text = build_unet(), build_text_encoder()
+    unet.load_state_dict(state["ema_unet"])
+    text.load_state_dict(state["ema_text"])
+    vae = vae.cpu()
+    vae.register_to_config(scaling_factor=state["scaling"])
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=EulerDiscreteScheduler(**SD_SCHEDULE, timestep_spacing="leading"),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.save_pretrained(out_dir, safe_serialization=True)
+    info = {"trained_steps": state["step"], "seed": cfg.seed, "images": cfg.images, "batch": cfg.batch}
+    (out_dir / "training_info.json").write_text(json.dumps(info, indent=2) + "\n")
+    if defaults is not None:
+        (out_dir / "negprompt_defaults.json").write_text(json.dumps(defaults, indent=2) + "\n")
+
+
+def train(cfg: TrainConfig, bpe: Path | None) -> None:
+    """Both stages, then export. The tokenizer is derived from CLIP's BPE file or reused from out_dir."""
+    tok_dir = cfg.run_dir / "tokenizer"
+    if bpe is not None:
+        derive_tokenizer_files(bpe, tok_dir)
+    elif not tok_dir.exists():
+        tok_dir = cfg.out_dir / "tokenizer"  # the committed, previously derived files
+    tokenizer = CLIPTokenizer.from_pretrained(tok_dir)
+    vae = train_vae(cfg)
+    vae.requires_grad_(False)
+    train_diffusion(cfg, vae, tokenizer)
+    defaults_file = cfg.out_dir / "negprompt_defaults.json"
+    defaults = (
+        json.loads(defaults_file.read_text())
+        if defaults_file.exists()
+        else {"guidance": 7.5, "steps": 25, "scheduler": "Euler", "width": 64, "height": 64}
+    )
+    export_pipeline(cfg, vae, tokenizer, cfg.out_dir, defaults)
+    print(f"wrote {cfg.out_dir}")
