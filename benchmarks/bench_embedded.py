@@ -42,7 +42,7 @@ def child(args: argparse.Namespace) -> dict:
 
     configure_threads(args.threads)
     imported = time.perf_counter()
-    pipe = load_model(args.model, args.device)
+    pipe = load_model(args.model, args.device, args.threads)
     loaded = time.perf_counter()
     size = {"width": args.size, "height": args.size}
     settings = CompareSettings(PROMPT, NEGATIVE, seed=SEED, steps=args.steps, **size)

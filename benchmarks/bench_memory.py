@@ -66,7 +66,7 @@ def main() -> None:
     add_common_arguments(parser)
     args = parser.parse_args()
     configure_threads(args.threads)
-    pipe = load_model(args.model, args.device)
+    pipe = load_model(args.model, args.device, args.threads)
     rows = run(args, pipe)
     print(rows[0].details)
     state = machine_state(pipe)

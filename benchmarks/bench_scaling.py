@@ -94,7 +94,7 @@ def main() -> None:
     add_common_arguments(parser, repeats=5)
     args = parser.parse_args()
     configure_threads(args.threads)
-    pipe = load_model(args.model, args.device)
+    pipe = load_model(args.model, args.device, args.threads)
     rows = run(args, pipe)
     for row in rows:
         print(row.name, row.details)

@@ -47,7 +47,7 @@ def add_common_arguments(parser: argparse.ArgumentParser, repeats: int = 5) -> N
         help=f"'embedded' (default), a diffusers folder, or '{SD15_RANDOM}' (random weights, SD-1.5 architecture)",
     )
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own choice)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: the app's, cores - 1)")
     parser.add_argument("--repeats", type=int, default=repeats, help="timed repetitions per case (medians of these)")
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--size", type=int, default=None, help="image width = height in px (default: the model's)")
@@ -59,16 +59,21 @@ def configure_threads(threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
-def load_model(name: str, device: str):
-    """The pipeline to measure, on `device`: fp16 on CUDA, fp32 on CPU (what the app itself would use)."""
-    if name == SD15_RANDOM:
-        return build_sd15_random(device)
-    from negprompt_demo.loading import load_pipeline
+def load_model(name: str, device: str, threads: int | None = None):
+    """The pipeline to measure, on `device`: fp16 on CUDA, fp32 on CPU, and on the CPU as many torch threads as
+    the app uses (`loading.limit_cpu_threads`: all cores but one) unless `threads` says otherwise."""
+    from negprompt_demo.loading import limit_cpu_threads, load_pipeline
 
-    pipe = load_pipeline(None if name == "embedded" else name)
-    if str(pipe.device) != device and device == "cuda":
-        pipe.to("cuda", torch.float16)
-    pipe.set_progress_bar_config(disable=True)
+    if name == SD15_RANDOM:
+        pipe = build_sd15_random(device)
+    else:
+        pipe = load_pipeline(None if name == "embedded" else name)
+        if str(pipe.device) != device and device == "cuda":
+            pipe.to("cuda", torch.float16)
+        pipe.set_progress_bar_config(disable=True)
+    if device == "cpu":
+        limit_cpu_threads()
+    configure_threads(threads)
     return pipe
 
 

@@ -77,7 +77,7 @@ def main() -> None:
     parser.add_argument("--torch-profiler", action="store_true")
     args = parser.parse_args()
     configure_threads(args.threads)
-    pipe = load_model(args.model, args.device)
+    pipe = load_model(args.model, args.device, args.threads)
     size = {"width": args.size, "height": args.size}
     settings, _ = prepare(pipe, CompareSettings(PROMPT, NEGATIVE, seed=SEED, steps=args.steps, **size))
 

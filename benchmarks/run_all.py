@@ -35,7 +35,7 @@ def main() -> None:
     if args.model == SD15_RANDOM or args.device == "cuda":
         chosen -= {"embedded", "cold_start", "memory"}  # CPU/embedded-model figures
     configure_threads(args.threads)
-    pipe = load_model(args.model, args.device)
+    pipe = load_model(args.model, args.device, args.threads)
 
     rows = []
     for name, module in (("paired", bench_paired), ("trace", bench_trace), ("scaling", bench_scaling)):

@@ -48,6 +48,21 @@ def pick_device() -> tuple[str, torch.dtype]:
     return "cpu", torch.float32
 
 
+def limit_cpu_threads() -> None:
+    """Run torch on all cores but one when generating on the CPU, leaving that core to the rest of the process
+    (the page draws step views while sampling) and to other processes on the machine.
+
+    torch's default is one OpenMP thread per core, and a team of threads waits at every operator's barrier for
+    its slowest member: when anything else runs on a core, each small operator waits for a time slice. On a
+    2-core machine shared with other work, the embedded model's comparison took 3.4-11.7 s with 2 threads and
+    0.96 s with 1 (docs/BENCHMARKS.md, "CPU threads"). Only torch's default is lowered: OMP_NUM_THREADS, or a
+    smaller count set before, is kept.
+    """
+    cores = os.cpu_count() or 1
+    if "OMP_NUM_THREADS" not in os.environ and torch.get_num_threads() >= cores:
+        torch.set_num_threads(max(1, cores - 1))
+
+
 def check_model_name(name: str | None) -> str:
     """Normalise a model name and refuse anything that is neither a local folder nor an `owner/name` hub id."""
     if name is None or not str(name).strip() or str(name).strip() == EMBEDDED:
@@ -149,6 +164,8 @@ def _load_uncached(key: str):
             ) from None
         raise ModelLoadError(f"Could not load {shown}: {message.splitlines()[0] if message else error!r}") from None
     pipe.to(device)
+    if device == "cpu":
+        limit_cpu_threads()
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
