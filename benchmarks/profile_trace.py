@@ -30,6 +30,8 @@ from benchmarks.common import (
     time_interleaved,
 )
 from negprompt_demo.engine import compare, prepare
+from negprompt_demo.loading import model_family
+from negprompt_demo.previews import decode_previews
 from negprompt_demo.settings import CompareSettings
 
 
@@ -53,20 +55,19 @@ def breakdown(pipe, run, repeats: int) -> dict[str, float]:
 
 
 def preview_decode_ab(pipe, steps: int, repeats: int) -> dict[str, float]:
-    """The previews' VAE decode of `steps` × 2 latents, from contiguous latents (before) and channels-last (after)."""
+    """The previews of `steps` steps (2 × steps latents), decoded as before the fixes (contiguous fp32 latents)
+    and by `decode_previews` as it is now (channels-last; bf16 where the CPU has it)."""
     vae = pipe.vae
-    latents = torch.randn(
-        2 * steps, vae.config.latent_channels, pipe.unet.config.sample_size, pipe.unet.config.sample_size
-    )
-    latents = latents.to(vae.device, vae.dtype) / vae.config.scaling_factor
-    channels_last = latents.contiguous(memory_format=torch.channels_last)
+    side = pipe.unet.config.sample_size
+    latents = torch.randn(2 * steps, vae.config.latent_channels, side, side, device=vae.device, dtype=vae.dtype)
+
+    def before() -> None:
+        images = vae.decode(latents / vae.config.scaling_factor, return_dict=False)[0].float()
+        ((images / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy() * 255).round().astype("uint8")
+
     with torch.no_grad():
         times = time_interleaved(
-            {
-                "before (contiguous)": lambda: vae.decode(latents),
-                "after (channels-last)": lambda: vae.decode(channels_last),
-            },
-            repeats=repeats,
+            {"before": before, "after": lambda: decode_previews(pipe, latents, model_family(pipe))}, repeats=repeats
         )
     return {name: median(values) for name, values in times.items()}
 
@@ -95,7 +96,7 @@ def main() -> None:
 
     if pipe.device.type == "cpu":
         ab = preview_decode_ab(pipe, settings.steps, args.repeats)
-        before, after = ab["before (contiguous)"], ab["after (channels-last)"]
+        before, after = ab["before"], ab["after"]
         print(
             f"\npreviews' VAE decode, {2 * settings.steps} latents: before {before:.3f} s, after {after:.3f} s "
             f"({before / after:.2f}× faster)"
