@@ -197,7 +197,8 @@ def _download_model_index(repo_id: str, shown: str) -> str:
 
     offline_message = (
         f"Could not load {shown}: it is not a local folder, it is not in the local Hugging Face cache, and the "
-        "Hugging Face Hub cannot be reached (offline?). The embedded model works offline: run without --model."
+        "Hugging Face Hub cannot be reached (offline?). The embedded model works offline (choose 'embedded', or "
+        "run without --model)."
     )
     try:  # a model downloaded earlier loads without the network
         return hf_hub_download(repo_id, "model_index.json", local_files_only=True)
