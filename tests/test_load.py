@@ -29,14 +29,13 @@ TIMEOUT = 120  # seconds any single job may take before the test fails (a hang, 
 @pytest.fixture(scope="module")
 def server(tiny_sd_folder, tmp_path_factory):
     """(url, model folder) of the app launched like `python demo.py --model <tiny> --concurrency 2`."""
-    import os
-
     from negprompt_demo.app import build_app, page_style
     from negprompt_demo.handlers import AppConfig
 
-    os.environ["GRADIO_EXAMPLES_CACHE"] = str(tmp_path_factory.mktemp("cached_examples"))
     config = AppConfig(default_model=str(tiny_sd_folder), models=[str(tiny_sd_folder)], concurrency=2, max_queue=16)
-    demo = build_app(config)
+    with pytest.MonkeyPatch.context() as patch:  # examples cache in a temporary folder, not the working directory
+        patch.setenv("GRADIO_EXAMPLES_CACHE", str(tmp_path_factory.mktemp("cached_examples")))
+        demo = build_app(config)
     port = free_port()
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **page_style())
     try:
