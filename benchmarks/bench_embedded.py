@@ -22,7 +22,6 @@ from benchmarks.common import (
     Row,
     add_common_arguments,
     command_line,
-    configure_threads,
     machine_state,
     print_table,
     write_json,
@@ -36,11 +35,10 @@ def child(args: argparse.Namespace) -> dict:
     started = time.perf_counter()
     import torch
 
-    from benchmarks.common import MachineLoad, configure_threads, load_model, median, peak_rss_bytes
+    from benchmarks.common import MachineLoad, load_model, median, peak_rss_bytes
     from negprompt_demo.engine import compare
     from negprompt_demo.settings import CompareSettings
 
-    configure_threads(args.threads)
     imported = time.perf_counter()
     pipe = load_model(args.model, args.device, args.threads)
     loaded = time.perf_counter()
@@ -120,7 +118,6 @@ def main() -> None:
         return
     rows = run(args)
     print(json.dumps(rows[0].details, indent=2))
-    configure_threads(args.threads)
     state = machine_state()
     print_table(rows, state)
     write_json(args.json, rows, state)

@@ -21,7 +21,6 @@ from benchmarks.common import (
     Row,
     add_common_arguments,
     command_line,
-    configure_threads,
     load_model,
     machine_state,
     median,
@@ -98,7 +97,6 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_common_arguments(parser)
     args = parser.parse_args()
-    configure_threads(args.threads)
     pipe = load_model(args.model, args.device, args.threads)
     rows = run(args, pipe)
     for row in rows:

@@ -23,7 +23,6 @@ from benchmarks.common import (
     SEED,
     ComponentTimer,
     add_common_arguments,
-    configure_threads,
     load_model,
     machine_state,
     median,
@@ -77,7 +76,6 @@ def main() -> None:
     add_common_arguments(parser)
     parser.add_argument("--torch-profiler", action="store_true")
     args = parser.parse_args()
-    configure_threads(args.threads)
     pipe = load_model(args.model, args.device, args.threads)
     size = {"width": args.size, "height": args.size}
     settings, _ = prepare(pipe, CompareSettings(PROMPT, NEGATIVE, seed=SEED, steps=args.steps, **size))

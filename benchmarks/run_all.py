@@ -16,7 +16,6 @@ from benchmarks import bench_cold_start, bench_embedded, bench_memory, bench_pai
 from benchmarks.common import (
     SD15_RANDOM,
     add_common_arguments,
-    configure_threads,
     load_model,
     machine_state,
     print_table,
@@ -34,7 +33,6 @@ def main() -> None:
     chosen = set(args.only or ALL)
     if args.model == SD15_RANDOM or args.device == "cuda":
         chosen -= {"embedded", "cold_start", "memory"}  # CPU/embedded-model figures
-    configure_threads(args.threads)
     pipe = load_model(args.model, args.device, args.threads)
 
     rows = []
