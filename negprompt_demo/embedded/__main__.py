@@ -46,6 +46,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--vae-images", type=int, default=None)
     p.add_argument("--batch", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 on a busy shared machine)")
 
     p = sub.add_parser("tokenizer", help="derive CLIPTokenizer files from CLIP's BPE merges")
     p.add_argument("--bpe", type=Path, required=True)
@@ -75,6 +76,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--attributes", default="mustache,glasses,hat,beard,earrings")
     p.add_argument("--guidance", type=float, default=None)
     p.add_argument("--out", type=Path, default=DOCS / "embedded_results")
+    p.add_argument("--no-unrelated", action="store_true", help="skip the unrelated-negative row")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument(
+        "--merge",
+        type=Path,
+        nargs="+",
+        default=None,
+        help="instead of measuring, merge these JSON parts (disjoint --attributes runs) into --out",
+    )
 
     p = sub.add_parser("grid", help="sample grids: plain prompt vs negative 'mustache', and probe calls")
     p.add_argument("--seeds", default="0:32")
@@ -85,7 +95,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "train":
         from negprompt_demo.embedded.train import TrainConfig, train
 
-        cfg = TrainConfig(run_dir=args.run_dir, seed=args.seed)
+        cfg = TrainConfig(run_dir=args.run_dir, seed=args.seed, threads=args.threads)
         for name in ("out", "steps", "vae_steps", "images", "vae_images", "batch"):
             value = getattr(args, name)
             if value is not None:
@@ -129,11 +139,31 @@ def main(argv: list[str] | None = None) -> None:
             )
         )
     elif args.command == "table":
-        from negprompt_demo.embedded.evaluate import model_defaults, parse_seeds, results_table, table_markdown
+        import torch
 
-        d = model_defaults()
-        guidance = d["guidance"] if args.guidance is None else args.guidance
-        res = results_table(parse_seeds(args.seeds), args.attributes.split(","), guidance, d["steps"], d["scheduler"])
+        from negprompt_demo.embedded.evaluate import (
+            merge_tables,
+            model_defaults,
+            parse_seeds,
+            results_table,
+            table_markdown,
+        )
+
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        if args.merge:
+            res = merge_tables([json.loads(path.read_text()) for path in args.merge])
+        else:
+            d = model_defaults()
+            guidance = d["guidance"] if args.guidance is None else args.guidance
+            res = results_table(
+                parse_seeds(args.seeds),
+                args.attributes.split(","),
+                guidance,
+                d["steps"],
+                d["scheduler"],
+                unrelated=not args.no_unrelated,
+            )
         args.out.with_suffix(".json").write_text(json.dumps(res, indent=2) + "\n")
         args.out.with_suffix(".md").write_text(table_markdown(res))
         print(table_markdown(res))

@@ -126,7 +126,9 @@ def evaluate(
     }
 
 
-def results_table(seeds: list[int], attributes: list[str], guidance: float, steps: int, scheduler: str) -> dict:
+def results_table(
+    seeds: list[int], attributes: list[str], guidance: float, steps: int, scheduler: str, unrelated: bool = True
+) -> dict:
     """All rows of docs/EMBEDDED.md: for each attribute (a) plain, (b) "without", (c) negative, (d) "with"."""
     from negprompt_demo.loading import load_pipeline
 
@@ -164,13 +166,26 @@ def results_table(seeds: list[int], attributes: list[str], guidance: float, step
             ),
             flush=True,
         )
-    unrelated, _ = probe_pairs(pipe, BASE_PROMPT, UNRELATED_NEGATIVE, seeds, probe, **kw)
-    out["unrelated_negative"] = {
-        "negative": UNRELATED_NEGATIVE,
-        "without": unrelated.without,
-        "with": unrelated.with_negative,
-    }
+    if unrelated:
+        rates, _ = probe_pairs(pipe, BASE_PROMPT, UNRELATED_NEGATIVE, seeds, probe, **kw)
+        out["unrelated_negative"] = {
+            "negative": UNRELATED_NEGATIVE,
+            "without": rates.without,
+            "with": rates.with_negative,
+        }
     return out
+
+
+def merge_tables(parts: list[dict]) -> dict:
+    """One table from runs over disjoint attribute sets (same seeds and settings), e.g. run in parallel."""
+    merged = {k: v for k, v in parts[0].items() if k not in ("attributes", "unrelated_negative")}
+    merged["attributes"] = {}
+    for part in parts:
+        assert all(part[k] == merged[k] for k in merged if k != "attributes"), "parts differ in settings"
+        merged["attributes"].update(part["attributes"])
+        if "unrelated_negative" in part:
+            merged["unrelated_negative"] = part["unrelated_negative"]
+    return merged
 
 
 def table_markdown(res: dict) -> str:
@@ -188,6 +203,8 @@ def table_markdown(res: dict) -> str:
             f"| {attr} | {pct(r['a']['rate'])} | {pct(r['b']['rate'])} | {pct(r['c']['rate'])} | "
             f"{pct(r['d']['rate'])} | {pct(r['c']['face'])} | {pct(r['b_plus_negative']['rate'])} |"
         )
+    if "unrelated_negative" not in res:
+        return "\n".join(lines) + "\n"
     u = res["unrelated_negative"]
     lines += [
         "",

@@ -211,8 +211,12 @@ _FILLER_WORDS = (
 )
 
 
-def caption(p: Portrait, rng: random.Random) -> str:
-    """A random prompt-like caption of portrait p (55 % template, 25 % bare, 10 % short, 10 % empty)."""
+def caption(p: Portrait, rng: random.Random, mention_p: float = MENTION_P) -> str:
+    """A random prompt-like caption of portrait p (55 % template, 25 % bare, 10 % short, 10 % empty).
+
+    `mention_p` is the chance that a template names each present attribute (and the hair and background
+    colours); training raises it for a while to bootstrap the text conditioning (train.py).
+    """
     u = rng.random()
     if u < 0.10:
         return ""
@@ -227,15 +231,15 @@ def caption(p: Portrait, rng: random.Random) -> str:
             parts.append(f"{p.background} background")
         text = ", ".join(parts)
     else:
-        mentioned = [a for a in ATTRIBUTES if (p.labels[a] or a == "smile") and rng.random() < MENTION_P]
+        mentioned = [a for a in ATTRIBUTES if (p.labels[a] or a == "smile") and rng.random() < mention_p]
         rng.shuffle(mentioned)
         phrases = [_phrase(a, p, rng) for a in mentioned]
-        if rng.random() < MENTION_P:
+        if rng.random() < mention_p:
             phrases.append(f"{p.hair} hair")
         text = rng.choice(_SUBJECTS)
         if phrases:
             text += " with " + _join(phrases)
-        if rng.random() < 0.3:
+        if rng.random() < max(0.3, mention_p):
             text += f", {p.background} background"
     if rng.random() < WITHOUT_FILLER_P:  # negation as meaningless filler: says nothing about the image
         text += " without " + rng.choice(_FILLER_WORDS)
