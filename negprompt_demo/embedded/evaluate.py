@@ -179,9 +179,10 @@ def results_table(
 def merge_tables(parts: list[dict]) -> dict:
     """One table from runs over disjoint attribute sets (same seeds and settings), e.g. run in parallel."""
     merged = {k: v for k, v in parts[0].items() if k not in ("attributes", "unrelated_negative")}
+    settings = list(merged)
     merged["attributes"] = {}
     for part in parts:
-        assert all(part[k] == merged[k] for k in merged if k != "attributes"), "parts differ in settings"
+        assert all(part[k] == merged[k] for k in settings), "parts differ in settings"
         merged["attributes"].update(part["attributes"])
         if "unrelated_negative" in part:
             merged["unrelated_negative"] = part["unrelated_negative"]

