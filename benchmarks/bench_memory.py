@@ -14,13 +14,9 @@ from benchmarks.common import (
     PROMPT,
     MachineLoad,
     Row,
-    add_common_arguments,
     command_line,
-    load_model,
-    machine_state,
-    print_table,
+    model_benchmark_main,
     rss_bytes,
-    write_json,
 )
 from negprompt_demo.engine import compare
 from negprompt_demo.settings import CompareSettings
@@ -61,15 +57,7 @@ def run(args: argparse.Namespace, pipe) -> list[Row]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_common_arguments(parser)
-    args = parser.parse_args()
-    pipe = load_model(args.model, args.device, args.threads)
-    rows = run(args, pipe)
-    print(rows[0].details)
-    state = machine_state(pipe)
-    print_table(rows, state)
-    write_json(args.json, rows, state)
+    model_benchmark_main(__doc__.splitlines()[0], run)
 
 
 if __name__ == "__main__":

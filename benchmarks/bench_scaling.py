@@ -21,15 +21,11 @@ from benchmarks.common import (
     SEED,
     MachineLoad,
     Row,
-    add_common_arguments,
     command_line,
-    load_model,
-    machine_state,
     median,
-    print_table,
+    model_benchmark_main,
     synchronize,
     time_interleaved,
-    write_json,
 )
 from negprompt_demo.engine import compare
 from negprompt_demo.loading import native_size
@@ -89,16 +85,7 @@ def run(args: argparse.Namespace, pipe) -> list[Row]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_common_arguments(parser, repeats=5)
-    args = parser.parse_args()
-    pipe = load_model(args.model, args.device, args.threads)
-    rows = run(args, pipe)
-    for row in rows:
-        print(row.name, row.details)
-    state = machine_state(pipe)
-    print_table(rows, state)
-    write_json(args.json, rows, state)
+    model_benchmark_main(__doc__.splitlines()[0], run)
 
 
 if __name__ == "__main__":

@@ -280,3 +280,18 @@ def command_line(module: str, args: argparse.Namespace, keys: list[str]) -> str:
         if value is not None and value is not False:
             parts.append(f"--{key.replace('_', '-')}" + ("" if value is True else f" {value}"))
     return " ".join(parts)
+
+
+def model_benchmark_main(description: str, run: Callable[[argparse.Namespace, object], list[Row]]) -> None:
+    """The command line every single-model benchmark shares: parse the common flags, load the model, run,
+    print each row's details, then the table, and write the JSON when asked."""
+    parser = argparse.ArgumentParser(description=description)
+    add_common_arguments(parser)
+    args = parser.parse_args()
+    pipe = load_model(args.model, args.device, args.threads)
+    rows = run(args, pipe)
+    for row in rows:
+        print(row.name, row.details)
+    state = machine_state(pipe)
+    print_table(rows, state)
+    write_json(args.json, rows, state)
