@@ -367,49 +367,6 @@ def step_image(label: str, elem_id: str) -> gr.Image:
 # --- command line ---------------------------------------------------------------------------------------------
 
 
-def env_flag(name: str) -> bool | None:
-    value = os.environ.get(name, "").strip().lower()
-    return None if not value else value in ("1", "true", "yes", "on")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python demo.py", description="Open the negative-prompt comparison page.")
-    parser.add_argument(
-        "--model",
-        default=os.environ.get("NEGPROMPT_MODEL") or EMBEDDED,
-        help="default model: 'embedded' (default, offline), a hub id owner/name or a local diffusers folder "
-        "[env NEGPROMPT_MODEL]",
-    )
-    parser.add_argument(
-        "--models",
-        default=os.environ.get("NEGPROMPT_MODELS"),
-        help="comma-separated models the selector offers (default: embedded and a few well-known hub models) "
-        "[env NEGPROMPT_MODELS]",
-    )
-    parser.add_argument(
-        "--lock-models",
-        action=argparse.BooleanOptionalAction,
-        default=env_flag("NEGPROMPT_LOCK_MODELS"),
-        help="allow only the offered models and turn the free-text model field off; default: on with --share "
-        "and on Hugging Face Spaces, off otherwise [env NEGPROMPT_LOCK_MODELS]",
-    )
-    parser.add_argument(
-        "--host",
-        default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
-        help="address to bind (default 127.0.0.1, this machine only; 0.0.0.0 for the network)",
-    )
-    parser.add_argument(
-        "--port",
-        type=int,
-        default=int(os.environ["GRADIO_SERVER_PORT"]) if os.environ.get("GRADIO_SERVER_PORT") else None,
-        help="port (default: the first free one from 7860)",
-    )
-    parser.add_argument("--share", action="store_true", help="also open a temporary public gradio.live link")
-    parser.add_argument("--concurrency", type=int, default=1, help="generations at once (default 1 per device)")
-    parser.add_argument("--max-queue", type=int, default=16, help="requests that may wait (default 16)")
-    return parser
-
-
 def config_from_args(args: argparse.Namespace) -> AppConfig:
     """Public deployments (a --share link, a Hugging Face Space) lock the model list unless told otherwise."""
     public = args.share or bool(os.environ.get("SPACE_ID"))
@@ -423,8 +380,8 @@ def config_from_args(args: argparse.Namespace) -> AppConfig:
     )
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+def run(args: argparse.Namespace) -> None:
+    """Build the page for the parsed command line (see `launch.py`) and serve it."""
     config = config_from_args(args)
     try:
         demo = build_app(config, warm_first_example=True)

@@ -14,9 +14,10 @@ from conftest import EMBEDDED_PRESENT
 from PIL import Image
 
 from negprompt_demo import handlers
-from negprompt_demo.app import EXAMPLES_FILE, build_app, build_parser, config_from_args, load_examples
+from negprompt_demo.app import EXAMPLES_FILE, build_app, config_from_args, load_examples
 from negprompt_demo.engine import compare, pipeline_lock
 from negprompt_demo.handlers import INPUT_NAMES, STEP_OUTPUTS, UI_OUTPUTS, AppConfig
+from negprompt_demo.launch import build_parser
 from negprompt_demo.loading import load_pipeline
 from negprompt_demo.settings import CompareSettings, InputError
 from negprompt_demo.tracefile import load_trace, save_trace

@@ -1,0 +1,59 @@
+"""The app's command line, parsed before gradio and torch are imported so that `python demo.py --help` (and a
+usage error) answers at once; `run` in `app.py` then builds and serves the page."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+EMBEDDED = "embedded"  # the same name as loading.EMBEDDED, not imported from there: loading pulls in torch
+
+
+def env_flag(name: str) -> bool | None:
+    value = os.environ.get(name, "").strip().lower()
+    return None if not value else value in ("1", "true", "yes", "on")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python demo.py", description="Open the negative-prompt comparison page.")
+    parser.add_argument(
+        "--model",
+        default=os.environ.get("NEGPROMPT_MODEL") or EMBEDDED,
+        help="default model: 'embedded' (default, offline), a hub id owner/name or a local diffusers folder "
+        "[env NEGPROMPT_MODEL]",
+    )
+    parser.add_argument(
+        "--models",
+        default=os.environ.get("NEGPROMPT_MODELS"),
+        help="comma-separated models the selector offers (default: embedded and a few well-known hub models) "
+        "[env NEGPROMPT_MODELS]",
+    )
+    parser.add_argument(
+        "--lock-models",
+        action=argparse.BooleanOptionalAction,
+        default=env_flag("NEGPROMPT_LOCK_MODELS"),
+        help="allow only the offered models and turn the free-text model field off; default: on with --share "
+        "and on Hugging Face Spaces, off otherwise [env NEGPROMPT_LOCK_MODELS]",
+    )
+    parser.add_argument(
+        "--host",
+        default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
+        help="address to bind (default 127.0.0.1, this machine only; 0.0.0.0 for the network)",
+    )
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=int(os.environ["GRADIO_SERVER_PORT"]) if os.environ.get("GRADIO_SERVER_PORT") else None,
+        help="port (default: the first free one from 7860)",
+    )
+    parser.add_argument("--share", action="store_true", help="also open a temporary public gradio.live link")
+    parser.add_argument("--concurrency", type=int, default=1, help="generations at once (default 1 per device)")
+    parser.add_argument("--max-queue", type=int, default=16, help="requests that may wait (default 16)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    from negprompt_demo.app import run  # the heavy imports (gradio, torch, diffusers) only after parsing
+
+    run(args)
