@@ -14,7 +14,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from conftest import free_port
+from conftest import running_app
 from gradio_client import Client
 from gradio_client.exceptions import AppError
 from PIL import Image
@@ -29,19 +29,11 @@ TIMEOUT = 120  # seconds any single job may take before the test fails (a hang, 
 @pytest.fixture(scope="module")
 def server(tiny_sd_folder, tmp_path_factory):
     """(url, model folder) of the app launched like `python demo.py --model <tiny> --concurrency 2`."""
-    from negprompt_demo.app import build_app, page_style
     from negprompt_demo.handlers import AppConfig
 
     config = AppConfig(default_model=str(tiny_sd_folder), models=[str(tiny_sd_folder)], concurrency=2, max_queue=16)
-    with pytest.MonkeyPatch.context() as patch:  # examples cache in a temporary folder, not the working directory
-        patch.setenv("GRADIO_EXAMPLES_CACHE", str(tmp_path_factory.mktemp("cached_examples")))
-        demo = build_app(config)
-    port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **page_style())
-    try:
-        yield f"http://127.0.0.1:{port}/", tiny_sd_folder
-    finally:
-        demo.close()
+    with running_app(config, tmp_path_factory.mktemp("cached_examples")) as url:
+        yield url, tiny_sd_folder
 
 
 @pytest.fixture(scope="module")
