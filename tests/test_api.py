@@ -93,8 +93,12 @@ def test_only_compare_is_listed(client):
 
 
 def test_a_second_comparison_waits_for_the_first(client, tiny_sd_folder):
+    pipe = load_pipeline(str(tiny_sd_folder))
     first = call(client, tiny_sd_folder, steps=30, width=64, height=64)
-    time.sleep(0.3)
+    deadline = time.monotonic() + 60
+    while not pipeline_lock(pipe).locked():  # the first is generating (a fixed sleep raced on a slow CI machine)
+        assert time.monotonic() < deadline and not first.done(), "the first run never started"
+        time.sleep(0.01)
     second = call(client, tiny_sd_folder, steps=1)
     finished = []
     deadline = time.monotonic() + 120
