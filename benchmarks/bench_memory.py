@@ -1,4 +1,4 @@
-"""Load figure: 50 consecutive comparisons in one process, the way the app runs them (trace on, live previews).
+"""Load figure: 50 consecutive comparisons in one process, the way the app runs them (trace, pictures).
 Resident memory after the first few vs after the last; goal: grows < 5 % (no leaked hooks, traces or tensors).
 
     python -m benchmarks.bench_memory
@@ -15,10 +15,10 @@ from benchmarks.common import (
     MachineLoad,
     Row,
     command_line,
+    compare_as_the_app_does,
     model_benchmark_main,
     rss_bytes,
 )
-from negprompt_demo.engine import compare
 from negprompt_demo.settings import CompareSettings
 
 RUNS, SETTLE = 50, 5
@@ -32,7 +32,7 @@ def run(args: argparse.Namespace, pipe) -> list[Row]:
             settings = CompareSettings(
                 PROMPT, f"{NEGATIVE} {run_index}", seed=run_index, steps=args.steps, push_map=run_index % 2 == 0
             )
-            result = compare(pipe, settings, trace=True, on_step=lambda done, total, record: None)
+            result = compare_as_the_app_does(pipe, settings)
             del result
             gc.collect()
             readings.append(rss_bytes())

@@ -23,6 +23,7 @@ from benchmarks.common import (
     SEED,
     ComponentTimer,
     add_common_arguments,
+    compare_as_the_app_does,
     load_model,
     machine_state,
     median,
@@ -85,7 +86,7 @@ def main() -> None:
         ("naive (two plain calls)", lambda: naive_pair(pipe, settings)),
         ("paired, no trace", lambda: compare(pipe, settings, trace=False)),
         ("paired, trace", lambda: compare(pipe, settings, trace=True)),
-        ("paired, trace, live previews (app)", lambda: compare(pipe, settings, on_step=lambda *step: None)),
+        ("paired, trace, x0 pictures (app)", lambda: compare_as_the_app_does(pipe, settings)),
     ):
         parts = breakdown(pipe, run, args.repeats)
         print(f"\n{label}: {parts.pop('total'):.3f} s")

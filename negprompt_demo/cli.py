@@ -53,6 +53,7 @@ def run_compare(args: argparse.Namespace) -> int:
     from negprompt_demo.engine import GenerationCancelled, NonFiniteError, compare
     from negprompt_demo.export import write_outputs
     from negprompt_demo.loading import ModelLoadError, load_pipeline, model_defaults
+    from negprompt_demo.previews import fill_previews
     from negprompt_demo.settings import CompareSettings, InputError
 
     try:
@@ -82,6 +83,7 @@ def run_compare(args: argparse.Namespace) -> int:
         finally:
             if bar is not None:
                 bar.close()
+        fill_previews(pipe, comparison.trace.steps)  # the pictures of steps.gif
         paths = write_outputs(comparison, args.out)
     except (InputError, ModelLoadError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -26,7 +26,6 @@ import torch
 from PIL import Image
 
 from negprompt_demo.loading import model_defaults, model_family, model_label, native_size
-from negprompt_demo.previews import decode_previews
 from negprompt_demo.settings import SCHEDULERS, CompareSettings, resolve_settings
 from negprompt_demo.trace import GuidanceTrace, GuidanceTracer, StepRecord
 
@@ -118,8 +117,6 @@ def compare(
         cfg_active = resolved.guidance > 1 and pipe.unet.config.time_cond_proj_dim is None
         tracer = GuidanceTracer(pipe, resolved.guidance, cfg_active, resolved.push_map) if trace else None
         images, nsfw = _sample(pipe, resolved, [resolved.seed], tracer, on_step, stop)
-        if tracer is not None:
-            _fill_previews(pipe, tracer.trace.steps)
     for run, flagged in zip(("without", "with"), nsfw):
         if flagged:
             warnings.append(f"The model's safety checker blanked the image {run} the negative prompt.")
@@ -164,8 +161,6 @@ def _sample(pipe, settings: CompareSettings, seeds: list[int], tracer, on_step, 
             )
         record = tracer.record_step(index, latents) if tracer is not None else None
         if on_step is not None:
-            if record is not None:
-                record.previews = decode_previews(pipe, record.x0_latents, model_family(pipe))
             on_step(index + 1, total, record)
         if stop is not None and stop.is_set():
             raise GenerationCancelled(f"Stopped after step {index + 1} of {total}.")
@@ -222,14 +217,3 @@ def _paired_embeddings(pipe, settings: CompareSettings, seed_count: int, cfg_act
             pooled_pair = torch.cat([without[3], with_negative[3]])
             embeds["negative_pooled_prompt_embeds"] = pooled_pair.repeat(seed_count, 1)
     return embeds
-
-
-def _fill_previews(pipe, steps: list[StepRecord]) -> None:
-    """Decode every step's x0 that the live callback did not already decode, in one batch."""
-    missing = [step for step in steps if step.previews is None]
-    if not missing:
-        return
-    latents = torch.cat([step.x0_latents for step in missing])
-    pictures = decode_previews(pipe, latents, model_family(pipe))
-    for i, step in enumerate(missing):
-        step.previews = pictures[2 * i : 2 * i + 2]

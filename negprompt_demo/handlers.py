@@ -30,6 +30,7 @@ from negprompt_demo.engine import GenerationCancelled, NonFiniteError, compare, 
 from negprompt_demo.export import trace_document, write_outputs
 from negprompt_demo.loading import EMBEDDED, ModelLoadError, load_pipeline, model_defaults, native_size
 from negprompt_demo.plots import difference_with_legend, step_legend
+from negprompt_demo.previews import LIVE_PREVIEW_INTERVAL_S, fill_previews
 from negprompt_demo.settings import MAX_SEED, CompareSettings, InputError, size_limits
 from negprompt_demo.trace import GuidanceTrace
 from negprompt_demo.tracefile import load_trace, save_trace
@@ -139,15 +140,18 @@ def on_accelerator(function):
 
 @on_accelerator
 def run_on_device(pipe, settings: CompareSettings, on_step, stop: threading.Event):
-    """The one call that uses the accelerator."""
-    return compare(pipe, settings, on_step=on_step, stop=stop)
+    """The one call that uses the accelerator: the comparison, then the x0 pictures the live view skipped."""
+    comparison = compare(pipe, settings, on_step=on_step, stop=stop)
+    fill_previews(pipe, comparison.trace.steps)
+    return comparison
 
 
 async def stream_comparison(model: str, settings: CompareSettings) -> AsyncIterator[tuple]:
     """Run one comparison on a worker thread and yield what happens, newest first when the page falls behind:
 
     ("ready", resolved_settings, warnings) once the input is validated,
-    ("step", done, total, records_so_far) after each denoising step (steps are skipped, never reordered),
+    ("step", done, total, records_so_far) after a denoising step whose x0 pictures were drawn (at most every
+        LIVE_PREVIEW_INTERVAL_S, and the last; steps are skipped, never reordered),
     ("done", comparison) at the end.
 
     Errors are raised as they are. If the consumer stops (the user pressed Stop, the client cancelled), the run is
@@ -161,11 +165,21 @@ async def stream_comparison(model: str, settings: CompareSettings) -> AsyncItera
     def post(item: tuple) -> None:
         loop.call_soon_threadsafe(updates.put_nowait, item)
 
+    pipe = None
+    last_live = -math.inf
+
     def on_step(done: int, total: int, record) -> None:
+        # Pictures of x0 for the live view cost a decode each; a page shows a few per second at most.
+        nonlocal last_live
         records.append(record)
+        if done < total and time.monotonic() - last_live < LIVE_PREVIEW_INTERVAL_S:
+            return
+        fill_previews(pipe, [record])
+        last_live = time.monotonic()
         post(("step", done, total, list(records)))
 
     def work() -> None:
+        nonlocal pipe
         try:
             pipe = load_pipeline(model)
             with pipeline_lock(pipe):  # tokenizers are not thread-safe; the engine tokenizes under this lock too

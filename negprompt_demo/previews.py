@@ -1,5 +1,8 @@
 """Pictures of latents: the predicted clean sample x0 at each step, shown while and after sampling.
 
+The trace records x0 as latents only; pictures are decoded when something shows them (`fill_previews`), so a
+traced call spends no decoder time on steps nobody looks at.
+
 A small VAE (the embedded model's) is decoded for real. Big models' VAEs cost too much per step, so their latents
 are mapped to RGB with the published linear 4×3 factors (the same approximation ComfyUI and A1111 use for live
 previews), at latent resolution.
@@ -12,6 +15,8 @@ import functools
 
 import numpy as np
 import torch
+
+from negprompt_demo.loading import model_family
 
 # Published latent→RGB factors (rows: latent channels, columns: R, G, B) for the scaled latents diffusers samples.
 LATENT_RGB_FACTORS = {
@@ -26,6 +31,9 @@ LATENT_RGB_FACTORS = {
 }
 # A VAE decoder this small is cheap enough to run at every step.
 SMALL_VAE_PARAMETERS = 5_000_000
+# While sampling, the app decodes and shows x0 pictures at most this often (a page shows a few per second at
+# most); the steps in between are decoded in one batch after the run, for the scrubber and the animation.
+LIVE_PREVIEW_INTERVAL_S = 0.1
 
 
 @functools.cache
@@ -70,3 +78,14 @@ def decode_previews(pipe, latents: torch.Tensor, family: str) -> np.ndarray:
         images = ((rgb + 1) / 2).clamp(0, 1)
     images = torch.nan_to_num(images, nan=0.0)
     return (images.permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
+
+
+def fill_previews(pipe, steps: list) -> None:
+    """Decode the x0 previews of the trace steps (`StepRecord`s) that have none yet, in one batch."""
+    missing = [step for step in steps if step.previews is None]
+    if not missing:
+        return
+    latents = torch.cat([step.x0_latents for step in missing])
+    pictures = decode_previews(pipe, latents, model_family(pipe))
+    for i, step in enumerate(missing):
+        step.previews = pictures[2 * i : 2 * i + 2]

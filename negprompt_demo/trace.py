@@ -36,7 +36,7 @@ class StepRecord:
     x0_latents: torch.Tensor  # [2, c, h, w] float16: predicted clean sample of each run
     push_map: torch.Tensor | None = None  # [h, w] float16: ‖ε_empty − ε_neg‖ on the with-run's latents
     push_mean: float | None = None
-    previews: np.ndarray | None = None  # [2, H, W, 3] uint8 pictures of x0, filled in by the engine
+    previews: np.ndarray | None = None  # [2, H, W, 3] uint8 pictures of x0, by previews.fill_previews
 
     def scalars(self) -> dict:
         data = {

@@ -19,6 +19,7 @@ from negprompt_demo.engine import compare, pipeline_lock
 from negprompt_demo.handlers import INPUT_NAMES, STEP_OUTPUTS, UI_OUTPUTS, AppConfig
 from negprompt_demo.launch import build_parser
 from negprompt_demo.loading import load_pipeline
+from negprompt_demo.previews import fill_previews
 from negprompt_demo.settings import CompareSettings, InputError
 from negprompt_demo.tracefile import load_trace, save_trace
 
@@ -113,6 +114,7 @@ def test_step_scrubber_redraws_any_step_from_the_trace_file(ui_run):
 
 def test_trace_file_round_trip(sd_pipe, tmp_path):
     comparison = compare(sd_pipe, CompareSettings("a cat", "dog", seed=1, steps=3, push_map=True))
+    fill_previews(sd_pipe, comparison.trace.steps)
     trace, negative = load_trace(save_trace(comparison.trace, tmp_path / "t.npz", "dog"))
     assert negative == "dog" and len(trace.steps) == 3
     assert trace.to_json() == comparison.trace.to_json()

@@ -143,15 +143,15 @@ def test_stop_flag_ends_between_steps_and_pipeline_stays_usable(sd_pipe):
     assert np.abs(pixels(fresh.with_negative) - plain_call(sd_pipe, NEGATIVE)).max() <= 2
 
 
-def test_on_step_streams_every_step_with_previews(sd_pipe):
+def test_on_step_streams_every_step_with_its_record(sd_pipe):
     updates = []
     compare(
         sd_pipe,
         CompareSettings(PROMPT, NEGATIVE, seed=SEED, steps=STEPS),
-        on_step=lambda done, total, record: updates.append((done, total, record.previews.shape)),
+        on_step=lambda done, total, record: updates.append((done, total, record.index, record.x0_latents.shape)),
     )
-    assert [update[:2] for update in updates] == [(i, STEPS) for i in range(1, STEPS + 1)]
-    assert all(shape == (2, 32, 32, 3) for _, _, shape in updates)
+    assert [update[:3] for update in updates] == [(i, STEPS, i - 1) for i in range(1, STEPS + 1)]
+    assert all(shape == (2, 4, 16, 16) for *_, shape in updates)
 
 
 def test_concurrent_compares_do_not_mix(sd_pipe):

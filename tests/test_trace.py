@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from negprompt_demo.engine import compare
+from negprompt_demo.previews import decode_previews, fill_previews
 from negprompt_demo.settings import CompareSettings
 
 PROMPT, NEGATIVE, SEED, STEPS = "portrait photo of a man", "mustache", 7, 6
@@ -16,7 +17,10 @@ PROMPT, NEGATIVE, SEED, STEPS = "portrait photo of a man", "mustache", 7, 6
 
 @pytest.fixture(scope="module")
 def traced(sd_pipe):
-    return compare(sd_pipe, CompareSettings(PROMPT, NEGATIVE, seed=SEED, steps=STEPS, push_map=True))
+    result = compare(sd_pipe, CompareSettings(PROMPT, NEGATIVE, seed=SEED, steps=STEPS, push_map=True))
+    assert all(step.previews is None for step in result.trace.steps)  # pictures are drawn on demand
+    fill_previews(sd_pipe, result.trace.steps)
+    return result
 
 
 def test_trace_shapes(traced):
@@ -103,6 +107,12 @@ def test_sdxl_trace_and_push_map(sdxl_pipe):
     result = compare(sdxl_pipe, CompareSettings(PROMPT, NEGATIVE, seed=SEED, steps=4, guidance=5.0, push_map=True))
     assert len(result.trace.steps) == 4
     assert all(step.push_map is not None and step.push_mean > 0 for step in result.trace.steps)
+
+
+def test_previews_are_the_decoded_x0_of_each_step(traced, sd_pipe):
+    step = traced.trace.steps[2]
+    assert np.array_equal(step.previews, decode_previews(sd_pipe, step.x0_latents, "sd"))
+    assert not np.array_equal(traced.trace.steps[0].previews, traced.trace.steps[-1].previews)
 
 
 def test_trace_scalars_serialise_to_json(traced):

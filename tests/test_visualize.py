@@ -8,12 +8,15 @@ from PIL import Image
 
 from negprompt_demo import visualize
 from negprompt_demo.engine import compare
+from negprompt_demo.previews import fill_previews
 from negprompt_demo.settings import CompareSettings
 
 
 @pytest.fixture(scope="module")
 def comparison(sd_pipe):
-    return compare(sd_pipe, CompareSettings("portrait photo of a man", "mustache", seed=3, steps=8, push_map=True))
+    result = compare(sd_pipe, CompareSettings("portrait photo of a man", "mustache", seed=3, steps=8, push_map=True))
+    fill_previews(sd_pipe, result.trace.steps)
+    return result
 
 
 def test_enlarge_keeps_pixels_crisp():
