@@ -67,7 +67,7 @@ class TrainConfig:
     vae_kl_weight: float = 1e-6
     # stage 2: UNet + text encoder
     images: int = 60_000
-    steps: int = 5_800
+    steps: int = 12_000
     batch: int = 32
     lr: float = 1e-3
     warmup: int = 300
@@ -75,19 +75,19 @@ class TrainConfig:
     min_snr_gamma: float = 5.0
     checkpoint_every: int = 250
     # Caption curriculum: within these steps templates name present attributes with this probability
-    # instead of MENTION_P. With rare mentions the text signal is too weak to break the symmetry of a
-    # from-scratch text encoder (no conditioning at all after 2,000 steps); fully described captions teach
-    # it which words mean what, and the steps after the window restore the intended plain-prompt statistics.
-    bootstrap_steps: tuple[int, int] = (2_000, 4_400)
-    bootstrap_mention_p: float = 0.8
-    # Text-encoder restart. Trained jointly from the first step, the text encoder collapsed: while the
-    # UNet still ignores the text, any prompt dependence only adds noise, so its outputs became nearly
-    # prompt-independent (mean |difference| between prompts 0.29 at init, 0.01 at step 2,500) and the
-    # UNet never learned to read them. At `text_restart` it is re-initialised and held frozen until
-    # `text_frozen_until` (a fixed random encoding of the caption that the UNet must learn to read), then
-    # trained at `text_lr_mult` times the rate. The shipped run kept it frozen to the end (see EMBEDDED.md).
-    text_restart: int = 2_500
-    text_frozen_until: int = 5_800
+    # instead of MENTION_P, so that each caption carries more signal while the UNet learns to read the
+    # text; the steps after the window restore the intended plain-prompt statistics (MENTION_P).
+    bootstrap_steps: tuple[int, int] = (0, 6_000)
+    bootstrap_mention_p: float = 0.6
+    # The text encoder. Trained jointly from the first step with CLIP's usual initialisation (token
+    # embeddings of std 0.02), it collapsed in an earlier run: while the UNet still ignores the text, any
+    # prompt dependence only adds noise, so its outputs became nearly prompt-independent (mean |difference|
+    # between two prompts 0.29 at init, 0.01 after 2,500 steps) and the UNet never learned to read them.
+    # Now its token embeddings start with std `token_embedding_std`, so that each output position is
+    # dominated by its own token (a word means the same vector wherever it stands, easy to attend to), and
+    # it is held frozen until `text_frozen_until`, then trained jointly at `text_lr_mult` times the rate.
+    token_embedding_std: float = 1.0
+    text_frozen_until: int = 3_000
     text_lr_mult: float = 0.3
 
 
@@ -121,8 +121,11 @@ def build_unet() -> UNet2DConditionModel:
     )
 
 
-def build_text_encoder() -> CLIPTextModel:
-    """CLIP's text transformer with the full 49,408-token vocabulary, 3 layers of width 64."""
+def build_text_encoder(token_embedding_std: float | None = None) -> CLIPTextModel:
+    """CLIP's text transformer with the full 49,408-token vocabulary, 3 layers of width 64.
+
+    `token_embedding_std` re-initialises the token embeddings (training does; see TrainConfig).
+    """
     config = CLIPTextConfig(
         vocab_size=49408,
         hidden_size=64,
@@ -135,7 +138,10 @@ def build_text_encoder() -> CLIPTextModel:
         bos_token_id=49406,
         eos_token_id=49407,
     )
-    return CLIPTextModel(config)
+    model = CLIPTextModel(config)
+    if token_embedding_std is not None:
+        torch.nn.init.normal_(model.get_input_embeddings().weight, std=token_embedding_std)
+    return model
 
 
 def to_tensor(images: np.ndarray) -> torch.Tensor:
@@ -184,8 +190,7 @@ def train_vae(cfg: TrainConfig) -> AutoencoderKL:
         state = torch.load(ckpt, map_location=cfg.device)
         vae.load_state_dict(state["model"])
         start = state["step"]
-        if start != cfg.text_restart:  # at the restart the optimizer starts afresh anyway
-            opt.load_state_dict(state["opt"])
+        opt.load_state_dict(state["opt"])
     if start >= cfg.vae_steps:
         return vae.eval()
 
@@ -253,17 +258,15 @@ def train_diffusion(cfg: TrainConfig, vae: AutoencoderKL, tokenizer: CLIPTokeniz
     print(f"latents {tuple(latents.shape)} mean {latents.mean():.3f} std {latents.std():.3f}")
 
     torch.manual_seed(cfg.seed)
-    unet, text = build_unet().to(cfg.device), build_text_encoder().to(cfg.device)
+    unet = build_unet().to(cfg.device)
+    text = build_text_encoder(cfg.token_embedding_std).to(cfg.device)
     ema_unet, ema_text = build_unet().to(cfg.device), build_text_encoder().to(cfg.device)
     ema_unet.load_state_dict(unet.state_dict())
     ema_text.load_state_dict(text.state_dict())
     params = list(unet.parameters()) + list(text.parameters())
 
-    def new_optimizer() -> torch.optim.AdamW:
-        groups = [{"params": list(unet.parameters())}, {"params": list(text.parameters())}]
-        return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=0.0)
-
-    opt = new_optimizer()
+    groups = [{"params": list(unet.parameters())}, {"params": list(text.parameters())}]
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=0.0)
     noise_sched = DDPMScheduler(**SD_SCHEDULE)
     alphas = noise_sched.alphas_cumprod.to(cfg.device)
     snr = alphas / (1 - alphas)
@@ -274,8 +277,7 @@ def train_diffusion(cfg: TrainConfig, vae: AutoencoderKL, tokenizer: CLIPTokeniz
         for module, key in ((unet, "unet"), (text, "text"), (ema_unet, "ema_unet"), (ema_text, "ema_text")):
             module.load_state_dict(state[key])
         start = state["step"]
-        if start != cfg.text_restart:  # at the restart the optimizer starts afresh anyway
-            opt.load_state_dict(state["opt"])
+        opt.load_state_dict(state["opt"])
     log = open(cfg.run_dir / "loss.csv", "a", newline="")
     writer = csv.writer(log)
     bar = tqdm(range(start, cfg.steps), desc="diffusion", initial=start, total=cfg.steps)
@@ -293,27 +295,16 @@ def train_diffusion(cfg: TrainConfig, vae: AutoencoderKL, tokenizer: CLIPTokeniz
         ids = tokenizer(
             captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt"
         ).input_ids.to(cfg.device)
-        if step == cfg.text_restart:
-            torch.manual_seed(cfg.seed + 1)
-            with torch.no_grad():
-                for p, fresh in zip(text.parameters(), build_text_encoder().parameters(), strict=True):
-                    p.copy_(fresh.to(cfg.device))
-            ema_text.load_state_dict(text.state_dict())
-            opt = new_optimizer()
         x0 = (latents[idx] * scaling).to(cfg.device)
         noise = torch.randn(x0.shape, generator=g).to(cfg.device)
         t = torch.randint(0, 1000, (cfg.batch,), generator=g).to(cfg.device)
         xt = noise_sched.add_noise(x0, noise, t)
         lr = lr_at(step, cfg.steps, cfg.lr, cfg.warmup)
-        if cfg.text_restart <= step < cfg.text_restart + 100:
-            lr *= (step - cfg.text_restart + 1) / 100  # fresh Adam state: warm up again
         opt.param_groups[0]["lr"] = lr
-        if step < cfg.text_restart:
-            opt.param_groups[1]["lr"] = lr
-        elif step < cfg.text_frozen_until:
-            opt.param_groups[1]["lr"] = 0.0
-        else:
-            opt.param_groups[1]["lr"] = lr * cfg.text_lr_mult
+        text.requires_grad_(step >= cfg.text_frozen_until)  # frozen: no gradients, Adam leaves it alone
+        if step >= cfg.text_frozen_until:  # joint training, warmed up: Adam has no state for these weights yet
+            warm = min(1.0, (step - cfg.text_frozen_until + 1) / 200)
+            opt.param_groups[1]["lr"] = lr * cfg.text_lr_mult * warm
 
         pred = unet(xt, t, text(ids)[0]).sample
         # min-SNR weighting (Hang et al. 2023): faster convergence for epsilon prediction
