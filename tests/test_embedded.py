@@ -63,16 +63,15 @@ def test_probe_reads_drawn_portraits():
 SEEDS = list(range(1000, 1024))
 
 
-@pytest.fixture(scope="module")
-def mustache_pairs():
-    from negprompt_demo.embedded.evaluate import BASE_PROMPT, model_defaults, probe_pairs
+def _mustache_rates(prompt: str):
+    from negprompt_demo.embedded.evaluate import model_defaults, probe_pairs
     from negprompt_demo.embedded.probe import Probe
     from negprompt_demo.loading import load_pipeline
 
     d = model_defaults()
     rates, _ = probe_pairs(
         load_pipeline(None),
-        BASE_PROMPT,
+        prompt,
         "mustache",
         SEEDS,
         Probe(),
@@ -83,16 +82,28 @@ def mustache_pairs():
     return rates
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the shipped model is under-trained: its text conditioning is too weak for the negative prompt "
-    "to remove mustaches (docs/EMBEDDED.md, 'Status'); this test starts passing once a retrained model ships",
-)
+@pytest.fixture(scope="module")
+def mustache_pairs():
+    """(a) "portrait photo of a man" and (c) the same + negative "mustache", seed by seed in one paired call."""
+    from negprompt_demo.embedded.evaluate import BASE_PROMPT
+
+    return _mustache_rates(BASE_PROMPT)
+
+
 def test_negative_prompt_removes_mustaches(mustache_pairs):
-    # the issue's targets: (a) 15-60 % mustaches, (c) at most a third of that; 24 seeds leave some slack
-    assert mustache_pairs.without["mustache"] >= 4 / len(SEEDS)
-    assert mustache_pairs.with_negative["mustache"] <= mustache_pairs.without["mustache"] / 2
+    # the issue's targets: (a) 15-60 % mustaches, (c) at most 10 % and a third of (a), faces kept
+    assert 4 / len(SEEDS) <= mustache_pairs.without["mustache"] <= 0.75
+    assert mustache_pairs.with_negative["mustache"] <= min(3 / len(SEEDS), mustache_pairs.without["mustache"] / 3)
     assert mustache_pairs.with_negative["face"] >= 0.9
+
+
+def test_negation_in_the_prompt_does_not_remove_mustaches(mustache_pairs):
+    """The article's point: "...without mustache" still gets mustaches (the text encoder ignores negation)."""
+    from negprompt_demo.embedded.evaluate import BASE_PROMPT
+
+    negated = _mustache_rates(f"{BASE_PROMPT} without mustache")
+    assert negated.without["mustache"] >= mustache_pairs.without["mustache"] - 0.2  # 24 seeds: 2 sigma
+    assert negated.with_negative["mustache"] <= 3 / len(SEEDS)  # the negative prompt does remove them
 
 
 def test_docs_table_describes_the_shipped_model(mustache_pairs):

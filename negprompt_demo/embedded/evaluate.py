@@ -28,7 +28,7 @@ TABLE_ATTRIBUTES: dict[str, tuple[str, str, str]] = {
     "beard": ("beard", "beard", "a beard"),
     "earrings": ("earrings", "earrings", "earrings"),
 }
-UNRELATED_NEGATIVE = "a dog"  # names nothing any portrait contains
+UNRELATED_NEGATIVE = "blurry"  # names nothing these portraits show (a common real negative); see EMBEDDED.md
 
 
 def model_defaults(model_dir: Path = MODEL_DIR) -> dict:
