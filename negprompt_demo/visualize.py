@@ -181,8 +181,8 @@ def describe(trace: GuidanceTrace) -> str:
     if effect.max() > 0:
         strong = np.nonzero(effect >= 0.5 * effect.max())[0]
         first, last = strong[0] + 1, strong[-1] + 1
-        window = f"at step {first}" if first == last else f"mostly between steps {first} and {last}"
-        sentences.append(f"The negative prompt acts {window}.")
+        window = f"at step {first}" if first == last else f"between steps {first} and {last}"
+        sentences.append(f"The negative prompt moves the predicted image most {window}.")
     cosine = trace.series("guidance_cosine")
     sentences.append(
         f"The two runs' guidance directions agree {'closely' if cosine.mean() > 0.9 else 'only partly'} "
@@ -192,13 +192,17 @@ def describe(trace: GuidanceTrace) -> str:
 
 
 def _negative_effect(trace: GuidanceTrace) -> np.ndarray:
-    """How strongly the negative prompt steers at each step: the push map's mean when recorded, else how far
-    the with-run's guidance turns away from the without-run's, weighted by its size."""
+    """How far the negative prompt moves the predicted image x0 at each step.
+
+    Its push on ε (the push map's mean when recorded, else how far the with-run's guidance turns away from the
+    without-run's, weighted by its size) moves x0 = x_t/√ᾱ − σ·ε by σ times as much: a large push on ε at the
+    last, nearly noise-free steps barely changes the image, a small one at the first steps decides it.
+    """
     push = trace.series("push")
-    if np.isfinite(push).all():
-        return push
-    cosine = np.nan_to_num(trace.series("guidance_cosine"), nan=1.0)
-    return (1 - cosine) * trace.series("guidance_with")
+    if not np.isfinite(push).all():
+        cosine = np.nan_to_num(trace.series("guidance_cosine"), nan=1.0)
+        push = (1 - cosine) * trace.series("guidance_with")
+    return push * np.array([step.sigma for step in trace.steps], dtype=np.float64)
 
 
 def step_frames(trace: GuidanceTrace, negative: str, min_side: int = 192) -> list[Image.Image]:

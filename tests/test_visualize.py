@@ -51,7 +51,7 @@ def test_curves_mark_the_chosen_step(comparison):
 
 def test_describe_reads_the_curves(comparison, sd_pipe):
     text = visualize.describe(comparison.trace)
-    assert "The runs part at step" in text and "The negative prompt acts" in text
+    assert "The runs part at step" in text and "The negative prompt moves the predicted image most" in text
     same = compare(sd_pipe, CompareSettings("portrait photo of a man", "", seed=3, steps=4))
     assert "never part" in visualize.describe(same.trace)
     off = compare(sd_pipe, CompareSettings("portrait photo of a man", "mustache", seed=3, steps=4, guidance=1))
