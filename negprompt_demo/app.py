@@ -22,8 +22,6 @@ from negprompt_demo.loading import EMBEDDED, ModelLoadError, load_pipeline, mode
 from negprompt_demo.settings import MAX_GUIDANCE, MAX_PROMPT_CHARS, MAX_SEED, MAX_STEPS, SCHEDULERS, size_limits
 
 EXAMPLES_FILE = Path(__file__).resolve().parents[1] / "examples" / "examples.json"
-# Part of the example-cache folder name: bump it when the outputs of a comparison change shape.
-EXAMPLE_CACHE_VERSION = "1"
 
 INTRO = """# What does a negative prompt do?
 One seed, generated twice: once with an **empty** negative prompt, once with **yours**. Everything else is the
@@ -83,10 +81,12 @@ def load_examples(path: Path, defaults: dict, model: str) -> tuple[list[list], l
 
 
 def example_cache_folder(pipe, model: str) -> Path:
-    """Where Gradio keeps the lazily cached examples: one folder per model weights and examples file, so a
-    retrained model or edited examples never show stale cached images."""
+    """Where Gradio keeps the lazily cached examples: one folder per model weights, examples file and app code,
+    so a retrained model, edited examples or a changed picture or reading text never show stale cached results."""
     digest = hashlib.sha256()
-    digest.update(f"{EXAMPLE_CACHE_VERSION}\n{model_label(pipe)}\n".encode())
+    digest.update(f"{model_label(pipe)}\n".encode())
+    for source in sorted(Path(__file__).parent.glob("*.py")):  # the code that draws every output
+        digest.update(source.read_bytes())
     digest.update(pipe.unet.conv_out.weight.detach().float().cpu().numpy().tobytes())
     digest.update(EXAMPLES_FILE.read_bytes())
     base = Path(os.environ.get("GRADIO_EXAMPLES_CACHE", ".gradio/cached_examples"))
