@@ -10,6 +10,7 @@ from gradio_client import Client
 from gradio_client.exceptions import AppError
 from PIL import Image
 
+from negprompt_demo import handlers
 from negprompt_demo.engine import pipeline_lock
 from negprompt_demo.loading import load_pipeline
 
@@ -92,19 +93,29 @@ def test_only_compare_is_listed(client):
     assert not api["unnamed_endpoints"]
 
 
-def test_a_second_comparison_waits_for_the_first(client, tiny_sd_folder):
+def test_a_second_comparison_waits_for_the_first(client, tiny_sd_folder, monkeypatch):
+    """One generation at a time: a short job sent while a long one samples starts only after the long one ended.
+
+    Timed on the server (when each handler's comparison began and when its result was ready), because the
+    order in which the client sees jobs finish also depends on its own downloads of the result files."""
+    spans = {}
+    original = handlers.stream_comparison
+
+    async def spied(model, settings):
+        began = time.monotonic()
+        async for item in original(model, settings):
+            if item[0] == "done":
+                spans[settings.steps] = (began, time.monotonic())
+            yield item
+
+    monkeypatch.setattr(handlers, "stream_comparison", spied)
     pipe = load_pipeline(str(tiny_sd_folder))
     first = call(client, tiny_sd_folder, steps=30, width=64, height=64)
     deadline = time.monotonic() + 60
-    while not pipeline_lock(pipe).locked():  # the first is generating (a fixed sleep raced on a slow CI machine)
+    while not pipeline_lock(pipe).locked():  # the first is sampling
         assert time.monotonic() < deadline and not first.done(), "the first run never started"
         time.sleep(0.01)
     second = call(client, tiny_sd_folder, steps=1)
-    finished = []
-    deadline = time.monotonic() + 120
-    while len(finished) < 2 and time.monotonic() < deadline:
-        finished += [
-            name for name, job in (("first", first), ("second", second)) if job.done() and name not in finished
-        ]
-        time.sleep(0.01)
-    assert finished == ["first", "second"]  # one generation at a time: the short one queued behind the long one
+    first.result(timeout=120), second.result(timeout=120)
+    (first_began, first_ready), (second_began, _) = spans[30], spans[1]
+    assert first_began < first_ready <= second_began
