@@ -4,7 +4,8 @@ Two stages, both resumable, both deterministic given --seed:
 
 1. `vae`: a small AutoencoderKL (64x64x3 <-> 16x16x4, factor 4 like SD's factor 8 on 512 px);
 2. `diffusion`: a UNet2DConditionModel (cross-attention at 16x16 and 8x8) and a tiny CLIPTextModel
-   trained jointly on the VAE's latents, with 10 % empty captions for classifier-free guidance.
+   on the VAE's latents (the text encoder frozen at first, then trained jointly; see TrainConfig), with
+   10 % empty captions for classifier-free guidance.
 
 At the end the EMA weights are written as a standard diffusers folder that loads with
 `StableDiffusionPipeline.from_pretrained(folder)`. Runs on CPU (2 cores: see docs/EMBEDDED.md for
