@@ -333,8 +333,7 @@ def make_handlers(config: AppConfig) -> Handlers:
                         image_without=previews[0],
                         image_with=previews[1],
                         step=gr.update(maximum=total, value=done),
-                        status=status_text(resolved, model, warnings, f"Sampling both runs: step {done} of {total}…"),
-                    )
+                    )  # not the status text: an update still in flight after Stop would overwrite "Stopped"
                     yield ordered(updates)
                 else:
                     progress(1.0, desc="drawing the results")

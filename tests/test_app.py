@@ -75,7 +75,7 @@ def test_compare_ui_streams_steps_then_the_full_result(ui_run):
     assert ready["seed_used"] == 7 and "Sampling" in ready["status"] and ready["trace_file"] is None
     assert steps, "no live step update was streamed"
     assert all(update["step"]["maximum"] == STEPS for update in steps)
-    assert f"step {STEPS} of {STEPS}" in steps[-1]["status"]
+    assert steps[-1]["step"]["value"] == STEPS and "status" not in steps[-1]  # Stop owns the status line
     assert isinstance(steps[0]["image_without"], np.ndarray) and "x0_with" in steps[0]
 
     assert set(final) == set(UI_OUTPUTS)

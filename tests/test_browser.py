@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -130,7 +131,11 @@ def test_first_example_shows_two_different_images_and_the_step_view(app_server):
 def test_stop_ends_the_run_and_the_page_stays_usable(app_server):
     from playwright.sync_api import sync_playwright
 
-    url, _ = app_server
+    from negprompt_demo.engine import pipeline_lock
+    from negprompt_demo.loading import load_pipeline
+
+    url, config = app_server
+    pipe = load_pipeline(config.default_model)
     with sync_playwright() as playwright:
         browser, page = open_page(playwright, url)
         try:
@@ -143,10 +148,18 @@ def test_stop_ends_the_run_and_the_page_stays_usable(app_server):
             page.wait_for_selector("#x0-with img")  # at least one step streamed
             page.click("#stop-button")
             page.wait_for_function("document.querySelector('#status').innerText.includes('Stopped')")
+            # The status changes at the click; the server's cancel lands a moment later (a step or a few under
+            # load), so wait for sampling to end, then for the page to show the last streamed step.
+            deadline = time.monotonic() + 10
+            while pipeline_lock(pipe).locked():
+                assert time.monotonic() < deadline, "sampling did not stop"
+                time.sleep(0.02)
+            page.wait_for_timeout(300)
             step_when_stopped = page.input_value("#step input[type=number]")
             page.wait_for_timeout(1500)
             assert page.input_value("#step input[type=number]") == step_when_stopped, "sampling went on after Stop"
             assert int(step_when_stopped) < 150
+            assert "Stopped" in status(page)
 
             page.fill("#steps input[type=number]", "2")
             page.press("#steps input[type=number]", "Enter")
