@@ -148,17 +148,12 @@ def compare_as_the_app_does(pipe, settings):
     pictures decoded live at most every LIVE_PREVIEW_INTERVAL_S while sampling, the other steps' pictures in
     one batch afterwards (the scrubber and the animation show every step)."""
     from negprompt_demo.engine import compare
-    from negprompt_demo.previews import LIVE_PREVIEW_INTERVAL_S, fill_previews
+    from negprompt_demo.previews import LivePreviews, fill_previews
 
-    last_live = -float("inf")
-
-    def on_step(done: int, total: int, record) -> None:
-        nonlocal last_live
-        if done == total or time.monotonic() - last_live >= LIVE_PREVIEW_INTERVAL_S:
-            fill_previews(pipe, [record])
-            last_live = time.monotonic()
-
-    result = compare(pipe, settings, trace=True, on_step=on_step)
+    live = LivePreviews(pipe)
+    result = compare(
+        pipe, settings, trace=True, on_step=lambda done, total, record: live.decode_if_due(done, total, record)
+    )
     fill_previews(pipe, result.trace.steps)
     return result
 

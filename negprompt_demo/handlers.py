@@ -30,7 +30,7 @@ from negprompt_demo.engine import GenerationCancelled, NonFiniteError, compare, 
 from negprompt_demo.export import trace_document, write_outputs
 from negprompt_demo.loading import EMBEDDED, ModelLoadError, load_pipeline, model_defaults, native_size
 from negprompt_demo.plots import difference_with_legend, step_legend
-from negprompt_demo.previews import LIVE_PREVIEW_INTERVAL_S, fill_previews
+from negprompt_demo.previews import LivePreviews, fill_previews
 from negprompt_demo.settings import MAX_SEED, CompareSettings, InputError, size_limits
 from negprompt_demo.trace import GuidanceTrace
 from negprompt_demo.tracefile import load_trace, save_trace
@@ -165,23 +165,16 @@ async def stream_comparison(model: str, settings: CompareSettings) -> AsyncItera
     def post(item: tuple) -> None:
         loop.call_soon_threadsafe(updates.put_nowait, item)
 
-    pipe = None
-    last_live = -math.inf
-
-    def on_step(done: int, total: int, record) -> None:
-        # Pictures of x0 for the live view cost a decode each; a page shows a few per second at most.
-        nonlocal last_live
-        records.append(record)
-        if done < total and time.monotonic() - last_live < LIVE_PREVIEW_INTERVAL_S:
-            return
-        fill_previews(pipe, [record])
-        last_live = time.monotonic()
-        post(("step", done, total, list(records)))
-
     def work() -> None:
-        nonlocal pipe
         try:
             pipe = load_pipeline(model)
+            live = LivePreviews(pipe)  # each x0 picture costs a decode; a page shows a few per second at most
+
+            def on_step(done: int, total: int, record) -> None:
+                records.append(record)
+                if live.decode_if_due(done, total, record):
+                    post(("step", done, total, list(records)))
+
             with pipeline_lock(pipe):  # tokenizers are not thread-safe; the engine tokenizes under this lock too
                 resolved, warnings = prepare(pipe, settings)
             post(("ready", resolved, warnings))

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
+import time
 
 import numpy as np
 import torch
@@ -89,3 +91,20 @@ def fill_previews(pipe, steps: list) -> None:
     pictures = decode_previews(pipe, latents, model_family(pipe))
     for i, step in enumerate(missing):
         step.previews = pictures[2 * i : 2 * i + 2]
+
+
+class LivePreviews:
+    """The live view's pictures while sampling: a step's x0 is decoded when the last decoded one is at least
+    LIVE_PREVIEW_INTERVAL_S old, and always at the last step. One per run; the app and its benchmark share it."""
+
+    def __init__(self, pipe) -> None:
+        self.pipe = pipe
+        self.last_decoded = -math.inf
+
+    def decode_if_due(self, done: int, total: int, record) -> bool:
+        """Decode `record`'s pictures if it is time; say whether it was."""
+        if done < total and time.monotonic() - self.last_decoded < LIVE_PREVIEW_INTERVAL_S:
+            return False
+        fill_previews(self.pipe, [record])
+        self.last_decoded = time.monotonic()
+        return True
