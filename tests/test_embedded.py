@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +13,21 @@ import pytest
 
 from negprompt_demo.embedded import MODEL_DIR
 from negprompt_demo.embedded.faces import ATTRIBUTES, caption, draw_portrait, make_dataset
+
+
+def test_runtime_package_imports_no_engine_loader_or_tools():
+    """loading.py imports negprompt_demo.embedded, so the package must not import the engine or loader back
+    (an import loop), nor the training and evaluation tools."""
+    code = (
+        "import importlib, pkgutil, sys, negprompt_demo.embedded as e\n"
+        "for m in pkgutil.iter_modules(e.__path__): importlib.import_module(f'negprompt_demo.embedded.{m.name}')\n"
+        "print(*sorted(sys.modules))"
+    )
+    root = Path(__file__).resolve().parents[1]
+    run = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True)
+    modules = run.stdout.split()
+    forbidden = {f"negprompt_demo.{name}" for name in ("engine", "loading", "settings", "embedded_tools")}
+    assert not [m for m in modules if m in forbidden or m.startswith("negprompt_demo.embedded_tools.")]
 
 
 def test_portrait_attributes_are_independent_coin_flips():
@@ -63,14 +80,22 @@ def test_probe_reads_drawn_portraits():
 SEEDS = list(range(1000, 1024))
 
 
-def _mustache_rates(prompt: str):
-    from negprompt_demo.embedded.evaluate import model_defaults, probe_pairs
-    from negprompt_demo.embedded.probe import Probe
+@pytest.fixture(scope="module")
+def embedded_pipe():
     from negprompt_demo.loading import load_pipeline
 
-    d = model_defaults()
+    return load_pipeline(None)
+
+
+def _mustache_rates(pipe, prompt: str):
+    """Mustache rates over SEEDS at the model's defaults, without and with the negative "mustache"."""
+    from negprompt_demo.embedded.probe import Probe
+    from negprompt_demo.embedded_tools.evaluate import probe_pairs
+    from negprompt_demo.loading import model_defaults
+
+    d = model_defaults(pipe)
     rates, _ = probe_pairs(
-        load_pipeline(None),
+        pipe,
         prompt,
         "mustache",
         SEEDS,
@@ -83,11 +108,11 @@ def _mustache_rates(prompt: str):
 
 
 @pytest.fixture(scope="module")
-def mustache_pairs():
+def mustache_pairs(embedded_pipe):
     """(a) "portrait photo of a man" and (c) the same + negative "mustache", seed by seed in one paired call."""
-    from negprompt_demo.embedded.evaluate import BASE_PROMPT
+    from negprompt_demo.embedded_tools.evaluate import BASE_PROMPT
 
-    return _mustache_rates(BASE_PROMPT)
+    return _mustache_rates(embedded_pipe, BASE_PROMPT)
 
 
 def test_negative_prompt_removes_mustaches(mustache_pairs):
@@ -97,21 +122,23 @@ def test_negative_prompt_removes_mustaches(mustache_pairs):
     assert mustache_pairs.with_negative["face"] >= 0.9
 
 
-def test_negation_in_the_prompt_does_not_remove_mustaches(mustache_pairs):
+def test_negation_in_the_prompt_does_not_remove_mustaches(embedded_pipe, mustache_pairs):
     """The article's point: "...without mustache" still gets mustaches (the text encoder ignores negation)."""
-    from negprompt_demo.embedded.evaluate import BASE_PROMPT
+    from negprompt_demo.embedded_tools.evaluate import BASE_PROMPT
 
-    negated = _mustache_rates(f"{BASE_PROMPT} without mustache")
+    negated = _mustache_rates(embedded_pipe, f"{BASE_PROMPT} without mustache")
     assert negated.without["mustache"] >= mustache_pairs.without["mustache"] - 0.2  # 24 seeds: 2 sigma
     assert negated.with_negative["mustache"] <= 3 / len(SEEDS)  # the negative prompt does remove them
 
 
-def test_docs_table_describes_the_shipped_model(mustache_pairs):
+def test_docs_table_describes_the_shipped_model(embedded_pipe, mustache_pairs):
     """The committed results table was measured on this model at its defaults: a handful of other seeds
     must give rates within sampling noise of the table's rows (a) and (c)."""
+    from negprompt_demo.loading import model_defaults
+
     results = Path(__file__).resolve().parents[1] / "docs" / "embedded_results.json"
     res = json.loads(results.read_text())
-    defaults = json.loads((MODEL_DIR / "negprompt_defaults.json").read_text())
+    defaults = model_defaults(embedded_pipe)
     assert (res["guidance"], res["steps"], res["scheduler"]) == (
         defaults["guidance"],
         defaults["steps"],

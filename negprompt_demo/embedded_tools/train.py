@@ -11,7 +11,7 @@ At the end the EMA weights are written as a standard diffusers folder that loads
 `StableDiffusionPipeline.from_pretrained(folder)`. Runs on CPU (2 cores: see docs/EMBEDDED.md for
 the wall time) or on a GPU if one is visible. Usage:
 
-    python -m negprompt_demo.embedded train --bpe /tmp/oc/bpe_simple_vocab_16e6.txt.gz
+    python -m negprompt_demo.embedded_tools train --bpe /tmp/oc/bpe_simple_vocab_16e6.txt.gz
 """
 
 from __future__ import annotations
@@ -39,8 +39,8 @@ from tqdm import tqdm
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from negprompt_demo.embedded import MODEL_DIR
-from negprompt_demo.embedded.clip_vocab import derive_tokenizer_files
-from negprompt_demo.embedded.faces import MENTION_P, caption, make_dataset
+from negprompt_demo.embedded.faces import MENTION_P, Portrait, caption, make_dataset
+from negprompt_demo.embedded_tools.clip_vocab import derive_tokenizer_files
 
 # Stable Diffusion 1.x noise schedule, so the usual schedulers behave as they do on hub models.
 SD_SCHEDULE = {
@@ -243,8 +243,9 @@ def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> N
             e.lerp_(p, 1.0 - decay)
 
 
-def train_diffusion(cfg: TrainConfig, vae: AutoencoderKL, tokenizer: CLIPTokenizer) -> None:
-    """Train UNet and text encoder jointly (resumable); keeps EMA copies of both in the checkpoint."""
+def _training_latents(cfg: TrainConfig, vae: AutoencoderKL) -> tuple[torch.Tensor, list[Portrait], float]:
+    """VAE latents of the training portraits (cached in run_dir), the portraits' labels, and the scale that gives
+    the latents unit variance (the exported VAE's `scaling_factor`)."""
     cache = cfg.run_dir / f"latents_{cfg.images}_{cfg.seed}.pt"
     _, _, portraits = make_dataset(cfg.images, seed=cfg.seed + 2)
     if cache.exists():
@@ -255,17 +256,59 @@ def train_diffusion(cfg: TrainConfig, vae: AutoencoderKL, tokenizer: CLIPTokeniz
         torch.save(latents, cache)
     for p in portraits:
         p.image = None  # keep only labels and colours (captions are re-drawn every step)
-    scaling = 1.0 / latents.std().item()
     print(f"latents {tuple(latents.shape)} mean {latents.mean():.3f} std {latents.std():.3f}")
+    return latents, portraits, 1.0 / latents.std().item()
 
+
+def _diffusion_models(cfg: TrainConfig) -> dict[str, torch.nn.Module]:
+    """UNet, text encoder and their EMA copies, keyed as in the checkpoint."""
     torch.manual_seed(cfg.seed)
     unet = build_unet().to(cfg.device)
     text = build_text_encoder(cfg.token_embedding_std).to(cfg.device)
     ema_unet, ema_text = build_unet().to(cfg.device), build_text_encoder().to(cfg.device)
     ema_unet.load_state_dict(unet.state_dict())
     ema_text.load_state_dict(text.state_dict())
-    params = list(unet.parameters()) + list(text.parameters())
+    return {"unet": unet, "text": text, "ema_unet": ema_unet, "ema_text": ema_text}
 
+
+def _training_batch(
+    cfg: TrainConfig,
+    step: int,
+    latents: torch.Tensor,
+    portraits: list[Portrait],
+    scaling: float,
+    tokenizer: CLIPTokenizer,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(token ids, scaled latents, noise, timesteps) for one step, from per-step RNGs so that a resume is exact."""
+    rng = random.Random(cfg.seed * 1_000_003 + step)
+    g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+    idx = torch.randint(0, len(latents), (cfg.batch,), generator=g)
+    lo, hi = cfg.bootstrap_steps
+    mention_p = cfg.bootstrap_mention_p if lo <= step < hi else MENTION_P
+    captions = [caption(portraits[i], rng, mention_p) for i in idx.tolist()]
+    ids = tokenizer(captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+    x0 = (latents[idx] * scaling).to(cfg.device)
+    noise = torch.randn(x0.shape, generator=g).to(cfg.device)
+    t = torch.randint(0, 1000, (cfg.batch,), generator=g).to(cfg.device)
+    return ids.to(cfg.device), x0, noise, t
+
+
+def _set_learning_rates(cfg: TrainConfig, opt: torch.optim.Optimizer, text: torch.nn.Module, step: int) -> None:
+    """UNet on the warm-up/cosine schedule; the text encoder frozen, then warmed up at `text_lr_mult` times it."""
+    lr = lr_at(step, cfg.steps, cfg.lr, cfg.warmup)
+    opt.param_groups[0]["lr"] = lr
+    text.requires_grad_(step >= cfg.text_frozen_until)  # frozen: no gradients, Adam leaves it alone
+    if step >= cfg.text_frozen_until:  # joint training, warmed up: Adam has no state for these weights yet
+        warm = min(1.0, (step - cfg.text_frozen_until + 1) / 200)
+        opt.param_groups[1]["lr"] = lr * cfg.text_lr_mult * warm
+
+
+def train_diffusion(cfg: TrainConfig, vae: AutoencoderKL, tokenizer: CLIPTokenizer) -> None:
+    """Train UNet and text encoder jointly (resumable); keeps EMA copies of both in the checkpoint."""
+    latents, portraits, scaling = _training_latents(cfg, vae)
+    models = _diffusion_models(cfg)
+    unet, text = models["unet"], models["text"]
+    params = list(unet.parameters()) + list(text.parameters())
     groups = [{"params": list(unet.parameters())}, {"params": list(text.parameters())}]
     opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=0.0)
     noise_sched = DDPMScheduler(**SD_SCHEDULE)
@@ -275,7 +318,7 @@ def train_diffusion(cfg: TrainConfig, vae: AutoencoderKL, tokenizer: CLIPTokeniz
     ckpt, start = cfg.run_dir / "diffusion.pt", 0
     if ckpt.exists():
         state = torch.load(ckpt, map_location=cfg.device)
-        for module, key in ((unet, "unet"), (text, "text"), (ema_unet, "ema_unet"), (ema_text, "ema_text")):
+        for key, module in models.items():
             module.load_state_dict(state[key])
         start = state["step"]
         opt.load_state_dict(state["opt"])
@@ -287,26 +330,9 @@ def train_diffusion(cfg: TrainConfig, vae: AutoencoderKL, tokenizer: CLIPTokeniz
     for step in bar:
         if step % 25 == 0:
             adapt_threads(max_threads)
-        rng = random.Random(cfg.seed * 1_000_003 + step)  # per-step RNGs: exact resume
-        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-        idx = torch.randint(0, len(latents), (cfg.batch,), generator=g)
-        lo, hi = cfg.bootstrap_steps
-        mention_p = cfg.bootstrap_mention_p if lo <= step < hi else MENTION_P
-        captions = [caption(portraits[i], rng, mention_p) for i in idx.tolist()]
-        ids = tokenizer(
-            captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt"
-        ).input_ids.to(cfg.device)
-        x0 = (latents[idx] * scaling).to(cfg.device)
-        noise = torch.randn(x0.shape, generator=g).to(cfg.device)
-        t = torch.randint(0, 1000, (cfg.batch,), generator=g).to(cfg.device)
+        ids, x0, noise, t = _training_batch(cfg, step, latents, portraits, scaling, tokenizer)
         xt = noise_sched.add_noise(x0, noise, t)
-        lr = lr_at(step, cfg.steps, cfg.lr, cfg.warmup)
-        opt.param_groups[0]["lr"] = lr
-        text.requires_grad_(step >= cfg.text_frozen_until)  # frozen: no gradients, Adam leaves it alone
-        if step >= cfg.text_frozen_until:  # joint training, warmed up: Adam has no state for these weights yet
-            warm = min(1.0, (step - cfg.text_frozen_until + 1) / 200)
-            opt.param_groups[1]["lr"] = lr * cfg.text_lr_mult * warm
-
+        _set_learning_rates(cfg, opt, text, step)
         pred = unet(xt, t, text(ids)[0]).sample
         # min-SNR weighting (Hang et al. 2023): faster convergence for epsilon prediction
         weight = torch.clamp(snr[t], max=cfg.min_snr_gamma) / snr[t]
@@ -316,29 +342,21 @@ def train_diffusion(cfg: TrainConfig, vae: AutoencoderKL, tokenizer: CLIPTokeniz
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         decay = min(cfg.ema_decay, (1 + step) / (10 + step))
-        _ema_update(ema_unet, unet, decay)
-        _ema_update(ema_text, text, decay)
+        _ema_update(models["ema_unet"], unet, decay)
+        _ema_update(models["ema_text"], text, decay)
 
         running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
         bar.set_postfix(loss=f"{running:.4f}", threads=torch.get_num_threads())
         writer.writerow([step, f"{loss.item():.5f}", f"{running:.5f}", f"{time.time() - t0:.1f}"])
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
-            _save(
-                ckpt,
-                unet=unet.state_dict(),
-                text=text.state_dict(),
-                ema_unet=ema_unet.state_dict(),
-                ema_text=ema_text.state_dict(),
-                opt=opt.state_dict(),
-                step=step + 1,
-                scaling=scaling,
-            )
+            states = {key: module.state_dict() for key, module in models.items()}
+            _save(ckpt, **states, opt=opt.state_dict(), step=step + 1, scaling=scaling)
             log.flush()
     log.close()
 
 
 def export_pipeline(
-    cfg: TrainConfig, vae: AutoencoderKL, tokenizer: CLIPTokenizer, out_dir: Path, defaults: dict | None = None
+    cfg: TrainConfig, vae: AutoencoderKL, tokenizer: CLIPTokenizer, out_dir: Path, defaults: dict
 ) -> None:
     """Write the EMA weights of the last checkpoint as a standard StableDiffusionPipeline folder."""
     state = torch.load(cfg.run_dir / "diffusion.pt", map_location="cpu")
@@ -360,28 +378,29 @@ def export_pipeline(
     pipe.save_pretrained(out_dir, safe_serialization=True)
     info = {"trained_steps": state["step"], "seed": cfg.seed, "images": cfg.images, "batch": cfg.batch}
     (out_dir / "training_info.json").write_text(json.dumps(info, indent=2) + "\n")
-    if defaults is not None:
-        (out_dir / "negprompt_defaults.json").write_text(json.dumps(defaults, indent=2) + "\n")
+    (out_dir / "negprompt_defaults.json").write_text(json.dumps(defaults, indent=2) + "\n")
+
+
+def sampling_defaults(out_dir: Path) -> dict:
+    """The app settings to ship with the export: the out folder's own (a retrain keeps the settings its
+    results table was measured at), else the shipped model's, which has the same architecture and size."""
+    own = out_dir / "negprompt_defaults.json"
+    return json.loads((own if own.is_file() else MODEL_DIR / "negprompt_defaults.json").read_text())
 
 
 def train(cfg: TrainConfig, bpe: Path | None) -> None:
-    """Both stages, then export. The tokenizer is derived from CLIP's BPE file or reused from out_dir."""
+    """Both stages, then export. The tokenizer is derived from CLIP's BPE file, or reused: the run's, else the
+    shipped model's committed files (the same CLIP vocabulary, whatever --out is)."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     tok_dir = cfg.run_dir / "tokenizer"
     if bpe is not None:
         derive_tokenizer_files(bpe, tok_dir)
     elif not tok_dir.exists():
-        tok_dir = cfg.out_dir / "tokenizer"  # the committed, previously derived files
+        tok_dir = MODEL_DIR / "tokenizer"
     tokenizer = CLIPTokenizer.from_pretrained(tok_dir)
     vae = train_vae(cfg)
     vae.requires_grad_(False)
     train_diffusion(cfg, vae, tokenizer)
-    defaults_file = cfg.out_dir / "negprompt_defaults.json"
-    defaults = (
-        json.loads(defaults_file.read_text())
-        if defaults_file.exists()
-        else {"guidance": 7.5, "steps": 25, "scheduler": "Euler", "width": 64, "height": 64}
-    )
-    export_pipeline(cfg, vae, tokenizer, cfg.out_dir, defaults)
+    export_pipeline(cfg, vae, tokenizer, cfg.out_dir, sampling_defaults(cfg.out_dir))
     print(f"wrote {cfg.out_dir}")

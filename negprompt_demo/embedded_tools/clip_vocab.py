@@ -8,7 +8,7 @@ derived files are committed, so open_clip is needed solely to re-derive them:
 
     pip download open_clip_torch --no-deps -d /tmp/oc && unzip -j /tmp/oc/*.whl \\
         open_clip/bpe_simple_vocab_16e6.txt.gz -d /tmp/oc
-    python -m negprompt_demo.embedded tokenizer --bpe /tmp/oc/bpe_simple_vocab_16e6.txt.gz --out DIR
+    python -m negprompt_demo.embedded_tools tokenizer --bpe /tmp/oc/bpe_simple_vocab_16e6.txt.gz --out DIR
 """
 
 from __future__ import annotations

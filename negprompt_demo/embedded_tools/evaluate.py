@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-from negprompt_demo.embedded import MODEL_DIR
 from negprompt_demo.embedded.faces import ATTRIBUTES
 from negprompt_demo.embedded.probe import OUTPUTS, Probe
+from negprompt_demo.engine import generate_pairs
+from negprompt_demo.loading import load_pipeline, model_defaults
+from negprompt_demo.settings import CompareSettings
 
 BASE_PROMPT = "portrait photo of a man"
 # per attribute: (phrase after "without", bare negative prompt, phrase after "with")
@@ -31,17 +32,25 @@ TABLE_ATTRIBUTES: dict[str, tuple[str, str, str]] = {
 UNRELATED_NEGATIVE = "blurry"  # names nothing these portraits show (a common real negative); see EMBEDDED.md
 
 
-def model_defaults(model_dir: Path = MODEL_DIR) -> dict:
-    """The settings the results table was measured at (also read by the engine and the app)."""
-    return json.loads((model_dir / "negprompt_defaults.json").read_text())
-
-
 def parse_seeds(text: str) -> list[int]:
     """'0:64' -> 0..63; '1,5,9' -> [1, 5, 9]."""
     if ":" in text:
         start, stop = text.split(":")
         return list(range(int(start), int(stop)))
     return [int(s) for s in text.split(",") if s.strip()]
+
+
+def sampling_settings(
+    pipe, guidance: float | None = None, steps: int | None = None, scheduler: str | None = None
+) -> dict[str, float | int | str]:
+    """Guidance, steps and scheduler: the given ones, the rest from the loaded model's defaults (the embedded
+    model's negprompt_defaults.json, else its family's), so the tools measure at the settings the app uses."""
+    defaults = model_defaults(pipe)
+    return {
+        "guidance": defaults["guidance"] if guidance is None else guidance,
+        "steps": defaults["steps"] if steps is None else steps,
+        "scheduler": defaults["scheduler"] if scheduler is None else scheduler,
+    }
 
 
 @dataclass
@@ -69,9 +78,6 @@ def probe_pairs(
     keep_images: bool = False,
 ) -> tuple[PairRates, list[tuple[Image.Image, Image.Image]]]:
     """Run the engine's paired generation over `seeds` (in chunks of one call each) and probe every image."""
-    from negprompt_demo.engine import generate_pairs
-    from negprompt_demo.settings import CompareSettings
-
     settings = CompareSettings(prompt=prompt, negative=negative, steps=steps, guidance=guidance, scheduler=scheduler)
     calls: dict[str, list[np.ndarray]] = {"without": [], "with": []}
     kept: list[tuple[Image.Image, Image.Image]] = []
@@ -98,27 +104,21 @@ def evaluate(
     steps: int | None = None,
     scheduler: str | None = None,
 ) -> dict:
-    """The `evaluate` command: the attribute's rate without and with the negative prompt, as a dict."""
-    from negprompt_demo.loading import load_pipeline
+    """The `evaluate` command: the attribute's rate without and with the negative prompt, as a dict.
 
+    Settings left as None come from the model's defaults (see `sampling_settings`)."""
     if attribute not in ATTRIBUTES:
         raise ValueError(f"attribute must be one of {', '.join(ATTRIBUTES)}")
-    defaults = model_defaults() if model is None else {"guidance": 7.5, "steps": 25, "scheduler": "Euler"}
-    guidance = defaults["guidance"] if guidance is None else guidance
-    steps = defaults["steps"] if steps is None else steps
-    scheduler = defaults["scheduler"] if scheduler is None else scheduler
-    rates, _ = probe_pairs(
-        load_pipeline(model), prompt, negative, seeds, Probe(), guidance=guidance, steps=steps, scheduler=scheduler
-    )
+    pipe = load_pipeline(model)
+    settings = sampling_settings(pipe, guidance, steps, scheduler)
+    rates, _ = probe_pairs(pipe, prompt, negative, seeds, Probe(), **settings)
     return {
         "model": model or "embedded",
         "prompt": prompt,
         "negative": negative,
         "attribute": attribute,
         "seeds": f"{seeds[0]}..{seeds[-1]} ({len(seeds)})",
-        "guidance": guidance,
-        "steps": steps,
-        "scheduler": scheduler,
+        **settings,
         "rate_empty_negative": rates.without[attribute],
         "rate_with_negative": rates.with_negative[attribute],
         "face_rate_empty_negative": rates.without["face"],
@@ -127,12 +127,17 @@ def evaluate(
 
 
 def results_table(
-    seeds: list[int], attributes: list[str], guidance: float, steps: int, scheduler: str, unrelated: bool = True
+    pipe,
+    seeds: list[int],
+    attributes: list[str],
+    *,
+    guidance: float,
+    steps: int,
+    scheduler: str,
+    unrelated: bool = True,
 ) -> dict:
     """All rows of docs/EMBEDDED.md: for each attribute (a) plain, (b) "without", (c) negative, (d) "with"."""
-    from negprompt_demo.loading import load_pipeline
-
-    pipe, probe = load_pipeline(None), Probe()
+    probe = Probe()
     kw = {"guidance": guidance, "steps": steps, "scheduler": scheduler}
     out: dict = {"seeds": f"{seeds[0]}:{seeds[-1] + 1}", **kw, "attributes": {}}
     for attr in attributes:
