@@ -26,8 +26,8 @@ from benchmarks.common import (
     synchronize,
     time_interleaved,
 )
-from negprompt_demo.engine import compare, prepare
-from negprompt_demo.settings import SCHEDULERS, CompareSettings
+from negprompt_demo.engine import SCHEDULERS, compare, prepare
+from negprompt_demo.settings import CompareSettings
 
 
 def naive_pair(pipe, settings: CompareSettings) -> list:

@@ -17,16 +17,29 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from diffusers import (
+    DDIMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerAncestralDiscreteScheduler,
+    EulerDiscreteScheduler,
+    UniPCMultistepScheduler,
+)
 from PIL import Image
 
-from negprompt_demo.loading import model_defaults, model_family, model_label, native_size
-from negprompt_demo.settings import SCHEDULERS, CompareSettings, resolve_settings
+from negprompt_demo.loading import (
+    base_scheduler_config,
+    model_defaults,
+    model_family,
+    model_label,
+    native_size,
+    pipeline_lock,
+)
+from negprompt_demo.settings import SCHEDULER_NAMES, CompareSettings, resolve_settings
 from negprompt_demo.trace import GuidanceTrace, GuidanceTracer, StepRecord
 
 # on_step(done_steps, total_steps, record): record is None when the trace is off.
@@ -54,22 +67,28 @@ class Comparison:
     seconds: float = 0.0
 
 
-_locks: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-_base_scheduler_configs: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-_locks_guard = threading.Lock()
-
-
-def pipeline_lock(pipe) -> threading.Lock:
-    """One run at a time per pipeline: hooks, the scheduler and the interrupt flag are pipeline state."""
-    with _locks_guard:
-        if pipe not in _locks:
-            _locks[pipe] = threading.Lock()
-            _base_scheduler_configs[pipe] = pipe.scheduler.config
-        return _locks[pipe]
+# Both runs always use the same scheduler; settings.SCHEDULER_NAMES are the names users pick from.
+SCHEDULERS: dict[str, tuple[type, dict]] = {
+    "Euler": (EulerDiscreteScheduler, {}),
+    "Euler a": (EulerAncestralDiscreteScheduler, {}),
+    "DPM++ 2M Karras": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "use_karras_sigmas": True}),
+    "DDIM": (DDIMScheduler, {}),
+    "UniPC": (UniPCMultistepScheduler, {}),
+}
+assert tuple(SCHEDULERS) == SCHEDULER_NAMES
 
 
 def prepare(pipe, settings: CompareSettings) -> tuple[CompareSettings, list[str]]:
-    """Validate and complete the settings for this model; return them with the warnings a user must see."""
+    """Validate and complete the settings for this model (the one check of a run's input); return them with the
+    warnings a user must see.
+
+    Under the pipeline lock: a fast tokenizer's padding/truncation state is shared, so tokenizing here while
+    another thread encodes its prompts gives that thread unpadded embeddings ("Expected size 77 but got 21")."""
+    with pipeline_lock(pipe):
+        return _prepare_unlocked(pipe, settings)
+
+
+def _prepare_unlocked(pipe, settings: CompareSettings) -> tuple[CompareSettings, list[str]]:
     resolved = resolve_settings(settings, native_size(pipe), model_defaults(pipe))
     warnings = []
     if resolved.guidance <= 1:
@@ -108,18 +127,35 @@ def compare(
     on_step: StepCallback | None = None,
     stop: threading.Event | None = None,
 ) -> Comparison:
-    """Run one seed with and without the negative prompt, in one batched pipeline call, recording the trace."""
+    """Check the settings, then run one seed with and without the negative prompt (see `run_paired`)."""
+    resolved, warnings = prepare(pipe, settings)
+    comparison = run_paired(pipe, resolved, trace=trace, on_step=on_step, stop=stop)
+    comparison.warnings[:0] = warnings
+    return comparison
+
+
+def run_paired(
+    pipe,
+    resolved: CompareSettings,
+    *,
+    trace: bool = True,
+    on_step: StepCallback | None = None,
+    stop: threading.Event | None = None,
+) -> Comparison:
+    """Run one seed with and without the negative prompt, in one batched pipeline call, recording the trace.
+
+    `resolved` must come from `prepare` (it is not checked again); the warnings in the result are only those the
+    run itself found (a safety checker's blanking)."""
     started = time.perf_counter()
     with pipeline_lock(pipe):
-        # Under the lock: a fast tokenizer's padding/truncation state is shared, so tokenizing here while another
-        # thread encodes its prompts gives that thread unpadded embeddings (seen as "Expected size 77 but got 21").
-        resolved, warnings = prepare(pipe, settings)
         cfg_active = resolved.guidance > 1 and pipe.unet.config.time_cond_proj_dim is None
         tracer = GuidanceTracer(pipe, resolved.guidance, cfg_active, resolved.push_map) if trace else None
         images, nsfw = _sample(pipe, resolved, [resolved.seed], tracer, on_step, stop)
-    for run, flagged in zip(("without", "with"), nsfw):
-        if flagged:
-            warnings.append(f"The model's safety checker blanked the image {run} the negative prompt.")
+    warnings = [
+        f"The model's safety checker blanked the image {run} the negative prompt."
+        for run, flagged in zip(("without", "with"), nsfw)
+        if flagged
+    ]
     return Comparison(
         without_negative=images[0],
         with_negative=images[1],
@@ -137,7 +173,7 @@ def generate_pairs(pipe, settings: CompareSettings, seeds: list[int]) -> list[tu
     if not seeds:
         return []
     with pipeline_lock(pipe):
-        resolved, _ = prepare(pipe, settings.replace(seed=seeds[0]))  # under the lock, as in `compare`
+        resolved, _ = _prepare_unlocked(pipe, settings.replace(seed=seeds[0]))
         images, _ = _sample(pipe, resolved, [int(seed) for seed in seeds], None, None, None)
     return [(images[2 * i], images[2 * i + 1]) for i in range(len(seeds))]
 
@@ -146,7 +182,7 @@ def generate_pairs(pipe, settings: CompareSettings, seeds: list[int]) -> list[tu
 def _sample(pipe, settings: CompareSettings, seeds: list[int], tracer, on_step, stop):
     """The single pipeline call. Batch items are [seed0 without, seed0 with, seed1 without, ...]."""
     scheduler_class, scheduler_kwargs = SCHEDULERS[settings.scheduler]
-    pipe.scheduler = scheduler_class.from_config(_base_scheduler_configs[pipe], **scheduler_kwargs)
+    pipe.scheduler = scheduler_class.from_config(base_scheduler_config(pipe), **scheduler_kwargs)
     cfg_active = settings.guidance > 1 and pipe.unet.config.time_cond_proj_dim is None
     embeddings = _paired_embeddings(pipe, settings, len(seeds), cfg_active)
     generators = [torch.Generator(device="cpu").manual_seed(seed) for seed in seeds for _ in range(2)]

@@ -1,4 +1,4 @@
-"""Page-sized pictures built from `visualize`: legends for the step view and the difference map with its scale.
+"""Colour legends for the page: the step view's scales and the difference map with its own.
 
 Kept apart from `visualize.py` (shared by the CLI and the docs) because these exist only to lay the page out.
 """
@@ -17,6 +17,7 @@ from negprompt_demo.visualize import (
     difference_heatmap,
     font,
     guidance_vmax,
+    push_vmax,
 )
 
 
@@ -53,9 +54,9 @@ def step_legend(trace: GuidanceTrace) -> Image.Image:
     """What the overlay colours mean: one scale for the guidance maps (shared by all steps and both runs) and,
     when recorded, one for the negative-push map."""
     bars = [legend_bar(GUIDANCE_COLORMAP, guidance_vmax(trace), "guidance map: |eps_text - eps_neg| per pixel")]
-    pushes = [float(step.push_map.float().max()) for step in trace.steps if step.push_map is not None]
-    if pushes:
-        bars.append(legend_bar(PUSH_COLORMAP, max(pushes), "negative push: |eps_empty - eps_neg| per pixel"))
+    push_peak = push_vmax(trace)
+    if push_peak is not None:
+        bars.append(legend_bar(PUSH_COLORMAP, push_peak, "negative push: |eps_empty - eps_neg| per pixel"))
     return stack(bars)
 
 

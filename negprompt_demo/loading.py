@@ -13,6 +13,7 @@ import os
 import re
 import socket
 import threading
+import weakref
 from collections import OrderedDict
 from pathlib import Path
 from urllib.parse import urlparse
@@ -82,7 +83,10 @@ def check_model_name(name: str | None) -> str:
 
 
 _cache: OrderedDict[str, object] = OrderedDict()
-_cache_lock = threading.Lock()
+_cache_lock = threading.Lock()  # guards `_cache` and `_loading` only; never held while a model loads
+_loading: dict[str, threading.Lock] = {}  # one lock per name being loaded, so a download blocks no other model
+_run_locks: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_base_scheduler_configs: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def max_loaded_models(device: str) -> int:
@@ -97,9 +101,16 @@ def load_pipeline(name: str | None = None):
         if key in _cache:
             _cache.move_to_end(key)
             return _cache[key]
+        name_lock = _loading.setdefault(key, threading.Lock())
+    with name_lock:  # a second request for the same model waits for the first load instead of loading it twice
+        with _cache_lock:
+            if key in _cache:
+                return _cache[key]
         pipe = _load_uncached(key)
-        _cache[key] = pipe
-        _evict_over_bound(pick_device()[0])
+        with _cache_lock:
+            _cache[key] = pipe
+            _loading.pop(key, None)
+            _evict_over_bound(pick_device()[0])
         return pipe
 
 
@@ -107,16 +118,30 @@ def loaded_models() -> list[str]:
     return list(_cache)
 
 
-def clear_cache() -> None:
+def pipeline_lock(pipe) -> threading.Lock:
+    """One run at a time per pipeline: hooks, the scheduler, the tokenizer's state and the interrupt flag are
+    pipeline state."""
     with _cache_lock:
-        _cache.clear()
-        _free_accelerator_memory()
+        if pipe not in _run_locks:
+            _run_locks[pipe] = threading.Lock()
+            _base_scheduler_configs[pipe] = pipe.scheduler.config
+        return _run_locks[pipe]
+
+
+def base_scheduler_config(pipe):
+    """The scheduler configuration the model shipped with (each run builds its scheduler from it)."""
+    pipeline_lock(pipe)
+    return _base_scheduler_configs[pipe]
 
 
 def _evict_over_bound(device: str) -> None:
+    """Drop the least recently used big pipelines over the bound, never one that is running right now."""
     big = [key for key, pipe in _cache.items() if _parameter_count(pipe) > SMALL_MODEL_PARAMETERS]
-    while len(big) > max_loaded_models(device):
-        del _cache[big.pop(0)]  # least recently used first
+    idle = [key for key in big if not (_cache[key] in _run_locks and _run_locks[_cache[key]].locked())]
+    while len(big) > max_loaded_models(device) and idle:
+        key = idle.pop(0)  # least recently used first
+        big.remove(key)
+        del _cache[key]
         _free_accelerator_memory()
 
 

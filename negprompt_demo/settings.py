@@ -1,7 +1,11 @@
-"""What a comparison is asked to do, and the checks that turn user input into something safe to run.
+"""What a comparison is asked to do: every input declared once, and the one check that makes input safe to run.
 
-Every entry point (CLI, Gradio page, public API) builds a `CompareSettings` and passes it through
-`resolve_settings`, so bad input gets the same clear message everywhere and never reaches the pipeline.
+Each field of `CompareSettings` carries a `Field` (type, range, default, label, help). The page's widgets, the
+public `/compare` API, the CLI flags and the example rows are all built from these declarations, and every entry
+point passes what it received through `resolve_settings` exactly once, so bad input gets the same clear message
+everywhere and never reaches the pipeline. Adding an input is one field here plus its use in the engine.
+
+This module imports no torch or diffusers, so the CLI can build its parser (and answer `--help`) at once.
 """
 
 from __future__ import annotations
@@ -12,46 +16,82 @@ import random
 import unicodedata
 from dataclasses import dataclass
 
-from diffusers import (
-    DDIMScheduler,
-    DPMSolverMultistepScheduler,
-    EulerAncestralDiscreteScheduler,
-    EulerDiscreteScheduler,
-    UniPCMultistepScheduler,
-)
-
-# The short list of samplers users know by their A1111 names; both runs always use the same one.
-SCHEDULERS: dict[str, tuple[type, dict]] = {
-    "Euler": (EulerDiscreteScheduler, {}),
-    "Euler a": (EulerAncestralDiscreteScheduler, {}),
-    "DPM++ 2M Karras": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "use_karras_sigmas": True}),
-    "DDIM": (DDIMScheduler, {}),
-    "UniPC": (UniPCMultistepScheduler, {}),
-}
-
-MIN_STEPS, MAX_STEPS = 1, 150
-MIN_GUIDANCE, MAX_GUIDANCE = 0.0, 30.0
+# The short list of samplers users know by their A1111 names (the engine maps them to diffusers schedulers).
+SCHEDULER_NAMES = ("Euler", "Euler a", "DPM++ 2M Karras", "DDIM", "UniPC")
+MAX_STEPS = 150
+MAX_GUIDANCE = 30.0
 MAX_SEED = 2**32 - 1
 MAX_PROMPT_CHARS = 2000
+MAX_ECHO_CHARS = 40  # a message quotes at most this much of a bad value
 
 
 class InputError(ValueError):
     """Input a user can fix; its message is shown to them as it is."""
 
 
+@dataclass(frozen=True)
+class Field:
+    """How one input is typed, bounded and explained; page, API, CLI and examples are built from it."""
+
+    kind: str  # "text", "int", "float", "choice" or "flag"
+    label: str
+    help: str
+    minimum: float | None = None
+    maximum: float | None = None
+    step: float | None = None
+    choices: tuple[str, ...] = ()
+    model_default: bool = False  # left blank, it takes the model's default (steps, guidance, scheduler, size)
+    zero_is_blank: bool = False  # 0 also means "the model's default" (sizes: 0 = native)
+
+
+def setting(default, field: Field):
+    return dataclasses.field(default=default, metadata={"field": field})
+
+
 @dataclass
 class CompareSettings:
-    """One comparison: the same prompt and seed, once with an empty negative prompt and once with `negative`."""
+    """One comparison: the same prompt and seed, once with an empty negative prompt and once with `negative`.
 
-    prompt: str
-    negative: str = ""
-    seed: int | None = None
-    steps: int = 25
-    guidance: float = 7.5
-    scheduler: str = "Euler"
-    width: int | None = None
-    height: int | None = None
-    push_map: bool = False
+    Blank fields (None) mean "random" for the seed and "the model's default" for the rest; `resolve_settings`
+    fills them, so resolved settings say exactly what ran."""
+
+    prompt: str = setting("", Field("text", "prompt", "what the image should show", maximum=MAX_PROMPT_CHARS))
+    negative: str = setting(
+        "",
+        Field(
+            "text", "negative prompt", "what to steer away from (compared with an empty one)", maximum=MAX_PROMPT_CHARS
+        ),
+    )
+    seed: int | None = setting(
+        None, Field("int", "seed", "-1 or blank: random; the seed used is always reported", -1, MAX_SEED, 1)
+    )
+    steps: int | None = setting(None, Field("int", "steps", "denoising steps", 1, MAX_STEPS, 1, model_default=True))
+    guidance: float | None = setting(
+        None,
+        Field("float", "guidance scale", "classifier-free guidance scale", 0.0, MAX_GUIDANCE, 0.5, model_default=True),
+    )
+    scheduler: str | None = setting(
+        None,
+        Field("choice", "scheduler", "sampler, the same for both runs", choices=SCHEDULER_NAMES, model_default=True),
+    )
+    width: int | None = setting(
+        None,
+        Field(
+            "int", "width (px)", "multiple of 8, half to twice the model's native size; 0: native", step=8,
+            model_default=True, zero_is_blank=True,
+        ),
+    )  # fmt: skip
+    height: int | None = setting(
+        None,
+        Field(
+            "int", "height (px)", "multiple of 8, half to twice the model's native size; 0: native", step=8,
+            model_default=True, zero_is_blank=True,
+        ),
+    )  # fmt: skip
+    push_map: bool = setting(
+        False,
+        Field("flag", "record the negative-push map", "one extra UNet item per step: where the negative itself pushes"),
+    )
 
     def replace(self, **changes) -> CompareSettings:
         return dataclasses.replace(self, **changes)
@@ -68,69 +108,85 @@ class CompareSettings:
         )
 
 
+FIELDS: dict[str, Field] = {f.name: f.metadata["field"] for f in dataclasses.fields(CompareSettings)}
+DEFAULTS: dict = {f.name: f.default for f in dataclasses.fields(CompareSettings)}
+
+
 def size_limits(native: int) -> tuple[int, int]:
     """Sizes allowed for a model whose native resolution is `native` px: half to double, multiples of 8."""
     return max(8, (native // 2) // 8 * 8), native * 2
 
 
-def resolve_settings(settings: CompareSettings, native_size: int, defaults: dict | None = None) -> CompareSettings:
-    """Check every field and fill the blanks (seed, size) so the result says exactly what will run.
+def resolve_settings(settings: CompareSettings, native_size: int, defaults: dict) -> CompareSettings:
+    """Check every field and fill the blanks (seed, the model's defaults) so the result says exactly what will run.
 
-    Raises InputError with a message that names the field and the allowed range.
+    `defaults` is the model's (steps, guidance, scheduler, optionally width/height). Raises InputError with a
+    message that names the field and what is allowed.
     """
-    defaults = defaults or {}
-    prompt = _clean_text(settings.prompt, "prompt")
-    negative = _clean_text(settings.negative, "negative prompt")
-    if not prompt:
+    defaults = {"width": native_size, "height": native_size, **defaults}
+    values = {}
+    for name, field in FIELDS.items():
+        value = getattr(settings, name)
+        blank = value is None or (isinstance(value, str) and not value.strip() and field.kind != "text")
+        if field.zero_is_blank and not isinstance(value, bool) and value == 0:
+            blank = True
+        if blank and field.model_default:
+            value = defaults[name]
+        values[name] = None if blank and not field.model_default else _parse(value, name, field)
+
+    if not values["prompt"]:
         raise InputError("The prompt is empty: write what the image should show.")
-
-    steps = _as_int(settings.steps, "steps")
-    if not MIN_STEPS <= steps <= MAX_STEPS:
-        raise InputError(f"steps must be between {MIN_STEPS} and {MAX_STEPS}, got {steps}.")
-
-    guidance = _as_float(settings.guidance, "guidance scale")
-    if not MIN_GUIDANCE <= guidance <= MAX_GUIDANCE:
-        raise InputError(f"guidance scale must be between {MIN_GUIDANCE:g} and {MAX_GUIDANCE:g}, got {guidance:g}.")
-
-    if settings.scheduler not in SCHEDULERS:
-        raise InputError(f"Unknown scheduler {settings.scheduler!r}; choose one of: {', '.join(SCHEDULERS)}.")
-
-    seed = None if settings.seed in (None, "") else _as_int(settings.seed, "seed")
-    if seed is None or seed == -1:
-        seed = random.randint(0, MAX_SEED)  # blank or -1 means "random", as in A1111
-    elif not 0 <= seed <= MAX_SEED:
-        raise InputError(f"seed must be between 0 and {MAX_SEED} (or -1 for random), got {seed}.")
-
+    values["negative"] = values["negative"] or ""
+    values["push_map"] = bool(values["push_map"])
+    if values["seed"] is None or values["seed"] == -1:
+        values["seed"] = random.randint(0, MAX_SEED)  # blank or -1 means "random", as in A1111
     low, high = size_limits(native_size)
-    sizes = []
-    for name, value in (("width", settings.width), ("height", settings.height)):
-        value = defaults.get(name, native_size) if value in (None, "", 0) else _as_int(value, name)
-        if value % 8 != 0:
-            raise InputError(f"{name} must be a multiple of 8, got {value}.")
-        if not low <= value <= high:
-            raise InputError(f"{name} must be between {low} and {high} px for this model, got {value}.")
-        sizes.append(value)
-
-    return CompareSettings(
-        prompt=prompt,
-        negative=negative,
-        seed=seed,
-        steps=steps,
-        guidance=guidance,
-        scheduler=settings.scheduler,
-        width=sizes[0],
-        height=sizes[1],
-        push_map=bool(settings.push_map),
-    )
+    for name in ("width", "height"):
+        if values[name] % 8 != 0:
+            raise InputError(f"{name} must be a multiple of 8, got {values[name]}.")
+        if not low <= values[name] <= high:
+            raise InputError(f"{name} must be between {low} and {high} px for this model, got {values[name]}.")
+    return CompareSettings(**values)
 
 
-def _clean_text(text: str | None, field: str) -> str:
+def _parse(value, name: str, field: Field):
+    """One value by its declared kind and range."""
+    if field.kind == "text":
+        return _clean_text(value, field.label, int(field.maximum or MAX_PROMPT_CHARS))
+    if field.kind == "flag":
+        if not isinstance(value, bool):
+            raise InputError(f"{name} must be true or false, got {_echo(value)}.")
+        return value
+    if field.kind == "choice":
+        if not isinstance(value, str) or value not in field.choices:
+            raise InputError(f"Unknown {name} {_echo(value)}; choose one of: {', '.join(field.choices)}.")
+        return value
+    name = field.label.split(" (")[0]  # "guidance scale", "width"
+    number = _as_int(value, name) if field.kind == "int" else _as_float(value, name)
+    low, high = field.minimum, field.maximum
+    if (low is not None and number < low) or (high is not None and number > high):
+        extra = " (or -1 for random)" if name == "seed" else ""
+        shown = (int(low), int(high)) if field.kind == "int" else (f"{low:g}", f"{high:g}")
+        shown = (0, shown[1]) if extra else shown
+        raise InputError(f"{name} must be between {shown[0]} and {shown[1]}{extra}, got {_echo(number)}.")
+    return number
+
+
+def _echo(value) -> str:
+    """A bad value as a message quotes it: repr, cut to MAX_ECHO_CHARS (a 309-digit number is not read by anyone)."""
+    text = repr(value) if isinstance(value, str) else str(value) if isinstance(value, (int, float)) else repr(value)
+    return text if len(text) <= MAX_ECHO_CHARS else text[: MAX_ECHO_CHARS - 1] + "…"
+
+
+def _clean_text(text, field: str, limit: int) -> str:
     if text is None:
         return ""
     if not isinstance(text, str):
-        raise InputError(f"The {field} must be text.")
-    if len(text) > MAX_PROMPT_CHARS:
-        raise InputError(f"The {field} is {len(text)} characters long; the limit is {MAX_PROMPT_CHARS}.")
+        raise InputError(f"The {field} must be text, got {type(text).__name__}.")
+    if len(text) > limit:
+        raise InputError(f"The {field} is {len(text)} characters long; the limit is {limit}.")
+    if any(unicodedata.category(ch) == "Cs" for ch in text):
+        raise InputError(f"The {field} contains an invalid character (a lone UTF-16 surrogate); retype it.")
     # Control characters (NUL, escape sequences) mean nothing to a text encoder; newlines become spaces.
     kept = "".join(" " if ch in "\n\r\t" else ch for ch in text if unicodedata.category(ch) != "Cc" or ch in "\n\r\t")
     return " ".join(kept.split())
@@ -141,19 +197,25 @@ def _as_int(value, field: str) -> int:
         raise InputError(f"{field} must be a whole number, got {value!r}.")
     if isinstance(value, float):
         if not math.isfinite(value) or value != int(value):
-            raise InputError(f"{field} must be a whole number, got {value!r}.")
+            raise InputError(f"{field} must be a whole number, got {_echo(value)}.")
         return int(value)
+    if isinstance(value, int):
+        return value
+    if not isinstance(value, str):
+        raise InputError(f"{field} must be a whole number, got {_echo(value)}.")
     try:
-        return int(str(value).strip())
+        return int(value.strip())
     except ValueError:
-        raise InputError(f"{field} must be a whole number, got {value!r}.") from None
+        raise InputError(f"{field} must be a whole number, got {_echo(value)}.") from None
 
 
 def _as_float(value, field: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise InputError(f"{field} must be a number, got {_echo(value)}.")
     try:
         number = float(value)
-    except (TypeError, ValueError):
-        raise InputError(f"{field} must be a number, got {value!r}.") from None
+    except (ValueError, OverflowError):
+        raise InputError(f"{field} must be a number, got {_echo(value)}.") from None
     if not math.isfinite(number):
-        raise InputError(f"{field} must be a finite number, got {value!r}.")
+        raise InputError(f"{field} must be a finite number, got {_echo(value)}.")
     return number

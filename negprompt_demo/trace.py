@@ -29,13 +29,16 @@ class StepRecord:
     index: int  # 0-based step number
     timestep: float
     sigma: float  # noise level: x_t = x0 + sigma * noise in the variance-exploding view
-    guidance_map: torch.Tensor  # [2, h, w] float16: ‖ε_text − ε_neg‖ over channels, per latent pixel
+    # Arrays are None only in a stored trace's steps other than the one read back (tracefile.TraceStore.load).
+    guidance_map: torch.Tensor | None  # [2, h, w] float16: ‖ε_text − ε_neg‖ over channels, per latent pixel
     guidance_mean: tuple[float, float]  # mean of each run's map
+    guidance_peak: float  # largest value of both maps (one colour scale for all steps needs every step's peak)
     guidance_cosine: float  # cosine between the two runs' guidance vectors (1 = same direction)
     divergence: float  # ‖x_with − x_without‖ / ‖x_without‖ of the latents after this step
-    x0_latents: torch.Tensor  # [2, c, h, w] float16: predicted clean sample of each run
+    x0_latents: torch.Tensor | None  # [2, c, h, w] float16: predicted clean sample of each run
     push_map: torch.Tensor | None = None  # [h, w] float16: ‖ε_empty − ε_neg‖ on the with-run's latents
     push_mean: float | None = None
+    push_peak: float | None = None
     previews: np.ndarray | None = None  # [2, H, W, 3] uint8 pictures of x0, by previews.fill_previews
 
     def scalars(self) -> dict:
@@ -81,16 +84,6 @@ class GuidanceTrace:
             "push": lambda s: float("nan") if s.push_mean is None else s.push_mean,
         }[name]
         return np.array([pick(step) for step in self.steps], dtype=np.float64)
-
-    def nbytes(self) -> int:
-        total = 0
-        for step in self.steps:
-            for tensor in (step.guidance_map, step.x0_latents, step.push_map):
-                if tensor is not None:
-                    total += tensor.numel() * tensor.element_size()
-            if step.previews is not None:
-                total += step.previews.nbytes
-        return total
 
 
 class GuidanceTracer:
@@ -185,6 +178,7 @@ class GuidanceTracer:
             sigma=sigma,
             guidance_map=guidance_map.half().cpu(),
             guidance_mean=(guidance_map[0].mean().item(), guidance_map[1].mean().item()),
+            guidance_peak=guidance_map.max().item(),
             guidance_cosine=cosine if self.cfg_active else float("nan"),
             divergence=divergence,
             x0_latents=x0.half().cpu(),
@@ -193,6 +187,7 @@ class GuidanceTracer:
             push = (extra.float()[0] - neg[1]).norm(dim=0)  # ε_empty − ε_neg on the with-run's latents
             record.push_map = push.half().cpu()
             record.push_mean = push.mean().item()
+            record.push_peak = push.max().item()
         self.trace.steps.append(record)
         return record
 

@@ -1,15 +1,23 @@
-"""A `GuidanceTrace` saved to one .npz file and read back, so the page's step scrubber works from a file.
+"""The stored runs that the page's step scrubber reads: written by the server, found by an id, read one step at a time.
 
-The app keeps no trace in server memory between events: a comparison writes its trace here, the page holds the
-file (a hidden `gr.File`), and every move of the step slider reads it back. That also lets Gradio's example cache
-store a finished comparison, step view included, like any other output file.
+A finished comparison's trace is written to a folder of its own: the per-step scalars as JSON, and each per-step
+array (previews, guidance maps, push maps) as an uncompressed `.npy` file. Moving the slider reads the scalars
+(for the curves) and memory-maps the arrays to copy out the one step shown, so a scrub costs the same for a
+150-step SDXL run as for a 5-step one and no trace is kept in server memory between events.
 
-Arrays only (`allow_pickle=False` on reading), so a file handed back by a browser cannot run code.
+The page holds only the trace's id: a random 128-bit name the server chose. A client can neither name a file nor
+hand back one of its own, and a run's trace answers only the browser session that made it (examples' traces,
+stored with the example cache, answer everyone).
 """
 
 from __future__ import annotations
 
 import json
+import re
+import secrets
+import shutil
+import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -17,63 +25,125 @@ import torch
 
 from negprompt_demo.trace import GuidanceTrace, StepRecord
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+TRACE_ID = re.compile(r"^(run|example)-([0-9a-f]{32})$")
+RUN_MAX_AGE_S = 3600  # a run's files are kept this long (Gradio has copied what it serves into its cache by then)
+ARRAYS = ("previews", "guidance_map", "push_map")
 
 
-def save_trace(trace: GuidanceTrace, path: Path, negative: str = "") -> Path:
-    """Write every step's maps, x0 latents, previews and scalars; `negative` is kept for the view's labels."""
-    steps = trace.steps
-    header = {
-        "format": FORMAT_VERSION,
-        "guidance_scale": trace.guidance_scale,
-        "cfg_active": trace.cfg_active,
-        "prediction_type": trace.prediction_type,
-        "negative": negative,
-        "has_push": bool(steps) and steps[0].push_map is not None,
-    }
-    arrays = {
-        "header": np.array(json.dumps(header)),
-        "index": np.array([step.index for step in steps], dtype=np.int32),
-        "timestep": np.array([step.timestep for step in steps], dtype=np.float64),
-        "sigma": np.array([step.sigma for step in steps], dtype=np.float64),
-        "guidance_mean": np.array([step.guidance_mean for step in steps], dtype=np.float64).reshape(-1, 2),
-        "guidance_cosine": np.array([step.guidance_cosine for step in steps], dtype=np.float64),
-        "divergence": np.array([step.divergence for step in steps], dtype=np.float64),
-    }
-    if steps:
-        arrays["guidance_map"] = np.stack([step.guidance_map.numpy() for step in steps])
-        arrays["x0_latents"] = np.stack([step.x0_latents.numpy() for step in steps])
-        arrays["previews"] = np.stack([step.previews for step in steps])
-        if header["has_push"]:
-            arrays["push_map"] = np.stack([step.push_map.numpy() for step in steps])
-            arrays["push_mean"] = np.array([step.push_mean for step in steps], dtype=np.float64)
-    path = Path(path)
-    with open(path, "wb") as file:
-        np.savez_compressed(file, **arrays)
-    return path
+class TraceNotFound(LookupError):
+    """The id names no trace this server keeps for this session."""
 
 
-def load_trace(path: str | Path) -> tuple[GuidanceTrace, str]:
-    """Read a file written by `save_trace`; returns the trace and the negative prompt it was made with."""
-    with np.load(path, allow_pickle=False) as data:
-        header = json.loads(str(data["header"]))
-        if header.get("format") != FORMAT_VERSION:
-            raise ValueError(f"{path} is not a trace file of format {FORMAT_VERSION}.")
+def private_folder(prefix: str = "negprompt-demo-") -> Path:
+    """A fresh folder only this user can read (mode 0700), so no other local user can plant links in it."""
+    return Path(tempfile.mkdtemp(prefix=prefix))
+
+
+class TraceStore:
+    """Traces of this process's runs (in a private temporary folder) and of the examples (beside their cache)."""
+
+    def __init__(self, runs_root: Path, examples_root: Path | None = None):
+        self.roots = {"run": Path(runs_root), "example": Path(examples_root) if examples_root else None}
+
+    def save(self, trace: GuidanceTrace, negative: str, kind: str = "run", owner: str | None = None) -> str:
+        """Write the trace and return its id; `owner` (a browser session) is the only one that may read it back."""
+        root = self.roots[kind]
+        if root is None:
+            raise ValueError(f"this store keeps no {kind} traces")
+        root.mkdir(parents=True, exist_ok=True)
+        if kind == "run":
+            remove_old_folders(root, RUN_MAX_AGE_S)
+        name = secrets.token_hex(16)
+        folder = root / name
+        folder.mkdir(mode=0o700)
+        header = {
+            "format": FORMAT_VERSION,
+            "owner": owner,
+            "negative": negative,
+            "guidance_scale": trace.guidance_scale,
+            "cfg_active": trace.cfg_active,
+            "prediction_type": trace.prediction_type,
+            "steps": [scalar_fields(step) for step in trace.steps],
+        }
+        (folder / "trace.json").write_text(json.dumps(header), encoding="utf-8")
+        if trace.steps:
+            np.save(folder / "previews.npy", np.stack([step.previews for step in trace.steps]))
+            np.save(folder / "guidance_map.npy", np.stack([step.guidance_map.numpy() for step in trace.steps]))
+            if trace.steps[0].push_map is not None:
+                np.save(folder / "push_map.npy", np.stack([step.push_map.numpy() for step in trace.steps]))
+        return f"{kind}-{name}"
+
+    def load(self, trace_id: str, index: int, owner: str | None = None) -> GuidanceTrace:
+        """Every step's scalars, and the arrays of step `index` only (clamped to the run; other steps carry none)."""
+        match = TRACE_ID.match(trace_id) if isinstance(trace_id, str) else None
+        root = self.roots[match.group(1)] if match else None
+        if root is None:
+            raise TraceNotFound(trace_id)
+        folder = root / match.group(2)
+        try:
+            header = json.loads((folder / "trace.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            raise TraceNotFound(trace_id) from None
+        if header.get("format") != FORMAT_VERSION or header.get("owner") not in (None, owner):
+            raise TraceNotFound(trace_id)
         trace = GuidanceTrace(header["guidance_scale"], header["cfg_active"], header["prediction_type"])
-        for i in range(len(data["index"])):
-            record = StepRecord(
-                index=int(data["index"][i]),
-                timestep=float(data["timestep"][i]),
-                sigma=float(data["sigma"][i]),
-                guidance_map=torch.from_numpy(data["guidance_map"][i]),
-                guidance_mean=(float(data["guidance_mean"][i, 0]), float(data["guidance_mean"][i, 1])),
-                guidance_cosine=float(data["guidance_cosine"][i]),
-                divergence=float(data["divergence"][i]),
-                x0_latents=torch.from_numpy(data["x0_latents"][i]),
-                previews=data["previews"][i],
-            )
-            if header["has_push"]:
-                record.push_map = torch.from_numpy(data["push_map"][i])
-                record.push_mean = float(data["push_mean"][i])
-            trace.steps.append(record)
-    return trace, header["negative"]
+        trace.steps = [record_from_scalars(fields) for fields in header["steps"]]
+        if trace.steps:
+            index = min(max(int(index), 0), len(trace.steps) - 1)
+            step = trace.steps[index]
+            step.previews = one_step(folder / "previews.npy", index, len(trace.steps))
+            step.guidance_map = torch.from_numpy(one_step(folder / "guidance_map.npy", index, len(trace.steps)))
+            if step.push_mean is not None:
+                step.push_map = torch.from_numpy(one_step(folder / "push_map.npy", index, len(trace.steps)))
+        return trace
+
+
+def one_step(path: Path, index: int, steps: int) -> np.ndarray:
+    """Row `index` of a stored array, copied out of a memory map (the rest of the file is never read)."""
+    array = np.load(path, mmap_mode="r", allow_pickle=False)
+    if array.shape[0] != steps:
+        raise TraceNotFound(str(path))
+    return np.array(array[index])
+
+
+def scalar_fields(step: StepRecord) -> dict:
+    return {
+        "index": step.index,
+        "timestep": step.timestep,
+        "sigma": step.sigma,
+        "guidance_mean": list(step.guidance_mean),
+        "guidance_peak": step.guidance_peak,
+        "guidance_cosine": step.guidance_cosine,
+        "divergence": step.divergence,
+        "push_mean": step.push_mean,
+        "push_peak": step.push_peak,
+    }
+
+
+def record_from_scalars(fields: dict) -> StepRecord:
+    return StepRecord(
+        index=int(fields["index"]),
+        timestep=float(fields["timestep"]),
+        sigma=float(fields["sigma"]),
+        guidance_map=None,
+        guidance_mean=tuple(fields["guidance_mean"]),
+        guidance_peak=float(fields["guidance_peak"]),
+        guidance_cosine=float(fields["guidance_cosine"]),
+        divergence=float(fields["divergence"]),
+        x0_latents=None,
+        push_mean=fields["push_mean"],
+        push_peak=fields["push_peak"],
+    )
+
+
+def remove_old_folders(root: Path, max_age_s: float) -> None:
+    """Delete this root's sub-folders older than `max_age_s`; links are never followed (nor deleted through)."""
+    for entry in root.iterdir():
+        try:
+            if entry.is_symlink() or not entry.is_dir():
+                continue
+            if time.time() - entry.stat().st_mtime > max_age_s:
+                shutil.rmtree(entry, ignore_errors=True)
+        except OSError:
+            pass

@@ -6,6 +6,8 @@ image, a matplotlib figure or text, so the CLI, the app and the docs all draw th
 
 from __future__ import annotations
 
+import textwrap
+
 import numpy as np
 from matplotlib import colormaps
 from matplotlib.figure import Figure
@@ -32,17 +34,6 @@ def font(size: int) -> ImageFont.ImageFont:
     return ImageFont.load_default(size=size)
 
 
-def _wrap(text: str, limit: int) -> list[str]:
-    lines, line = [], ""
-    for word in text.split():
-        if line and len(line) + 1 + len(word) > limit:
-            lines.append(line)
-            line = word
-        else:
-            line = f"{line} {word}".strip()
-    return lines + ([line] if line else [])
-
-
 def run_labels(negative: str) -> tuple[str, str]:
     shown = negative if len(negative) <= 40 else negative[:37] + "..."
     return "no negative prompt", f"negative: {shown}" if negative else "negative: (empty)"
@@ -53,7 +44,7 @@ def side_by_side(comparison, min_side: int = 384) -> Image.Image:
     settings = comparison.settings
     left, right = enlarge(comparison.without_negative, min_side), enlarge(comparison.with_negative, min_side)
     gap, pad, label_height = 16, 16, 34
-    footer = _wrap(f"prompt: {settings.prompt}", 90) + [
+    footer = textwrap.wrap(f"prompt: {settings.prompt}", 90) + [
         f"seed {settings.seed} · {settings.steps} steps · guidance {settings.guidance:g} · {settings.scheduler} · "
         f"{settings.width}x{settings.height} · model {comparison.model}"
     ]
@@ -96,8 +87,12 @@ def overlay_map(preview: np.ndarray, values: np.ndarray, vmax: float, colormap: 
 
 def guidance_vmax(trace: GuidanceTrace) -> float:
     """One colour scale for all steps and both runs, so brightness can be compared across the scrubber."""
-    peaks = [float(step.guidance_map.float().max()) for step in trace.steps]
-    return max(peaks) if peaks else 1.0
+    return max((step.guidance_peak for step in trace.steps), default=1.0)
+
+
+def push_vmax(trace: GuidanceTrace) -> float | None:
+    """The negative-push maps' colour scale (all steps), or None when they were not recorded."""
+    return max((step.push_peak for step in trace.steps if step.push_peak is not None), default=None)
 
 
 def step_views(trace: GuidanceTrace, index: int, min_side: int = 256) -> dict[str, Image.Image]:
@@ -112,24 +107,9 @@ def step_views(trace: GuidanceTrace, index: int, min_side: int = 256) -> dict[st
         guidance = step.guidance_map[run_index].float().numpy()
         views[f"guidance_{run}"] = enlarge(overlay_map(preview, guidance, vmax, GUIDANCE_COLORMAP), min_side)
     if step.push_map is not None:
-        push_peak = max(float(s.push_map.float().max()) for s in trace.steps if s.push_map is not None)
         push = step.push_map.float().numpy()
-        views["push"] = enlarge(overlay_map(step.previews[1], push, push_peak, PUSH_COLORMAP), min_side)
+        views["push"] = enlarge(overlay_map(step.previews[1], push, push_vmax(trace), PUSH_COLORMAP), min_side)
     return views
-
-
-def colorbar(colormap: str, vmax: float, label: str, width: int = 256) -> Image.Image:
-    """A small legend strip: what the overlay colours mean, from 0 to vmax."""
-    strip = (colormaps[colormap](np.linspace(0, 1, width))[None, :, :3] * 255).astype(np.uint8)
-    strip = np.repeat(strip, 14, axis=0)
-    canvas = Image.new("RGB", (width, 40), "white")
-    canvas.paste(Image.fromarray(strip), (0, 0))
-    draw = ImageDraw.Draw(canvas)
-    draw.text((0, 20), "0", fill="black", font=font(13))
-    draw.text((width // 2 - 60, 20), label, fill="black", font=font(13))
-    text = f"{vmax:.3g}"
-    draw.text((width - 8 * len(text), 20), text, fill="black", font=font(13))
-    return canvas
 
 
 def curves_figure(trace: GuidanceTrace, index: int | None = None) -> Figure:

@@ -49,13 +49,13 @@ def free_port() -> int:
 def running_app(config, cache_dir: Path):
     """Launch the Gradio app for `config` on a free 127.0.0.1 port, examples cached under `cache_dir`; yields the
     URL and closes the server afterwards."""
-    from negprompt_demo.app import build_app, page_style
+    from negprompt_demo.app import build_app, launch_options
 
     with pytest.MonkeyPatch.context() as patch:  # examples cache in a temporary folder, not the working directory
         patch.setenv("GRADIO_EXAMPLES_CACHE", str(cache_dir))
         demo = build_app(config)
     port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **page_style())
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **launch_options())
     try:
         yield f"http://127.0.0.1:{port}/"
     finally:
@@ -65,7 +65,7 @@ def running_app(config, cache_dir: Path):
 @pytest.fixture(scope="module")
 def app_server(tiny_sd_folder, tmp_path_factory):
     """The Gradio app on the tiny SD model, launched on 127.0.0.1 for one test module: yields (url, config)."""
-    from negprompt_demo.handlers import AppConfig
+    from negprompt_demo.app_config import AppConfig
 
     config = AppConfig(default_model=str(tiny_sd_folder), models=[str(tiny_sd_folder)])
     with running_app(config, tmp_path_factory.mktemp("cached_examples")) as url:

@@ -11,8 +11,8 @@ from gradio_client.exceptions import AppError
 from PIL import Image
 
 from negprompt_demo import handlers
-from negprompt_demo.engine import pipeline_lock
-from negprompt_demo.loading import load_pipeline
+from negprompt_demo.loading import load_pipeline, pipeline_lock
+from negprompt_demo.runner import Done
 
 
 @pytest.fixture(scope="module")
@@ -99,16 +99,16 @@ def test_a_second_comparison_waits_for_the_first(client, tiny_sd_folder, monkeyp
     Timed on the server (when each handler's comparison began and when its result was ready), because the
     order in which the client sees jobs finish also depends on its own downloads of the result files."""
     spans = {}
-    original = handlers.stream_comparison
+    original = handlers.astream
 
     async def spied(model, settings):
         began = time.monotonic()
-        async for item in original(model, settings):
-            if item[0] == "done":
+        async for event in original(model, settings):
+            if isinstance(event, Done):
                 spans[settings.steps] = (began, time.monotonic())
-            yield item
+            yield event
 
-    monkeypatch.setattr(handlers, "stream_comparison", spied)
+    monkeypatch.setattr(handlers, "astream", spied)
     pipe = load_pipeline(str(tiny_sd_folder))
     first = call(client, tiny_sd_folder, steps=30, width=64, height=64)
     deadline = time.monotonic() + 60

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 
 import gradio as gr
 import numpy as np
@@ -14,19 +13,21 @@ from conftest import EMBEDDED_PRESENT
 from PIL import Image
 
 from negprompt_demo import handlers
-from negprompt_demo.app import EXAMPLES_FILE, build_app, config_from_args, load_examples
-from negprompt_demo.engine import compare, pipeline_lock
-from negprompt_demo.handlers import INPUT_NAMES, STEP_OUTPUTS, UI_OUTPUTS, AppConfig
+from negprompt_demo.app import EXAMPLES_FILE, build_app, example_rows
+from negprompt_demo.app_config import AppConfig, config_from_args
+from negprompt_demo.engine import compare
+from negprompt_demo.handlers import INPUT_NAMES, STEP_OUTPUTS, UI_OUTPUTS
 from negprompt_demo.launch import build_parser
-from negprompt_demo.loading import load_pipeline
+from negprompt_demo.loading import load_pipeline, pipeline_lock
 from negprompt_demo.previews import fill_previews
+from negprompt_demo.runner import Step, astream
 from negprompt_demo.settings import CompareSettings, InputError
-from negprompt_demo.tracefile import load_trace, save_trace
+from negprompt_demo.tracefile import TraceNotFound, TraceStore
 
 STEPS = 4
 
 
-def inputs(folder, **changes) -> tuple:
+def inputs(folder, **changes) -> dict:
     values = {
         "prompt": "a red hat",
         "negative": "blue",
@@ -40,7 +41,25 @@ def inputs(folder, **changes) -> tuple:
         "push_map": True,
     }
     values.update(changes)
-    return tuple(values[name] for name in INPUT_NAMES)
+    return values
+
+
+class Session:
+    """What gr.Request gives a handler: the browser session's id."""
+
+    def __init__(self, session_hash: str = "session-a"):
+        self.session_hash = session_hash
+
+
+def make(config, tmp_path_factory) -> handlers.Handlers:
+    folder = tmp_path_factory.mktemp("app")
+    (folder / "jobs").mkdir()
+    return handlers.make_handlers(config, TraceStore(folder / "runs", folder / "examples"), folder / "jobs")
+
+
+def pixels(path: str) -> np.ndarray:
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"))
 
 
 def collect(agen) -> list:
@@ -65,32 +84,42 @@ def config(tiny_sd_folder) -> AppConfig:
 
 
 @pytest.fixture(scope="module")
-def ui_run(config, tiny_sd_folder) -> list[dict]:
-    compare_ui = handlers.make_handlers(config).compare_ui
-    return [named(values) for values in collect(compare_ui(*inputs(tiny_sd_folder)))]
+def events(config, tmp_path_factory) -> handlers.Handlers:
+    return make(config, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def ui_run(events, tiny_sd_folder) -> list[dict]:
+    return [named(values) for values in collect(events.compare_ui(Session(), **inputs(tiny_sd_folder)))]
 
 
 def test_compare_ui_streams_steps_then_the_full_result(ui_run):
     ready, *steps, final = ui_run
-    assert ready["seed_used"] == 7 and "Sampling" in ready["status"] and ready["trace_file"] is None
+    assert ready["seed_used"] == 7 and "Sampling" in ready["status"] and ready["trace_id"] == ""
     assert steps, "no live step update was streamed"
     assert all(update["step"]["maximum"] == STEPS for update in steps)
     assert steps[-1]["step"]["value"] == STEPS and "status" not in steps[-1]  # Stop owns the status line
-    assert isinstance(steps[0]["image_without"], np.ndarray) and "x0_with" in steps[0]
+    assert pixels(steps[0]["image_without"]).shape == (32, 32, 3) and "x0_with" in steps[0]
 
     assert set(final) == set(UI_OUTPUTS)
-    without, with_negative = final["image_without"], final["image_with"]
-    assert without.size == with_negative.size == (32, 32)  # true size; the page enlarges with CSS
-    assert not np.array_equal(np.asarray(without), np.asarray(with_negative))
+    without, with_negative = pixels(final["image_without"]), pixels(final["image_with"])
+    assert without.shape == with_negative.shape == (32, 32, 3)  # true size; the page enlarges with CSS
+    assert not np.array_equal(without, with_negative)
     assert final["caption_with"] == "**negative: blue**"
     assert final["seed_used"] == 7 and "seed `7`" in final["status"]
     assert final["step"]["maximum"] == STEPS and final["step"]["value"] == STEPS
-    assert final["push"] is not None and final["legend"].width > 0
+    assert final["push"] is not None and pixels(final["legend"]).shape[1] > 0
     assert "step" in final["reading"]
 
 
-def test_downloads_are_lossless_files_with_parameters(ui_run):
+def test_every_picture_is_a_file_of_this_job_with_parameters_on_the_images(ui_run):
     final = ui_run[-1]
+    pictures = [final[name] for name in ("image_without", "image_with", "difference", "x0_with", "push", "legend")]
+    assert all(isinstance(path, str) and path.endswith(".png") for path in pictures)
+    assert len({path.rsplit("/", 2)[-2] for path in pictures}) == 1  # one folder per job: no shared cache path
+    for name, negative in (("image_without", ""), ("image_with", "blue")):
+        with Image.open(final[name]) as image:
+            assert image.text["parameters"].startswith(f"a red hat\nNegative prompt: {negative}\nSteps: 4")
     names = {path.rsplit("/", 1)[-1]: path for path in final["downloads"]}
     assert {"side_by_side.png", "steps.gif", "trace.json", "without_negative.png", "with_negative.png"} <= set(names)
     with Image.open(names["side_by_side.png"]) as image:
@@ -100,87 +129,113 @@ def test_downloads_are_lossless_files_with_parameters(ui_run):
     assert len(json.loads(open(names["trace.json"]).read())["steps"]) == STEPS
 
 
-def test_step_scrubber_redraws_any_step_from_the_trace_file(ui_run):
-    trace_path = ui_run[-1]["trace_file"]
-    first = named(handlers.show_step(trace_path, 1), STEP_OUTPUTS)
-    last = named(handlers.show_step(trace_path, STEPS), STEP_OUTPUTS)
+def test_step_scrubber_redraws_any_step_from_the_stored_trace(events, ui_run):
+    trace_id = ui_run[-1]["trace_id"]
+    first = named(events.show_step(trace_id, 1, Session()), STEP_OUTPUTS)
+    last = named(events.show_step(trace_id, STEPS, Session()), STEP_OUTPUTS)
     assert set(first) == set(STEP_OUTPUTS)
-    assert np.asarray(first["x0_with"]).tolist() != np.asarray(last["x0_with"]).tolist()
-    assert named(handlers.show_step(trace_path, 99), STEP_OUTPUTS)["x0_with"].size == last["x0_with"].size
-    assert named(handlers.show_step(None, 1), STEP_OUTPUTS) == {}  # nothing compared yet
+    assert pixels(first["x0_with"]).tolist() != pixels(last["x0_with"]).tolist()
+    assert pixels(named(events.show_step(trace_id, 99, Session()), STEP_OUTPUTS)["x0_with"]).shape == (256, 256, 3)
+    assert named(events.show_step(None, 1, Session()), STEP_OUTPUTS) == {}  # nothing compared yet
+
+
+@pytest.mark.parametrize(
+    "trace_id, session",
+    [
+        ("/nonexistent/trace.npz", "session-a"),  # a path: never read
+        ("../../etc/passwd", "session-a"),
+        ("run-" + "0" * 32, "session-a"),  # well formed, but not a trace this server wrote
+        (None, "session-b"),  # a real id from another browser session
+    ],
+)
+def test_step_scrubber_reads_only_traces_the_server_wrote_for_this_session(events, ui_run, trace_id, session):
     with pytest.raises(gr.Error, match="no longer stored"):
-        handlers.show_step("/nonexistent/trace.npz", 1)
+        events.show_step(trace_id or ui_run[-1]["trace_id"], 1, Session(session))
 
 
-def test_trace_file_round_trip(sd_pipe, tmp_path):
+def test_stored_trace_reads_one_step_and_every_scalar(sd_pipe, tmp_path):
     comparison = compare(sd_pipe, CompareSettings("a cat", "dog", seed=1, steps=3, push_map=True))
     fill_previews(sd_pipe, comparison.trace.steps)
-    trace, negative = load_trace(save_trace(comparison.trace, tmp_path / "t.npz", "dog"))
-    assert negative == "dog" and len(trace.steps) == 3
-    assert trace.to_json() == comparison.trace.to_json()
-    for loaded, original in zip(trace.steps, comparison.trace.steps, strict=True):
+    store = TraceStore(tmp_path / "runs")
+    trace_id = store.save(comparison.trace, "dog", owner="me")
+    for index, original in enumerate(comparison.trace.steps):
+        trace = store.load(trace_id, index, owner="me")
+        assert trace.to_json() == comparison.trace.to_json()  # every step's scalars, for the curves
+        loaded = trace.steps[index]
         assert np.array_equal(loaded.previews, original.previews)
         assert np.array_equal(loaded.guidance_map.numpy(), original.guidance_map.numpy())
         assert np.array_equal(loaded.push_map.numpy(), original.push_map.numpy())
+        assert all(step.previews is None for i, step in enumerate(trace.steps) if i != index)  # read one step only
+    with pytest.raises(TraceNotFound):
+        store.load(trace_id, 0, owner="someone else")
 
 
-def test_bad_input_is_a_clear_message_not_a_traceback(config, tiny_sd_folder):
-    events = handlers.make_handlers(config)
-    compare_ui, compare_api = events.compare_ui, events.compare_api
-    (only,) = [named(values) for values in collect(compare_ui(*inputs(tiny_sd_folder, steps=0)))]
+def test_bad_input_is_a_clear_message_not_a_traceback(events, tiny_sd_folder, caplog):
+    """The page's and the API's wiring to the one validation (the matrix of bad values is in test_settings)."""
+    (only,) = [named(values) for values in collect(events.compare_ui(Session(), **inputs(tiny_sd_folder, steps=0)))]
     assert only == {"status": "❌ **Could not compare.** steps must be between 1 and 150, got 0."}
-    with pytest.raises(gr.Error, match="prompt is empty"):
-        asyncio.run(compare_api(*inputs(tiny_sd_folder, prompt="  ")))
-    with pytest.raises(gr.Error, match="multiple of 8"):
-        asyncio.run(compare_api(*inputs(tiny_sd_folder, width=30)))
+    with pytest.raises(gr.Error, match="prompt is empty") as raised:
+        asyncio.run(events.compare_api(**inputs(tiny_sd_folder, prompt="  ")))
+    assert raised.value.print_exception is False  # one log line, no traceback
+    with pytest.raises(gr.Error, match="push_map must be true or false, got 'false'"):
+        asyncio.run(events.compare_api(**inputs(tiny_sd_folder, push_map="false")))
+    with pytest.raises(gr.Error, match="Unknown scheduler '<b>'"):  # API clients get plain text, not HTML entities
+        asyncio.run(events.compare_api(**inputs(tiny_sd_folder, scheduler="<b>")))
+    assert "Traceback" not in caplog.text
 
 
-def test_locked_deployment_refuses_unlisted_models(tiny_sd_folder):
+def test_locked_deployment_refuses_unlisted_models(tiny_sd_folder, tmp_path_factory):
     locked = AppConfig(default_model=str(tiny_sd_folder), models=[], lock_models=True)
     assert locked.check_model("") == str(tiny_sd_folder)
-    with pytest.raises(InputError, match="only offers these models"):
-        locked.check_model("someone/any-model")
-    compare_api = handlers.make_handlers(locked).compare_api
+    refusals = set()
+    for name in ("someone/any-model", str(tmp_path_factory.getbasetemp()), "/nonexistent", ["a/b"], "../.."):
+        with pytest.raises(InputError) as raised:
+            locked.check_model(name)
+        refusals.add(str(raised.value) if not isinstance(name, list) else "list")
+    refusals.discard("list")
+    assert len(refusals) == 1 and "only offers these models" in refusals.pop()  # one message: nothing is probed
     with pytest.raises(gr.Error, match="only offers these models"):
-        asyncio.run(compare_api(*inputs(tiny_sd_folder, model="someone/any-model")))
+        asyncio.run(make(locked, tmp_path_factory).compare_api(**inputs(tiny_sd_folder, model="someone/any-model")))
 
 
-def test_unloadable_model_is_a_clear_message(config, tiny_sd_folder, tmp_path):
-    compare_api = handlers.make_handlers(config).compare_api
+def test_unloadable_model_is_a_clear_message(events, tiny_sd_folder, tmp_path):
     with pytest.raises(gr.Error, match="not a diffusers model folder"):
-        asyncio.run(compare_api(*inputs(tiny_sd_folder, model=str(tmp_path))))
-    info, *rest = handlers.make_handlers(config).model_selected(str(tmp_path))
+        asyncio.run(events.compare_api(**inputs(tiny_sd_folder, model=str(tmp_path))))
+    info, *rest = events.model_selected(str(tmp_path))
     assert info.startswith("⚠️") and all(is_skip(value) for value in rest)
 
 
-def test_leaving_the_stream_stops_sampling_within_a_step(tiny_sd_folder):
+def test_leaving_the_stream_stops_sampling_after_the_step_it_is_on(tiny_sd_folder, monkeypatch):
+    """Leaving `astream` (what Gradio does when Stop cancels the event) ends sampling after the current step and
+    frees the pipeline before `aclose` returns; counted in steps, not seconds."""
     pipe = load_pipeline(str(tiny_sd_folder))
-    settings = CompareSettings("a red hat", "blue", seed=1, steps=150, width=64, height=64)
+    settings = CompareSettings("a red hat", "blue", seed=1, steps=150)
+    sampled = []
+    original = pipe.unet.forward
+    monkeypatch.setattr(pipe.unet, "forward", lambda *a, **k: sampled.append(1) or original(*a, **k))
 
-    async def first_step_then_leave() -> float:
-        stream = handlers.stream_comparison(str(tiny_sd_folder), settings)
+    async def first_step_then_leave() -> int:
+        stream = astream(str(tiny_sd_folder), settings)
         async for event in stream:
-            if event[0] == "step":
-                started = time.perf_counter()
-                await stream.aclose()  # what Gradio does when Stop cancels the event
-                return time.perf_counter() - started
+            if isinstance(event, Step):
+                await stream.aclose()
+                return event.done
         raise AssertionError("no step was streamed")
 
-    seconds_to_stop = asyncio.run(first_step_then_leave())
+    seen = asyncio.run(first_step_then_leave())
     assert not pipeline_lock(pipe).locked(), "the run still holds the pipeline after the stream was left"
-    full_run = compare(pipe, settings.replace(steps=10), trace=False).seconds * 15
-    assert seconds_to_stop < full_run / 3
+    assert len(sampled) <= seen + 2, f"sampling went on for {len(sampled) - seen} steps after the consumer left"
 
 
-def test_model_selection_adopts_the_model_defaults(config, tiny_sd_folder):
-    info, steps, guidance, scheduler, width, height = handlers.make_handlers(config).model_selected(str(tiny_sd_folder))
+def test_model_selection_adopts_the_model_defaults(events, tiny_sd_folder):
+    info, steps, guidance, scheduler, width, height = events.model_selected(str(tiny_sd_folder))
     assert "Native size 32 px" in info
     assert steps["value"] == 25 and scheduler["value"] == "Euler"
     assert (width["minimum"], width["maximum"], width["value"]) == (16, 64, 32)
 
 
 def test_examples_file_starts_with_the_articles_case():
-    rows, labels = load_examples(
+    rows, labels = example_rows(
         EXAMPLES_FILE, {"steps": 25, "guidance": 7.5, "scheduler": "Euler", "width": 64, "height": 64}, "embedded"
     )
     first, second = (dict(zip(INPUT_NAMES, row, strict=True)) for row in rows[:2])
@@ -207,6 +262,9 @@ def test_command_line_defaults_and_public_lock(monkeypatch):
     assert (args.host, args.port, args.model) == ("127.0.0.1", None, "embedded")
     assert not config_from_args(args).lock_models
     assert config_from_args(build_parser().parse_args(["--share"])).lock_models
+    for host, locked in (("0.0.0.0", True), ("192.168.1.5", True), ("::", True), ("localhost", False), ("::1", False)):
+        assert config_from_args(build_parser().parse_args(["--host", host])).lock_models is locked, host
+    assert not config_from_args(build_parser().parse_args(["--host", "0.0.0.0", "--no-lock-models"])).lock_models
     assert not config_from_args(build_parser().parse_args(["--share", "--no-lock-models"])).lock_models
     monkeypatch.setenv("SPACE_ID", "someone/negprompt")
     monkeypatch.setenv("NEGPROMPT_MODEL", "a/b")
@@ -215,7 +273,7 @@ def test_command_line_defaults_and_public_lock(monkeypatch):
 
 
 @pytest.mark.skipif(not EMBEDDED_PRESENT, reason="the embedded model has not been trained into the package yet")
-def test_first_example_on_the_embedded_model_shows_two_different_images(tmp_path, monkeypatch):
+def test_first_example_on_the_embedded_model_shows_two_different_images(tmp_path, monkeypatch, tmp_path_factory):
     monkeypatch.setenv("GRADIO_EXAMPLES_CACHE", str(tmp_path))
     config = AppConfig()
     build_app(config)
@@ -223,18 +281,16 @@ def test_first_example_on_the_embedded_model_shows_two_different_images(tmp_path
     from negprompt_demo.loading import model_defaults, native_size
 
     defaults = {"width": native_size(pipe), "height": native_size(pipe), **model_defaults(pipe)}
-    rows, _ = load_examples(EXAMPLES_FILE, defaults, config.default_model)
-    final = named(asyncio.run(handlers.make_handlers(config).compare_example(*rows[0])))
-    assert not np.array_equal(np.asarray(final["image_without"]), np.asarray(final["image_with"]))
+    rows, _ = example_rows(EXAMPLES_FILE, defaults, config.default_model)
+    final = named(asyncio.run(make(config, tmp_path_factory).compare_example(*rows[0])))
+    assert not np.array_equal(pixels(final["image_without"]), pixels(final["image_with"]))
+    assert final["trace_id"].startswith("example-")  # stored beside the example cache, readable by every session
     assert final["x0_with"] is not None and "step" in final["reading"]
 
 
-def test_warnings_are_shown_in_the_status(config, tiny_sd_folder):
-    compare_ui = handlers.make_handlers(config).compare_ui
+def test_warnings_are_shown_in_the_status(events, tiny_sd_folder):
     long_prompt = "a red hat " * 12  # the tiny tokenizer reads ~75 letters
-    updates = [
-        named(values)
-        for values in collect(compare_ui(*inputs(tiny_sd_folder, guidance=1, steps=1, prompt=long_prompt)))
-    ]
+    changes = {"guidance": 1, "steps": 1, "prompt": long_prompt}
+    updates = [named(values) for values in collect(events.compare_ui(Session(), **inputs(tiny_sd_folder, **changes)))]
     for status in (updates[0]["status"], updates[-1]["status"]):
         assert "⚠️ Guidance scale 1 ≤ 1" in status and "these words were cut" in status

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from negprompt_demo.engine import GenerationCancelled, NonFiniteError, compare, generate_pairs
-from negprompt_demo.settings import SCHEDULERS, CompareSettings
+from negprompt_demo.engine import SCHEDULERS, GenerationCancelled, NonFiniteError, compare, generate_pairs
+from negprompt_demo.settings import CompareSettings
 
 PROMPT, NEGATIVE, SEED, STEPS = "portrait photo of a man", "mustache", 1234, 6
 

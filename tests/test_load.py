@@ -19,7 +19,7 @@ from gradio_client import Client
 from gradio_client.exceptions import AppError
 from PIL import Image
 
-from negprompt_demo import handlers
+from negprompt_demo import runner
 from negprompt_demo.engine import GenerationCancelled
 from negprompt_demo.loading import load_pipeline
 
@@ -29,7 +29,7 @@ TIMEOUT = 120  # seconds any single job may take before the test fails (a hang, 
 @pytest.fixture(scope="module")
 def server(tiny_sd_folder, tmp_path_factory):
     """(url, model folder) of the app launched like `python demo.py --model <tiny> --concurrency 2`."""
-    from negprompt_demo.handlers import AppConfig
+    from negprompt_demo.app_config import AppConfig
 
     config = AppConfig(default_model=str(tiny_sd_folder), models=[str(tiny_sd_folder)], concurrency=2, max_queue=16)
     with running_app(config, tmp_path_factory.mktemp("cached_examples")) as url:
@@ -105,9 +105,9 @@ class StepSpy:
         self.hold_negative, self.hold_at_step = hold_negative, hold_at_step
         self.events: list[tuple[str, object]] = []
         self.held = threading.Event()
-        self.real = handlers.run_on_device
+        self.real = runner.run_paired
 
-    def __call__(self, pipe, settings, on_step, stop):
+    def __call__(self, pipe, settings, *, on_step, stop, **options):
         def step(done, total, record):
             self.events.append((settings.negative, done))
             on_step(done, total, record)
@@ -116,7 +116,7 @@ class StepSpy:
                 assert stop.wait(timeout=TIMEOUT), "the cancel never reached the worker"
 
         try:
-            result = self.real(pipe, settings, step, stop)
+            result = self.real(pipe, settings, on_step=step, stop=stop, **options)
         except GenerationCancelled:
             self.events.append((settings.negative, "cancelled"))
             raise
@@ -130,7 +130,7 @@ class StepSpy:
 def test_cancel_mid_run_frees_the_worker_at_that_step_and_waiting_jobs_succeed(server, client, monkeypatch):
     url, folder = server
     spy = StepSpy(hold_negative="cancel me", hold_at_step=2)
-    monkeypatch.setattr(handlers, "run_on_device", spy)
+    monkeypatch.setattr(runner, "run_paired", spy)
     expected = {
         n: pixels(client.submit(**request(folder, negative=n), api_name="/compare").result(timeout=TIMEOUT))
         for n in ("later one", "later two")

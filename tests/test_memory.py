@@ -12,8 +12,8 @@ import weakref
 
 import torch
 
-from negprompt_demo import handlers
 from negprompt_demo.engine import compare
+from negprompt_demo.runner import Done, astream
 from negprompt_demo.settings import CompareSettings
 
 RUNS, SETTLE = 50, 5
@@ -58,9 +58,9 @@ def test_fifty_app_comparisons_leave_no_threads_or_tensors(tiny_sd_folder):
     """The app's path: each comparison runs on its own worker thread, which must end with it."""
 
     async def one(run: int) -> None:
-        async for event in handlers.stream_comparison(str(tiny_sd_folder), settings_for(run)):
-            if event[0] == "done":
-                assert event[1].settings.seed == run
+        async for event in astream(str(tiny_sd_folder), settings_for(run)):
+            if isinstance(event, Done):
+                assert event.comparison.settings.seed == run
 
     threads_before = threading.active_count()
     for run in range(RUNS):

@@ -1,14 +1,20 @@
-"""Input checks: every bad value gets a specific message; good values are completed (seed, size)."""
+"""The one validation matrix: every bad value of every input gets a specific message (the entry points only check
+that they pass their input through here, see test_cli/test_app/test_api); good values are completed (seed, the
+model's defaults, size)."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
-from negprompt_demo.settings import MAX_SEED, CompareSettings, InputError, resolve_settings, size_limits
+from negprompt_demo.settings import FIELDS, MAX_SEED, CompareSettings, InputError, resolve_settings, size_limits
+
+MODEL_DEFAULTS = {"steps": 25, "guidance": 7.5, "scheduler": "Euler"}
 
 
 def resolve(**fields):
-    return resolve_settings(CompareSettings(**{"prompt": "a man", **fields}), native_size=64)
+    return resolve_settings(CompareSettings(**{"prompt": "a man", **fields}), 64, MODEL_DEFAULTS)
 
 
 @pytest.mark.parametrize(
@@ -28,8 +34,23 @@ def resolve(**fields):
         ({"guidance": float("nan")}, "guidance scale must be a finite number"),
         ({"guidance": "lots"}, "guidance scale must be a number"),
         ({"scheduler": "Heun"}, "Unknown scheduler 'Heun'"),
-        ({"seed": MAX_SEED + 1}, "seed must be between 0 and"),
+        ({"seed": MAX_SEED + 1}, "seed must be between 0 and 4294967295 (or -1 for random)"),
         ({"seed": -5}, "seed must be between 0 and"),
+        (
+            {"seed": 1e308},
+            "seed must be between 0 and 4294967295 (or -1 for random), got 100000000000000001097906362944045541740…",
+        ),
+        ({"steps": [3]}, "steps must be a whole number, got [3]"),
+        ({"guidance": {"a": 1}}, "guidance scale must be a number"),
+        ({"guidance": True}, "guidance scale must be a number"),
+        ({"scheduler": ["Euler"]}, "Unknown scheduler ['Euler']"),
+        ({"scheduler": 3}, "Unknown scheduler 3"),
+        ({"push_map": "false"}, "push_map must be true or false, got 'false'"),
+        ({"push_map": 1}, "push_map must be true or false, got 1"),
+        ({"prompt": "a \ud800 man"}, "prompt contains an invalid character"),
+        ({"negative": ["mustache"]}, "negative prompt must be text, got list"),
+        ({"width": "x" * 5000}, "width must be a whole number, got 'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx…"),
+        ({"steps": 0}, "steps must be between 1 and 150, got 0"),
         ({"seed": True}, "seed must be a whole number"),
         ({"width": 60}, "width must be a multiple of 8"),
         ({"height": 136}, "height must be between 32 and 128 px"),
@@ -37,7 +58,7 @@ def resolve(**fields):
     ],
 )
 def test_bad_input_gets_a_specific_message(fields, message):
-    with pytest.raises(InputError, match=message.replace("(", r"\(")):
+    with pytest.raises(InputError, match=re.escape(message)):
         resolve(**fields)
 
 
@@ -46,6 +67,33 @@ def test_blank_fields_are_completed():
     assert 0 <= resolved.seed <= MAX_SEED
     assert (resolved.width, resolved.height) == (64, 64)
     assert resolve(seed=-1).seed != -1  # -1 means random, as in A1111
+    assert (resolve(width=0, height="").width, resolve(height=0).height) == (64, 64)  # 0: native size
+
+
+def test_blank_fields_take_the_models_defaults():
+    resolved = resolve_settings(
+        CompareSettings(prompt="a man"), 64, {"steps": 12, "guidance": 3.0, "scheduler": "DDIM"}
+    )
+    assert (resolved.steps, resolved.guidance, resolved.scheduler) == (12, 3.0, "DDIM")
+    assert resolve(steps=7, guidance=0).steps == 7 and resolve(guidance=0).guidance == 0  # 0 is a value here
+    assert resolve(push_map=True).push_map is True and resolve().push_map is False
+
+
+def test_every_input_is_declared_once_with_label_and_help():
+    assert list(FIELDS) == [
+        "prompt",
+        "negative",
+        "seed",
+        "steps",
+        "guidance",
+        "scheduler",
+        "width",
+        "height",
+        "push_map",
+    ]
+    for name, field in FIELDS.items():
+        assert field.label and field.help, name
+        assert field.kind in ("text", "int", "float", "choice", "flag"), name
 
 
 def test_text_is_cleaned_not_rejected():

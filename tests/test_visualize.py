@@ -8,6 +8,7 @@ from PIL import Image
 
 from negprompt_demo import visualize
 from negprompt_demo.engine import compare
+from negprompt_demo.legends import step_legend
 from negprompt_demo.previews import fill_previews
 from negprompt_demo.settings import CompareSettings
 
@@ -31,8 +32,10 @@ def test_step_views_and_legend(comparison):
     assert set(views) == {"x0_without", "x0_with", "guidance_without", "guidance_with", "push"}
     assert all(min(view.size) >= 256 for view in views.values())
     assert np.asarray(views["guidance_with"]).std() > 0
-    legend = visualize.colorbar(visualize.GUIDANCE_COLORMAP, visualize.guidance_vmax(comparison.trace), "guidance")
-    assert legend.size[0] == 256
+    legend = step_legend(comparison.trace)  # guidance scale and, as the push map was recorded, the push scale
+    assert legend.size[0] == 320 and legend.size[1] > 100
+    peaks = [float(step.guidance_map.float().max()) for step in comparison.trace.steps]
+    assert visualize.guidance_vmax(comparison.trace) == pytest.approx(max(peaks), rel=1e-3)
 
 
 def test_difference_heatmap(comparison):

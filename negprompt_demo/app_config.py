@@ -1,0 +1,73 @@
+"""How the page is served: which models it offers, whether visitors may name others, queue and upload bounds.
+
+Anyone who can reach a shared instance (a Space, a share link, an address on a network) can type a model name,
+so on any such deployment the model list is locked unless the operator says otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+from dataclasses import dataclass, field
+
+from negprompt_demo.settings import InputError
+
+EMBEDDED = "embedded"  # loading.EMBEDDED, not imported: this module is read before torch loads
+# Hub models offered next to the embedded one: SD 1.5, a popular SD 1.5 fine-tune, SDXL base.
+KNOWN_MODELS = (
+    "stable-diffusion-v1-5/stable-diffusion-v1-5",
+    "Lykon/dreamshaper-8",
+    "stabilityai/stable-diffusion-xl-base-1.0",
+)
+# The app takes no file from users; Gradio refuses larger uploads before they reach the disk.
+MAX_UPLOAD = "1mb"
+
+
+@dataclass
+class AppConfig:
+    """One deployment's model policy and bounds."""
+
+    default_model: str = EMBEDDED
+    models: list[str] = field(default_factory=lambda: [EMBEDDED, *KNOWN_MODELS])
+    lock_models: bool = False  # shared deployments: only `models`, no free-text model field
+    concurrency: int = 1  # generations at once per device
+    max_queue: int = 16  # requests waiting beyond that are refused by Gradio ("Queue is full! Please try again.")
+
+    def __post_init__(self) -> None:
+        # The default model is always offered, and first.
+        self.models = [self.default_model] + [name for name in self.models if name != self.default_model]
+
+    def check_model(self, name) -> str:
+        """Server-side model check: a locked deployment refuses any name it does not list, whatever the browser
+        sent, with one message whatever the name (so it tells nothing about the server's folders)."""
+        if name is not None and not isinstance(name, str):
+            raise InputError("The model must be given by its name (text).")
+        name = (name or "").strip() or self.default_model
+        if self.lock_models and name not in self.models:
+            raise InputError(f"This deployment only offers these models: {', '.join(self.models)}.")
+        return name
+
+
+def is_loopback(host: str | None) -> bool:
+    """Whether a bind address serves this machine only (127.0.0.0/8, ::1, localhost)."""
+    if not host or host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def config_from_args(args: argparse.Namespace) -> AppConfig:
+    """Shared deployments (a --share link, a Hugging Face Space, any bind address that is not loopback) lock the
+    model list unless told otherwise (--no-lock-models)."""
+    shared = args.share or bool(os.environ.get("SPACE_ID")) or not is_loopback(args.host)
+    offered = [name.strip() for name in (args.models or "").split(",") if name.strip()]
+    return AppConfig(
+        default_model=args.model,
+        models=offered or [EMBEDDED, *KNOWN_MODELS],
+        lock_models=shared if args.lock_models is None else args.lock_models,
+        concurrency=max(1, args.concurrency),
+        max_queue=max(1, args.max_queue),
+    )

@@ -1,0 +1,213 @@
+"""One comparison as a stream of typed events, for every front end: the page, the API, the CLI, the benchmarks.
+
+    Ready(settings, warnings, model)   the input was checked (once, here) and completed
+    Step(done, total, records)         denoising steps finished since the last Step (newest last)
+    Done(comparison)                   both images and the whole trace, every step's x0 picture drawn
+
+The sampling itself runs in `sample_on_device`, the one function that needs the accelerator. On Hugging Face
+ZeroGPU it is wrapped in `spaces.GPU`, which runs it in a forked worker process and pickles its arguments and
+every value it yields through a queue; so it is a module-level generator that takes only a model name and
+settings, loads the pipeline from the module cache, yields plain picklable events, reports errors as `Failed`
+(ZeroGPU passes no other exception through intact) and stops sampling when it is closed (what ZeroGPU and
+Gradio do when the user cancels). Without `spaces` it is a plain generator in this process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+
+from negprompt_demo.engine import Comparison, GenerationCancelled, NonFiniteError, prepare, run_paired
+from negprompt_demo.loading import ModelLoadError, load_pipeline, model_label, pipeline_lock
+from negprompt_demo.previews import LivePreviews, fill_previews
+from negprompt_demo.settings import CompareSettings, InputError
+from negprompt_demo.trace import StepRecord
+
+
+@dataclass
+class Ready:
+    settings: CompareSettings  # resolved: seed, size and the model's defaults filled in
+    warnings: list[str]
+    model: str
+
+
+@dataclass
+class Step:
+    done: int
+    total: int
+    records: list[StepRecord]  # oldest first; a record has x0 pictures when the live view was due to show one
+
+
+@dataclass
+class Done:
+    comparison: Comparison
+
+
+class DeviceError(RuntimeError):
+    """An unexpected error in the sampling function, by the name of its original class."""
+
+    def __init__(self, error_type: str, message: str):
+        super().__init__(message)
+        self.error_type = error_type
+
+
+@dataclass
+class Failed:
+    """An error inside `sample_on_device`, as plain text so it survives the trip from a ZeroGPU worker."""
+
+    error_type: str
+    message: str
+
+    @classmethod
+    def of(cls, error: BaseException) -> Failed:
+        return cls(type(error).__name__, str(error))
+
+    def exception(self) -> Exception:
+        """The error again, as the class the page knows how to word (unknown ones keep their name)."""
+        known = {cls.__name__: cls for cls in (InputError, ModelLoadError, NonFiniteError, GenerationCancelled)}
+        if self.error_type in known:
+            return known[self.error_type](self.message)
+        return DeviceError(self.error_type, self.message)
+
+
+Event = Ready | Step | Done
+
+
+def on_accelerator(function):
+    """`spaces.GPU` where the `spaces` package is importable (Hugging Face ZeroGPU attaches a GPU only to calls
+    wrapped in it), the function itself otherwise."""
+    try:
+        import spaces
+    except ImportError:
+        return function
+    return spaces.GPU(duration=120)(function)
+
+
+# Stop flags of the runs in this process, by run id. A run sampled in this process sees its caller's flag at once;
+# in a ZeroGPU worker (another process) the id finds no live flag and the run stops when its generator is closed.
+_stop_flags: dict[str, threading.Event] = {}
+
+
+@on_accelerator
+def sample_on_device(model: str, settings: CompareSettings, run_id: str = "") -> Iterator[Step | Done | Failed]:
+    """Sample one checked comparison (`settings` from `engine.prepare`), yielding a Step after every denoising
+    step and then Done, or Failed. Closing the generator (or setting the stop flag registered for `run_id` in
+    this process) stops sampling after the step it is on; closing returns once the pipeline is free."""
+    try:
+        pipe = load_pipeline(model)
+    except Exception as error:
+        yield Failed.of(error)
+        return
+    events: queue.SimpleQueue = queue.SimpleQueue()
+    stop = _stop_flags.get(run_id) or threading.Event()
+    live = LivePreviews(pipe)  # each x0 picture costs a decode; a page shows a few per second at most
+
+    def on_step(done: int, total: int, record: StepRecord) -> None:
+        live.decode_if_due(done, total, record)
+        events.put(Step(done, total, [record]))
+
+    def work() -> None:
+        try:
+            comparison = run_paired(pipe, settings, on_step=on_step, stop=stop)
+            with pipeline_lock(pipe):  # the VAE is pipeline state too
+                fill_previews(pipe, comparison.trace.steps)  # the pictures the live view skipped
+            events.put(Done(comparison))
+        except Exception as error:
+            events.put(Failed.of(error))
+
+    worker = threading.Thread(target=work, name="negprompt-sample", daemon=True)
+    worker.start()
+    try:
+        while True:
+            event = events.get()
+            yield event
+            if not isinstance(event, Step):
+                return
+    finally:
+        stop.set()
+        worker.join()
+
+
+def stream(model: str, settings: CompareSettings, stop: threading.Event | None = None) -> Iterator[Event]:
+    """Load the model, check the settings, then sample on the device, yielding Ready, Steps and Done.
+
+    Errors are raised as the engine's own classes. When `stop` is set, the run ends after the step it is on and
+    the iterator ends without Done."""
+    pipe = load_pipeline(model)
+    resolved, warnings = prepare(pipe, settings)
+    yield Ready(resolved, warnings, model_label(pipe))
+    run_id = uuid.uuid4().hex
+    _stop_flags[run_id] = stop or threading.Event()
+    device = sample_on_device(model, resolved, run_id)
+    try:
+        for event in device:
+            if isinstance(event, Failed):
+                raise event.exception()
+            if isinstance(event, Done):
+                event.comparison.warnings[:0] = warnings
+            yield event
+            if isinstance(event, Done) or (stop is not None and stop.is_set()):
+                return
+    finally:
+        device.close()
+        _stop_flags.pop(run_id, None)
+
+
+def run(model: str, settings: CompareSettings) -> Comparison:
+    """The whole comparison at once (benchmarks, scripts)."""
+    for event in stream(model, settings):
+        if isinstance(event, Done):
+            return event.comparison
+    raise RuntimeError("the comparison ended without a result")
+
+
+async def astream(model: str, settings: CompareSettings) -> AsyncIterator[Event]:
+    """`stream` on a worker thread, for an event loop. When the page falls behind, waiting Steps are merged into
+    one (records concatenated), so it always draws the newest. If the consumer stops (Stop button, a cancelled
+    API job), the run is told to stop and this waits until the device is free again."""
+    loop = asyncio.get_running_loop()
+    updates: asyncio.Queue = asyncio.Queue()
+    stop = threading.Event()
+    finished = object()
+
+    def pump() -> None:
+        try:
+            for event in stream(model, settings, stop):
+                loop.call_soon_threadsafe(updates.put_nowait, event)
+        except BaseException as error:  # handed to the event loop, raised there
+            loop.call_soon_threadsafe(updates.put_nowait, error)
+        finally:
+            loop.call_soon_threadsafe(updates.put_nowait, finished)
+
+    worker = threading.Thread(target=pump, name="negprompt-compare", daemon=True)
+    worker.start()
+    try:
+        while True:
+            batch = [await updates.get()]
+            while not updates.empty():
+                batch.append(updates.get_nowait())
+            for event in merge_steps(batch):
+                if event is finished:
+                    return
+                if isinstance(event, BaseException):
+                    raise event
+                yield event
+    finally:
+        if worker.is_alive():
+            stop.set()
+            await asyncio.to_thread(worker.join)
+
+
+def merge_steps(events: list) -> list:
+    """Consecutive Step events as one, so a consumer that fell behind skips to the newest step."""
+    merged: list = []
+    for event in events:
+        if isinstance(event, Step) and merged and isinstance(merged[-1], Step):
+            merged[-1] = Step(event.done, event.total, merged[-1].records + event.records)
+        else:
+            merged.append(event)
+    return merged
