@@ -12,7 +12,15 @@ from __future__ import annotations
 
 import argparse
 
-from benchmarks import bench_cold_start, bench_embedded, bench_memory, bench_paired, bench_scaling, bench_trace
+from benchmarks import (
+    bench_cold_start,
+    bench_embedded,
+    bench_memory,
+    bench_paired,
+    bench_scaling,
+    bench_scrub,
+    bench_trace,
+)
 from benchmarks.common import (
     SD15_RANDOM,
     add_common_arguments,
@@ -22,7 +30,7 @@ from benchmarks.common import (
     write_json,
 )
 
-ALL = ("paired", "trace", "embedded", "cold_start", "scaling", "memory")
+ALL = ("paired", "trace", "embedded", "cold_start", "scaling", "memory", "scrub")
 
 
 def main() -> None:
@@ -32,7 +40,7 @@ def main() -> None:
     args = parser.parse_args()
     chosen = set(args.only or ALL)
     if args.model == SD15_RANDOM or args.device == "cuda":
-        chosen -= {"embedded", "cold_start", "memory"}  # CPU/embedded-model figures
+        chosen -= {"embedded", "cold_start", "memory", "scrub"}  # CPU/embedded-model figures
     pipe = load_model(args.model, args.device, args.threads)
 
     rows = []
@@ -43,6 +51,9 @@ def main() -> None:
     if "memory" in chosen:
         rows += bench_memory.run(args, pipe)
         print("memory: done", flush=True)
+    if "scrub" in chosen:
+        rows += bench_scrub.run(args, pipe)
+        print("scrub: done", flush=True)
     if "embedded" in chosen:
         rows += bench_embedded.run(args)
         print("embedded: done", flush=True)

@@ -237,7 +237,14 @@ def step_panel(steps: int) -> dict:
                     )
         with gr.Column(scale=2):
             gr.Markdown("**guidance over the steps** (the line marks the chosen step)")
-            shown["curves"] = gr.Plot(show_label=False, format="png", elem_id="curves")
+            shown["curves"] = gr.Image(
+                show_label=False,
+                format="png",
+                type="filepath",
+                interactive=False,
+                elem_id="curves",
+                buttons=["download"],
+            )
             shown["reading"] = gr.Markdown(elem_id="reading")
     # The shown result's trace id (server-chosen; the step slider reads the trace by it). Not a file path.
     shown["trace_id"] = gr.Textbox(visible=False)

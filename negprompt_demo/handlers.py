@@ -35,7 +35,7 @@ from negprompt_demo.runner import Done, Ready, Step, astream
 from negprompt_demo.settings import FIELDS, MAX_SEED, CompareSettings, InputError, size_limits
 from negprompt_demo.trace import GuidanceTrace
 from negprompt_demo.tracefile import RUN_MAX_AGE_S, TraceNotFound, TraceStore, remove_old_folders
-from negprompt_demo.visualize import curves_figure, describe, run_labels, step_views
+from negprompt_demo.visualize import CurvesPicture, curves_picture, describe, run_labels, step_views
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ UI_OUTPUTS = (
     *("downloads", "trace_id", "step"),
     *STEP_OUTPUTS,
 )
-CURVE_INTERVAL_S = 1.0  # while sampling, redraw the (slowest) curves plot at most this often
+CURVE_INTERVAL_S = 1.0  # while sampling, redraw the curves (the slowest picture: ~0.25 s) at most this often
 USER_ERRORS = (InputError, ModelLoadError, NonFiniteError, GenerationCancelled)
 
 
@@ -97,16 +97,16 @@ class JobFiles:
         return str(path)
 
 
-def step_outputs(trace: GuidanceTrace, index: int, files: JobFiles, with_curves: bool = True) -> dict:
+def step_outputs(trace: GuidanceTrace, index: int, files: JobFiles, curves: CurvesPicture | None) -> dict:
     """The step view for step `index` (0-based): both runs' x0 with and without the guidance overlay, the push
-    map, the legend and, unless skipped, the curves with that step marked and their reading."""
+    map, the legend and, when given the run's curves, the curves with that step marked and their reading."""
     views = step_views(trace, index)
     updates = {name: files.png(views.get(name), name) for name in ("x0_without", "guidance_without", "x0_with")}
     updates["guidance_with"] = files.png(views["guidance_with"], "guidance_with")
     updates["push"] = files.png(views.get("push"), "push")
     updates["legend"] = files.png(step_legend(trace), "legend")
-    if with_curves:
-        updates["curves"] = curves_figure(trace, index)
+    if curves is not None:
+        updates["curves"] = files.png(curves.marked(index), "curves")
         updates["reading"] = describe(trace)
     return updates
 
@@ -151,7 +151,8 @@ def make_handlers(config: AppConfig, traces: TraceStore, output_root: Path) -> H
         settings, trace = comparison.settings, comparison.trace
         files = JobFiles(output_root)
         written = write_outputs(comparison, files.folder)
-        trace_id = traces.save(trace, settings.negative, kind=kind, owner=owner)
+        curves = curves_picture(trace)
+        trace_id = traces.save(trace, curves, settings.negative, kind=kind, owner=owner)
         difference, peak = difference_with_legend(comparison.without_negative, comparison.with_negative)
         note = f"Done in {comparison.seconds:.1f} s. The images differ by up to {100 * peak:.0f} % (difference map)"
         without_png, with_png = str(written["without_negative"]), str(written["with_negative"])
@@ -168,7 +169,7 @@ def make_handlers(config: AppConfig, traces: TraceStore, output_root: Path) -> H
             + [without_png, with_png],
             "trace_id": trace_id,
             "step": gr.update(maximum=max(1, len(trace.steps)), value=len(trace.steps)),
-            **step_outputs(trace, last, files),
+            **step_outputs(trace, last, files, curves),
         }
 
     async def compare_ui(request: gr.Request, progress=gr.Progress(), **values) -> AsyncIterator[tuple]:  # noqa: B008
@@ -197,7 +198,8 @@ def make_handlers(config: AppConfig, traces: TraceStore, output_root: Path) -> H
                         continue  # not a step the live view draws
                     draw_curves = time.monotonic() - last_curves > CURVE_INTERVAL_S or event.done == event.total
                     trace = live_trace(records, settings.guidance)
-                    updates = await asyncio.to_thread(step_outputs, trace, event.done - 1, files, draw_curves)
+                    curves = await asyncio.to_thread(curves_picture, trace) if draw_curves else None
+                    updates = await asyncio.to_thread(step_outputs, trace, event.done - 1, files, curves)
                     last_curves = time.monotonic() if draw_curves else last_curves
                     updates.update(
                         image_without=files.png(records[-1].previews[0], "live_without"),
@@ -263,7 +265,7 @@ def make_handlers(config: AppConfig, traces: TraceStore, output_root: Path) -> H
         try:
             index = int(step) - 1 if isinstance(step, (int, float)) and math.isfinite(step) else 0
             owner = request.session_hash if request is not None else None
-            trace = traces.load(trace_id, index, owner)
+            trace, curves = traces.load(trace_id, index, owner)
         except (TraceNotFound, OSError, ValueError):
             raise gr.Error(
                 "This result is no longer stored on the server; run Compare again.", print_exception=False
@@ -271,7 +273,7 @@ def make_handlers(config: AppConfig, traces: TraceStore, output_root: Path) -> H
         if not trace.steps:
             return ordered({}, STEP_OUTPUTS)
         index = min(max(index, 0), len(trace.steps) - 1)
-        return ordered(step_outputs(trace, index, JobFiles(output_root)), STEP_OUTPUTS)
+        return ordered(step_outputs(trace, index, JobFiles(output_root), curves), STEP_OUTPUTS)
 
     return Handlers(compare_ui, compare_example, compare_api, model_selected, show_step)
 

@@ -41,6 +41,20 @@ class StepRecord:
     push_peak: float | None = None
     previews: np.ndarray | None = None  # [2, H, W, 3] uint8 pictures of x0, by previews.fill_previews
 
+    def __getstate__(self) -> dict:
+        """Pickled with numpy arrays: torch pickles tensors between processes as file descriptors of the sender,
+        which a ZeroGPU worker process may not outlive (runner.sample_on_device yields these records)."""
+        return {name: value.numpy() if torch.is_tensor(value) else value for name, value in vars(self).items()}
+
+    def __setstate__(self, state: dict) -> None:
+        tensors = ("guidance_map", "x0_latents", "push_map")
+        self.__dict__.update(
+            {
+                name: torch.from_numpy(value) if name in tensors and value is not None else value
+                for name, value in state.items()
+            }
+        )
+
     def scalars(self) -> dict:
         data = {
             "step": self.index + 1,

@@ -1,9 +1,10 @@
 """The stored runs that the page's step scrubber reads: written by the server, found by an id, read one step at a time.
 
-A finished comparison's trace is written to a folder of its own: the per-step scalars as JSON, and each per-step
-array (previews, guidance maps, push maps) as an uncompressed `.npy` file. Moving the slider reads the scalars
-(for the curves) and memory-maps the arrays to copy out the one step shown, so a scrub costs the same for a
-150-step SDXL run as for a 5-step one and no trace is kept in server memory between events.
+A finished comparison's trace is written to a folder of its own: the per-step scalars as JSON, each per-step
+array (previews, guidance maps, push maps) as an uncompressed `.npy` file and the curves as a picture. Moving the
+slider reads the scalars and memory-maps the arrays to copy out the one step shown, and marks the step on the
+stored curves, so a scrub costs the same for a 150-step SDXL run as for a 5-step one and no trace is kept in
+server memory between events.
 
 The page holds only the trace's id: a random 128-bit name the server chose. A client can neither name a file nor
 hand back one of its own, and a run's trace answers only the browser session that made it (examples' traces,
@@ -22,8 +23,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from negprompt_demo.trace import GuidanceTrace, StepRecord
+from negprompt_demo.visualize import CurvesPicture
 
 FORMAT_VERSION = 2
 TRACE_ID = re.compile(r"^(run|example)-([0-9a-f]{32})$")
@@ -46,8 +49,11 @@ class TraceStore:
     def __init__(self, runs_root: Path, examples_root: Path | None = None):
         self.roots = {"run": Path(runs_root), "example": Path(examples_root) if examples_root else None}
 
-    def save(self, trace: GuidanceTrace, negative: str, kind: str = "run", owner: str | None = None) -> str:
-        """Write the trace and return its id; `owner` (a browser session) is the only one that may read it back."""
+    def save(
+        self, trace: GuidanceTrace, curves: CurvesPicture, negative: str, kind: str = "run", owner: str | None = None
+    ) -> str:
+        """Write the trace and its curves picture and return its id; `owner` (a browser session) is the only one
+        that may read it back."""
         root = self.roots[kind]
         if root is None:
             raise ValueError(f"this store keeps no {kind} traces")
@@ -65,8 +71,10 @@ class TraceStore:
             "cfg_active": trace.cfg_active,
             "prediction_type": trace.prediction_type,
             "steps": [scalar_fields(step) for step in trace.steps],
+            "curves": {"step_x": curves.step_x, "spans": curves.spans},
         }
         (folder / "trace.json").write_text(json.dumps(header), encoding="utf-8")
+        curves.image.save(folder / "curves.png", format="PNG")
         if trace.steps:
             np.save(folder / "previews.npy", np.stack([step.previews for step in trace.steps]))
             np.save(folder / "guidance_map.npy", np.stack([step.guidance_map.numpy() for step in trace.steps]))
@@ -74,8 +82,9 @@ class TraceStore:
                 np.save(folder / "push_map.npy", np.stack([step.push_map.numpy() for step in trace.steps]))
         return f"{kind}-{name}"
 
-    def load(self, trace_id: str, index: int, owner: str | None = None) -> GuidanceTrace:
-        """Every step's scalars, and the arrays of step `index` only (clamped to the run; other steps carry none)."""
+    def load(self, trace_id: str, index: int, owner: str | None = None) -> tuple[GuidanceTrace, CurvesPicture]:
+        """Every step's scalars and the arrays of step `index` only (clamped to the run; other steps carry none),
+        with the run's curves picture."""
         match = TRACE_ID.match(trace_id) if isinstance(trace_id, str) else None
         root = self.roots[match.group(1)] if match else None
         if root is None:
@@ -96,7 +105,9 @@ class TraceStore:
             step.guidance_map = torch.from_numpy(one_step(folder / "guidance_map.npy", index, len(trace.steps)))
             if step.push_mean is not None:
                 step.push_map = torch.from_numpy(one_step(folder / "push_map.npy", index, len(trace.steps)))
-        return trace
+        with Image.open(folder / "curves.png") as picture:
+            curves = CurvesPicture(picture.convert("RGB"), header["curves"]["step_x"], header["curves"]["spans"])
+        return trace, curves
 
 
 def one_step(path: Path, index: int, steps: int) -> np.ndarray:

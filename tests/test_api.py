@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
@@ -119,3 +120,41 @@ def test_a_second_comparison_waits_for_the_first(client, tiny_sd_folder, monkeyp
     first.result(timeout=120), second.result(timeout=120)
     (first_began, first_ready), (second_began, _) = spans[30], spans[1]
     assert first_began < first_ready <= second_began
+
+
+# --- the download that came back truncated ----------------------------------------------------------------------
+
+
+def test_equal_results_of_two_jobs_never_rewrite_a_file_being_served(client, tiny_sd_folder, monkeypatch):
+    """Two users running the same seed get equal images. Gradio writes a returned PIL image to a cache path made
+    from the hash of its bytes, in place (truncate, then write): the second job rewrote the file the first job's
+    client was still downloading, which then came back short ('peer closed connection without sending complete
+    message body'). The app returns PNG files written per job instead; Gradio copies a file to its cache under a
+    temporary name and renames it, and leaves an existing copy alone.
+
+    Forced without timing: the first job's served file is held open at a partial read while the second job, with
+    equal images, completes; the held file must then read to its end unchanged, and no result may have gone
+    through Gradio's in-place PIL path at all."""
+    from gradio import processing_utils
+
+    pil_writes, served = [], []
+    real_pil, real_file = processing_utils.save_pil_to_cache, processing_utils.save_file_to_cache
+    monkeypatch.setattr(
+        processing_utils, "save_pil_to_cache", lambda *a, **k: pil_writes.append(1) or real_pil(*a, **k)
+    )
+    monkeypatch.setattr(
+        processing_utils, "save_file_to_cache", lambda *a, **k: served.append(real_file(*a, **k)) or served[-1]
+    )
+
+    call(client, tiny_sd_folder, seed=5).result(timeout=120)
+    first = [path for path in served if path.endswith("without_negative.png")][-1]
+    expected = open(first, "rb").read()
+    stat = os.stat(first)
+    with open(first, "rb") as download:  # a client part-way through its download
+        head = download.read(len(expected) // 2)
+        call(client, tiny_sd_folder, seed=5).result(timeout=120)  # the second user's equal result
+        rest = download.read()
+    assert head + rest == expected
+    after = os.stat(first)
+    assert (after.st_ino, after.st_size) == (stat.st_ino, stat.st_size)  # same file; Gradio only touches its time
+    assert not pil_writes, "a result went through Gradio's in-place PIL cache write"

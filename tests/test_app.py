@@ -4,16 +4,18 @@ scrubber, Stop, errors, the model policy, examples and the API surface."""
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 
 import gradio as gr
 import numpy as np
 import pytest
+import torch
 from conftest import EMBEDDED_PRESENT
 from PIL import Image
 
-from negprompt_demo import handlers
-from negprompt_demo.app import EXAMPLES_FILE, build_app, example_rows
+from negprompt_demo import app, handlers
+from negprompt_demo.app import EXAMPLES_FILE, build_app, example_cache_folder, example_rows
 from negprompt_demo.app_config import AppConfig, config_from_args
 from negprompt_demo.engine import compare
 from negprompt_demo.handlers import INPUT_NAMES, STEP_OUTPUTS, UI_OUTPUTS
@@ -23,6 +25,7 @@ from negprompt_demo.previews import fill_previews
 from negprompt_demo.runner import Step, astream
 from negprompt_demo.settings import CompareSettings, InputError
 from negprompt_demo.tracefile import TraceNotFound, TraceStore
+from negprompt_demo.visualize import curves_picture
 
 STEPS = 4
 
@@ -157,9 +160,11 @@ def test_stored_trace_reads_one_step_and_every_scalar(sd_pipe, tmp_path):
     comparison = compare(sd_pipe, CompareSettings("a cat", "dog", seed=1, steps=3, push_map=True))
     fill_previews(sd_pipe, comparison.trace.steps)
     store = TraceStore(tmp_path / "runs")
-    trace_id = store.save(comparison.trace, "dog", owner="me")
+    curves = curves_picture(comparison.trace)
+    trace_id = store.save(comparison.trace, curves, "dog", owner="me")
     for index, original in enumerate(comparison.trace.steps):
-        trace = store.load(trace_id, index, owner="me")
+        trace, stored_curves = store.load(trace_id, index, owner="me")
+        assert np.array_equal(np.asarray(stored_curves.image), np.asarray(curves.image))
         assert trace.to_json() == comparison.trace.to_json()  # every step's scalars, for the curves
         loaded = trace.steps[index]
         assert np.array_equal(loaded.previews, original.previews)
@@ -272,6 +277,7 @@ def test_command_line_defaults_and_public_lock(monkeypatch):
     assert space.lock_models and space.models == ["a/b", "c/d"] and space.default_model == "a/b"
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not EMBEDDED_PRESENT, reason="the embedded model has not been trained into the package yet")
 def test_first_example_on_the_embedded_model_shows_two_different_images(tmp_path, monkeypatch, tmp_path_factory):
     monkeypatch.setenv("GRADIO_EXAMPLES_CACHE", str(tmp_path))
@@ -294,3 +300,55 @@ def test_warnings_are_shown_in_the_status(events, tiny_sd_folder):
     updates = [named(values) for values in collect(events.compare_ui(Session(), **inputs(tiny_sd_folder, **changes)))]
     for status in (updates[0]["status"], updates[-1]["status"]):
         assert "⚠️ Guidance scale 1 ≤ 1" in status and "these words were cut" in status
+
+
+def test_example_cache_folder_follows_the_weights_and_the_examples_file(sd_pipe, tmp_path, monkeypatch):
+    """A retrained model or edited examples get a fresh example cache; nothing else moves it."""
+    monkeypatch.setenv("GRADIO_EXAMPLES_CACHE", str(tmp_path / "cache"))
+    examples = tmp_path / "examples.json"
+    examples.write_bytes(EXAMPLES_FILE.read_bytes())
+    monkeypatch.setattr(app, "EXAMPLES_FILE", examples)
+    pipe = copy.deepcopy(sd_pipe)
+    original = example_cache_folder(pipe, "tiny")
+    assert original.parent == tmp_path / "cache"
+    assert example_cache_folder(pipe, "tiny") == original
+    assert example_cache_folder(sd_pipe, "tiny") == original  # equal weights in another object: the same cache
+
+    for component in ("unet", "vae", "text_encoder"):
+        parameter = list(getattr(pipe, component).parameters())[-1]  # not the first tensor: every one counts
+        with torch.no_grad():
+            kept = parameter.view(-1)[0].item()
+            parameter.view(-1)[0] += 0.25
+            try:
+                assert example_cache_folder(pipe, "tiny") != original, f"a changed {component} weight"
+            finally:
+                parameter.view(-1)[0] = kept
+        assert example_cache_folder(pipe, "tiny") == original
+
+    text = examples.read_text(encoding="utf-8")
+    examples.write_text(text.replace("mustache", "beard", 1), encoding="utf-8")
+    assert example_cache_folder(pipe, "tiny") != original, "edited examples"
+    examples.write_text(text, encoding="utf-8")
+    assert example_cache_folder(pipe, "tiny") == original
+
+
+@pytest.fixture(scope="module")
+def tiny_sdxl_folder(sdxl_pipe, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny_sdxl_model")
+    sdxl_pipe.save_pretrained(folder)
+    return folder
+
+
+def test_sdxl_model_through_the_page(tiny_sdxl_folder, tmp_path_factory):
+    config = AppConfig(default_model=str(tiny_sdxl_folder), models=[str(tiny_sdxl_folder)])
+    page = make(config, tmp_path_factory)
+    values = inputs(tiny_sdxl_folder, steps=3, guidance=5.0, width=48, height=24)
+    *streamed, final = [named(update) for update in collect(page.compare_ui(Session(), **values))]
+    assert streamed and "Sampling" in streamed[0]["status"]
+    assert set(final) == set(UI_OUTPUTS), final.get("status")
+    without, with_negative = pixels(final["image_without"]), pixels(final["image_with"])
+    assert without.shape == with_negative.shape == (24, 48, 3)  # the requested size, not the native 32 px
+    assert not np.array_equal(without, with_negative)
+    assert final["trace_id"].startswith("run-") and "48×24 px" in final["status"]
+    step_view = named(page.show_step(final["trace_id"], 1, Session()), STEP_OUTPUTS)
+    assert set(step_view) == set(STEP_OUTPUTS) and step_view["push"] is not None

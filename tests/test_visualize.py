@@ -46,10 +46,13 @@ def test_difference_heatmap(comparison):
 
 
 def test_curves_mark_the_chosen_step(comparison):
-    figure = visualize.curves_figure(comparison.trace, index=4)
-    assert len(figure.axes) == 3
-    marked = [line for line in figure.axes[1].lines if list(line.get_xdata()) == [5, 5]]
-    assert marked, "the chosen step (index 4 → step 5) is drawn as a vertical line"
+    curves = visualize.curves_picture(comparison.trace)
+    assert len(curves.step_x) == len(comparison.trace.steps) and len(curves.spans) == 3
+    assert curves.step_x == sorted(curves.step_x)  # steps run left to right
+    base, marked = np.asarray(curves.image), np.asarray(curves.marked(4))
+    changed = np.nonzero((base != marked).any(axis=2))
+    assert set(changed[1]) <= set(range(curves.step_x[4] - 1, curves.step_x[4] + 2))  # only around step 5's column
+    assert len(set(changed[0])) > 0.8 * sum(bottom - top for top, bottom in curves.spans)  # across every axis
 
 
 def test_describe_reads_the_curves(comparison, sd_pipe):

@@ -1,0 +1,84 @@
+"""The app's device call run the way Hugging Face ZeroGPU runs it: `runner.sample_on_device` wrapped by a stand-in
+for `spaces.GPU` (tests/spaces_standin.py) that forks a worker and pickles arguments and every yielded value.
+Streaming, the final images, errors and Stop must all survive that boundary."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import threading
+
+import numpy as np
+import pytest
+import spaces_standin
+
+from negprompt_demo import runner as plain_runner
+from negprompt_demo.engine import NonFiniteError, compare
+from negprompt_demo.loading import load_pipeline
+from negprompt_demo.settings import CompareSettings
+
+pytestmark = pytest.mark.slow
+SETTINGS = CompareSettings("a red hat", "blue", seed=3, steps=6, push_map=True)
+
+
+@pytest.fixture
+def zerogpu_runner(monkeypatch):
+    """`runner` imported as on a Space: `spaces` importable, so `sample_on_device` is wrapped at import."""
+    monkeypatch.setitem(sys.modules, "spaces", spaces_standin)
+    spaces_standin.calls.clear()
+    wrapped = importlib.reload(plain_runner)
+    yield wrapped
+    monkeypatch.delitem(sys.modules, "spaces")
+    importlib.reload(plain_runner)
+
+
+def test_streams_every_step_and_returns_the_same_images_as_in_process(zerogpu_runner, tiny_sd_folder):
+    events = list(zerogpu_runner.stream(str(tiny_sd_folder), SETTINGS))
+    assert spaces_standin.calls == ["sample_on_device"], "the device call did not go through spaces.GPU"
+    ready, *steps, done = events
+    assert isinstance(ready, zerogpu_runner.Ready) and isinstance(done, zerogpu_runner.Done)
+    assert [step.done for step in steps] == list(range(1, 7))
+    assert steps[-1].records[0].previews is not None  # the live picture crossed the process boundary
+
+    comparison = done.comparison
+    reference = compare(load_pipeline(str(tiny_sd_folder)), SETTINGS)
+    for got, expected in (
+        (comparison.without_negative, reference.without_negative),
+        (comparison.with_negative, reference.with_negative),
+    ):
+        assert np.array_equal(np.asarray(got), np.asarray(expected))
+    assert len(comparison.trace.steps) == 6 and all(step.previews is not None for step in comparison.trace.steps)
+    assert comparison.trace.steps[0].push_map is not None
+
+
+def test_an_error_in_the_worker_keeps_its_message(zerogpu_runner, tiny_sd_folder):
+    pipe = load_pipeline(str(tiny_sd_folder))
+    handle = pipe.unet.register_forward_hook(lambda module, args, output: (output[0] * float("nan"),))
+    try:  # the forked worker inherits the hook
+        with pytest.raises(NonFiniteError, match="became NaN/inf at step 1 of 6"):
+            list(zerogpu_runner.stream(str(tiny_sd_folder), SETTINGS))
+    finally:
+        handle.remove()
+
+
+def test_stop_closes_the_worker_generator_and_sampling_ends(zerogpu_runner, tiny_sd_folder, tmp_path):
+    """Stop in the main process cannot reach the worker's memory: it closes the generator, the stand-in sets
+    the worker's stop event, and the worker closes `sample_on_device` after the next step. The worker's UNet
+    calls are counted in a file (a hook the fork inherits), so no timing is involved."""
+    pipe = load_pipeline(str(tiny_sd_folder))
+    calls = tmp_path / "unet_calls"
+    handle = pipe.unet.register_forward_hook(lambda *_: calls.open("a").write("x") and None)
+    stop = threading.Event()
+    seen = []
+    try:
+        for event in zerogpu_runner.stream(str(tiny_sd_folder), SETTINGS.replace(steps=150), stop):
+            seen.append(event)
+            if isinstance(event, zerogpu_runner.Step) and event.done == 2:
+                stop.set()
+    finally:  # the stream has ended: the stand-in joined its worker when the generator was closed
+        handle.remove()
+    steps = [event.done for event in seen if isinstance(event, zerogpu_runner.Step)]
+    assert steps[-1] == 2 and not any(isinstance(event, zerogpu_runner.Done) for event in seen)
+    assert len(calls.read_text()) <= 5, f"the worker sampled {len(calls.read_text())} of 150 steps after Stop"
+    # The next comparison runs normally: nothing was left holding the pipeline in this process.
+    assert isinstance(list(zerogpu_runner.stream(str(tiny_sd_folder), SETTINGS))[-1], zerogpu_runner.Done)
