@@ -21,6 +21,7 @@ import torch
 from conftest import running_app
 from gradio_client import Client
 from gradio_client.exceptions import AppError
+from gradio_client.utils import QueueError
 from PIL import Image
 
 from negprompt_demo import runner
@@ -314,3 +315,36 @@ def test_a_lone_surrogate_sent_as_raw_json_is_a_clear_error(server):
     event = httpx.post(base, content=body, headers={"content-type": "application/json"}, timeout=30).json()
     answer = httpx.get(f"{base}/{event['event_id']}", timeout=TIMEOUT).text
     assert "event: error" in answer and "invalid character (a lone UTF-16 surrogate)" in answer
+
+
+def test_a_full_queue_refuses_with_gradios_message(tiny_sd_folder, tmp_path, monkeypatch):
+    """--max-queue 1: one job sampling (held at its first step), one waiting, the next refused at once."""
+    from negprompt_demo.app_config import AppConfig
+
+    holding, release = threading.Event(), threading.Event()
+    real = runner.run_paired
+
+    def held(pipe, settings, *, on_step, stop, **options):
+        def step(done, total, record):
+            on_step(done, total, record)
+            if settings.negative == "hold":
+                holding.set()
+                release.wait(timeout=TIMEOUT)
+
+        return real(pipe, settings, on_step=step, stop=stop, **options)
+
+    monkeypatch.setattr(runner, "run_paired", held)
+    config = AppConfig(default_model=str(tiny_sd_folder), models=[str(tiny_sd_folder)], max_queue=1)
+    with running_app(config, tmp_path) as url:
+        client = Client(url, verbose=False)
+        sampling = client.submit(**request(tiny_sd_folder, negative="hold", steps=2), api_name="/compare")
+        assert holding.wait(timeout=TIMEOUT), "the first job never started"
+        waiting = client.submit(**request(tiny_sd_folder), api_name="/compare")
+        deadline = time.monotonic() + TIMEOUT
+        while waiting.status().code.name not in ("IN_QUEUE", "QUEUE_FULL"):  # the server has queued it
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        with pytest.raises(QueueError, match="Queue is full! Please try again."):
+            client.submit(**request(tiny_sd_folder), api_name="/compare").result(timeout=TIMEOUT)
+        release.set()
+        assert sampling.result(timeout=TIMEOUT)[2] == 5 and waiting.result(timeout=TIMEOUT)[2] == 5
