@@ -41,7 +41,7 @@ def run(args: argparse.Namespace, pipe) -> list[Row]:
     (folder / "jobs").mkdir()
     store = TraceStore(folder / "runs")
     result = compare_as_the_app_does(pipe, CompareSettings(PROMPT, NEGATIVE, seed=1, steps=STEPS, push_map=True))
-    trace_id = store.save(result.trace, curves_picture(result.trace), NEGATIVE, owner="bench")
+    trace_id = store.save(result.trace, curves_picture(result.trace), owner="bench")
     del result
     gc.collect()
     moves = [random.Random(0).randrange(STEPS) for _ in range(MOVES)]

@@ -107,7 +107,7 @@ def build_app(config: AppConfig, warm_first_example: bool = False) -> gr.Blocks:
     cache_folder = example_cache_folder(pipe, config.default_model)
     private = private_folder()  # this process's runs: traces and job files, mode 0700
     (private / "jobs").mkdir()
-    events = handlers.make_handlers(config, TraceStore(private / "traces", cache_folder / "traces"), private / "jobs")
+    events = handlers.Handlers(config, TraceStore(private / "traces", cache_folder / "traces"), private / "jobs")
 
     with gr.Blocks(title="negprompt-demo: what a negative prompt does", delete_cache=(1800, 7200)) as demo:
         gr.Markdown(INTRO)

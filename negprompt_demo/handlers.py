@@ -18,9 +18,8 @@ import math
 import random
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import NamedTuple
 
 import gradio as gr
 import numpy as np
@@ -131,28 +130,25 @@ def live_trace(records: list, guidance: float) -> GuidanceTrace:
     return GuidanceTrace(guidance, cfg_active, "epsilon", steps=list(records))
 
 
-class Handlers(NamedTuple):
-    compare_ui: Callable  # the Compare button: streams, then shows the full result
-    compare_example: Callable  # an example's result, for Gradio's example cache
-    compare_api: Callable  # public /compare
-    model_selected: Callable  # the model selector: load it, adopt its defaults
-    show_step: Callable  # the step slider: redraw the step view from the stored trace
+class Handlers:
+    """The page's event functions, bound to one app's config (its model policy), trace store and output folder:
+    compare_ui (the Compare button), compare_example (Gradio's example cache), compare_api (public /compare),
+    model_selected (the model selector) and show_step (the step slider)."""
 
+    def __init__(self, config: AppConfig, traces: TraceStore, output_root: Path):
+        self.config, self.traces, self.output_root = config, traces, output_root
 
-def make_handlers(config: AppConfig, traces: TraceStore, output_root: Path) -> Handlers:
-    """The event functions bound to one app's config (its model policy), trace store and output folder."""
-
-    def unpack(values: dict) -> tuple[str, CompareSettings]:
-        model = config.check_model(values.pop("model", None))
+    def unpack(self, values: dict) -> tuple[str, CompareSettings]:
+        model = self.config.check_model(values.pop("model", None))
         return model, CompareSettings(**values)
 
-    def final_outputs(comparison, kind: str = "run", owner: str | None = None) -> dict:
+    def final_outputs(self, comparison, kind: str = "run", owner: str | None = None) -> dict:
         """Every output of the page for a finished comparison (also what the example cache stores)."""
         settings, trace = comparison.settings, comparison.trace
-        files = JobFiles(output_root)
+        files = JobFiles(self.output_root)
         written = write_outputs(comparison, files.folder)
         curves = curves_picture(trace)
-        trace_id = traces.save(trace, curves, settings.negative, kind=kind, owner=owner)
+        trace_id = self.traces.save(trace, curves, kind=kind, owner=owner)
         difference, peak = difference_with_legend(comparison.without_negative, comparison.with_negative)
         note = f"Done in {comparison.seconds:.1f} s. The images differ by up to {100 * peak:.0f} % (difference map)"
         without_png, with_png = str(written["without_negative"]), str(written["with_negative"])
@@ -172,12 +168,12 @@ def make_handlers(config: AppConfig, traces: TraceStore, output_root: Path) -> H
             **step_outputs(trace, last, files, curves),
         }
 
-    async def compare_ui(request: gr.Request, progress=gr.Progress(), **values) -> AsyncIterator[tuple]:  # noqa: B008
+    async def compare_ui(self, request: gr.Request, progress=gr.Progress(), **values) -> AsyncIterator[tuple]:  # noqa: B008
         """Stream previews, the step view and the curves while sampling, then the full result."""
         try:
-            model, settings = unpack(values)
+            model, settings = self.unpack(values)
             progress(0, desc="loading the model")
-            files, records, last_curves = JobFiles(output_root), [], 0.0
+            files, records, last_curves = JobFiles(self.output_root), [], 0.0
             async for event in astream(model, settings):
                 if isinstance(event, Ready):
                     settings = event.settings
@@ -210,7 +206,7 @@ def make_handlers(config: AppConfig, traces: TraceStore, output_root: Path) -> H
                 elif isinstance(event, Done):
                     progress(1.0, desc="drawing the results")
                     owner = request.session_hash if request is not None else None
-                    yield ordered(await asyncio.to_thread(final_outputs, event.comparison, "run", owner))
+                    yield ordered(await asyncio.to_thread(self.final_outputs, event.comparison, "run", owner))
         except Exception as error:
             # Shown in the status line and as a toast; the last result stays on the page, and no output box
             # turns into an "Error" badge, so the page reads as still working (it is).
@@ -218,28 +214,28 @@ def make_handlers(config: AppConfig, traces: TraceStore, output_root: Path) -> H
             gr.Warning(message, title="Could not compare")
             yield ordered({"status": f"❌ **Could not compare.** {message}"})
 
-    async def compare_example(*values) -> tuple:
+    async def compare_example(self, *values) -> tuple:
         """An example's result, computed on its first click and then served from Gradio's example cache."""
         try:
-            model, settings = unpack(dict(zip(INPUT_NAMES, values, strict=True)))
+            model, settings = self.unpack(dict(zip(INPUT_NAMES, values, strict=True)))
             async for event in astream(model, settings):
                 if isinstance(event, Done):
-                    return ordered(await asyncio.to_thread(final_outputs, event.comparison, "example"))
+                    return ordered(await asyncio.to_thread(self.final_outputs, event.comparison, "example"))
         except Exception as error:
             raise input_error(error) from None
         raise gr.Error("The comparison ended without a result.")
 
-    async def compare_api(progress=gr.Progress(), **values):  # noqa: B008
+    async def compare_api(self, progress=gr.Progress(), **values):  # noqa: B008
         """Public `/compare`: (image without negative, image with negative, seed used, trace JSON), the images as
         PNG files with their generation parameters. Cancelling the job stops sampling after the current step."""
         try:
-            model, settings = unpack(values)
+            model, settings = self.unpack(values)
             async for event in astream(model, settings):
                 if isinstance(event, Step):
                     progress((event.done, event.total), desc="sampling", unit="steps")
                 elif isinstance(event, Done):
                     comparison = event.comparison
-                    written = await asyncio.to_thread(write_outputs, comparison, JobFiles(output_root).folder)
+                    written = await asyncio.to_thread(write_outputs, comparison, JobFiles(self.output_root).folder)
                     return (
                         str(written["without_negative"]),
                         str(written["with_negative"]),
@@ -250,22 +246,22 @@ def make_handlers(config: AppConfig, traces: TraceStore, output_root: Path) -> H
             raise input_error(error, for_html=False) from None  # API clients get the message as plain text
         raise gr.Error("The comparison ended without a result.")
 
-    def model_selected(name: str | None) -> tuple:
+    def model_selected(self, name: str | None) -> tuple:
         """Load the chosen model and adopt its defaults (steps, guidance, scheduler, size limits)."""
         try:
-            pipe = load_pipeline(config.check_model(name))
+            pipe = load_pipeline(self.config.check_model(name))
         except (InputError, ModelLoadError) as error:
             return (f"⚠️ {html.escape(str(error), quote=False)}", *(gr.skip(),) * 5)
         return model_widgets(pipe)
 
-    def show_step(trace_id: str | None, step: float, request: gr.Request) -> tuple:
+    def show_step(self, trace_id: str | None, step: float, request: gr.Request) -> tuple:
         """Redraw the step view for the step the slider points at, from the stored trace of the shown result."""
         if not trace_id:
             return ordered({}, STEP_OUTPUTS)  # nothing compared yet (or a run is still streaming)
         try:
             index = int(step) - 1 if isinstance(step, (int, float)) and math.isfinite(step) else 0
             owner = request.session_hash if request is not None else None
-            trace, curves = traces.load(trace_id, index, owner)
+            trace, curves = self.traces.load(trace_id, index, owner)
         except (TraceNotFound, OSError, ValueError):
             raise gr.Error(
                 "This result is no longer stored on the server; run Compare again.", print_exception=False
@@ -273,9 +269,7 @@ def make_handlers(config: AppConfig, traces: TraceStore, output_root: Path) -> H
         if not trace.steps:
             return ordered({}, STEP_OUTPUTS)
         index = min(max(index, 0), len(trace.steps) - 1)
-        return ordered(step_outputs(trace, index, JobFiles(output_root), curves), STEP_OUTPUTS)
-
-    return Handlers(compare_ui, compare_example, compare_api, model_selected, show_step)
+        return ordered(step_outputs(trace, index, JobFiles(self.output_root), curves), STEP_OUTPUTS)
 
 
 def model_widgets(pipe) -> tuple:

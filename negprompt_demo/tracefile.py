@@ -49,9 +49,7 @@ class TraceStore:
     def __init__(self, runs_root: Path, examples_root: Path | None = None):
         self.roots = {"run": Path(runs_root), "example": Path(examples_root) if examples_root else None}
 
-    def save(
-        self, trace: GuidanceTrace, curves: CurvesPicture, negative: str, kind: str = "run", owner: str | None = None
-    ) -> str:
+    def save(self, trace: GuidanceTrace, curves: CurvesPicture, kind: str = "run", owner: str | None = None) -> str:
         """Write the trace and its curves picture and return its id; `owner` (a browser session) is the only one
         that may read it back."""
         root = self.roots[kind]
@@ -66,7 +64,6 @@ class TraceStore:
         header = {
             "format": FORMAT_VERSION,
             "owner": owner,
-            "negative": negative,
             "guidance_scale": trace.guidance_scale,
             "cfg_active": trace.cfg_active,
             "prediction_type": trace.prediction_type,

@@ -57,7 +57,7 @@ class Session:
 def make(config, tmp_path_factory) -> handlers.Handlers:
     folder = tmp_path_factory.mktemp("app")
     (folder / "jobs").mkdir()
-    return handlers.make_handlers(config, TraceStore(folder / "runs", folder / "examples"), folder / "jobs")
+    return handlers.Handlers(config, TraceStore(folder / "runs", folder / "examples"), folder / "jobs")
 
 
 def pixels(path: str) -> np.ndarray:
@@ -161,7 +161,7 @@ def test_stored_trace_reads_one_step_and_every_scalar(sd_pipe, tmp_path):
     fill_previews(sd_pipe, comparison.trace.steps)
     store = TraceStore(tmp_path / "runs")
     curves = curves_picture(comparison.trace)
-    trace_id = store.save(comparison.trace, curves, "dog", owner="me")
+    trace_id = store.save(comparison.trace, curves, owner="me")
     for index, original in enumerate(comparison.trace.steps):
         trace, stored_curves = store.load(trace_id, index, owner="me")
         assert np.array_equal(np.asarray(stored_curves.image), np.asarray(curves.image))
