@@ -14,7 +14,6 @@ and for SDXL models with `force_zeros_for_empty_prompt` (the base model) all-zer
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
 from collections.abc import Callable
@@ -31,6 +30,7 @@ from diffusers import (
 )
 from PIL import Image
 
+from negprompt_demo.guidance import NO_NEGATIVE, BranchHook, NegativePlan, window_steps
 from negprompt_demo.loading import (
     base_scheduler_config,
     model_defaults,
@@ -98,6 +98,15 @@ def _prepare_unlocked(pipe, settings: CompareSettings) -> tuple[CompareSettings,
         )
     if not resolved.negative:
         warnings.append("The negative prompt is empty, so both images are the same.")
+    elif resolved.guidance > 1:
+        start, end = window_steps(resolved.negative_start, resolved.negative_end, resolved.steps)
+        if start >= end:
+            warnings.append(
+                f"The negative prompt's window ({resolved.negative_start:g}–{resolved.negative_end:g} of "
+                f"{resolved.steps} steps) holds no whole step, so it never acts: both images are the same."
+            )
+        elif resolved.negative_strength == 0:
+            warnings.append("Negative strength 0 turns the negative prompt off: both images are the same.")
     warnings += truncation_warnings(pipe, resolved.prompt, "prompt")
     warnings += truncation_warnings(pipe, resolved.negative, "negative prompt")
     return resolved, warnings
@@ -150,7 +159,7 @@ def run_paired(
     with pipeline_lock(pipe):
         cfg_active = resolved.guidance > 1 and pipe.unet.config.time_cond_proj_dim is None
         tracer = GuidanceTracer(pipe, resolved.guidance, cfg_active, resolved.push_map) if trace else None
-        images, nsfw = _sample(pipe, resolved, [resolved.seed], tracer, on_step, stop)
+        images, nsfw = _sample(pipe, resolved, [resolved.seed], [negative_plan(resolved)], tracer, on_step, stop)
     warnings = [
         f"The model's safety checker blanked the image {run} the negative prompt."
         for run, flagged in zip(("without", "with"), nsfw)
@@ -174,18 +183,37 @@ def generate_pairs(pipe, settings: CompareSettings, seeds: list[int]) -> list[tu
         return []
     with pipeline_lock(pipe):
         resolved, _ = _prepare_unlocked(pipe, settings.replace(seed=seeds[0]))
-        images, _ = _sample(pipe, resolved, [int(seed) for seed in seeds], None, None, None)
+        images, _ = _sample(pipe, resolved, [int(seed) for seed in seeds], [negative_plan(resolved)], None, None, None)
     return [(images[2 * i], images[2 * i + 1]) for i in range(len(seeds))]
 
 
+def negative_plan(settings: CompareSettings, start: float | None = None) -> NegativePlan:
+    """The with-run's plan from the settings (`start` overrides the window's start, for a sweep)."""
+    start_step, end_step = window_steps(
+        settings.negative_start if start is None else start, settings.negative_end, settings.steps
+    )
+    return NegativePlan(start_step, end_step, settings.negative_strength, settings.perp_neg)
+
+
 @torch.no_grad()
-def _sample(pipe, settings: CompareSettings, seeds: list[int], tracer, on_step, stop):
-    """The single pipeline call. Batch items are [seed0 without, seed0 with, seed1 without, ...]."""
+def _sample(pipe, settings: CompareSettings, seeds: list[int], with_plans: list[NegativePlan], tracer, on_step, stop):
+    """The single pipeline call. Each seed has one run without the negative prompt and one per plan in
+    `with_plans`; batch items are [seed0 without, seed0 with plan 1, ..., seed1 without, ...]."""
     scheduler_class, scheduler_kwargs = SCHEDULERS[settings.scheduler]
     pipe.scheduler = scheduler_class.from_config(base_scheduler_config(pipe), **scheduler_kwargs)
     cfg_active = settings.guidance > 1 and pipe.unet.config.time_cond_proj_dim is None
-    embeddings = _paired_embeddings(pipe, settings, len(seeds), cfg_active)
-    generators = [torch.Generator(device="cpu").manual_seed(seed) for seed in seeds for _ in range(2)]
+    runs = 1 + len(with_plans)
+    embeddings = _run_embeddings(pipe, settings, len(seeds), runs, cfg_active)
+    generators = [torch.Generator(device="cpu").manual_seed(seed) for seed in seeds for _ in range(runs)]
+    plans = [NO_NEGATIVE, *with_plans] * len(seeds)
+    source = [item // runs * runs for item in range(len(plans))]
+    hook = BranchHook(
+        pipe.unet,
+        plans,
+        source,
+        push_runs=(1,) if tracer is not None and tracer.push_map else (),
+        capture=tracer is not None,
+    )
     total = settings.steps
 
     def on_step_end(pipeline, index: int, timestep, callback_kwargs: dict) -> dict:
@@ -195,15 +223,15 @@ def _sample(pipe, settings: CompareSettings, seeds: list[int], tracer, on_step, 
                 f"The sample became NaN/inf at step {index + 1} of {total}; the model or its precision (fp16) "
                 "broke down. Try another scheduler, fewer steps or a lower guidance scale."
             )
-        record = tracer.record_step(index, latents) if tracer is not None else None
+        record = tracer.record_step(index, latents, hook.captured) if tracer is not None else None
+        hook.step_done()
         if on_step is not None:
             on_step(index + 1, total, record)
         if stop is not None and stop.is_set():
             raise GenerationCancelled(f"Stopped after step {index + 1} of {total}.")
         return callback_kwargs
 
-    context = tracer if tracer is not None else contextlib.nullcontext()
-    with context:
+    with hook:
         output = pipe(
             **embeddings,
             num_inference_steps=settings.steps,
@@ -222,8 +250,8 @@ def _sample(pipe, settings: CompareSettings, seeds: list[int], tracer, on_step, 
     return images, nsfw
 
 
-def _paired_embeddings(pipe, settings: CompareSettings, seed_count: int, cfg_active: bool) -> dict:
-    """Text embeddings for the batch, encoded once per distinct text and repeated per seed.
+def _run_embeddings(pipe, settings: CompareSettings, seed_count: int, runs: int, cfg_active: bool) -> dict:
+    """Text embeddings for the batch, encoded once per distinct text and repeated per run and seed.
 
     The without-run's negative is what a plain call with no negative prompt uses (see the module docstring),
     which for SDXL is not the same as encoding "".
@@ -242,14 +270,14 @@ def _paired_embeddings(pipe, settings: CompareSettings, seed_count: int, cfg_act
 
     without = encode(None)
     with_negative = encode(settings.negative or None) if cfg_active and settings.negative else without
-    count = 2 * seed_count
+    count = runs * seed_count
     embeds = {"prompt_embeds": without[0].repeat(count, 1, 1)}
     if sdxl:
         embeds["pooled_prompt_embeds"] = without[2].repeat(count, 1)
     if cfg_active:
-        pair = torch.cat([without[1], with_negative[1]])
-        embeds["negative_prompt_embeds"] = pair.repeat(seed_count, 1, 1)
+        one_seed = torch.cat([without[1]] + [with_negative[1]] * (runs - 1))
+        embeds["negative_prompt_embeds"] = one_seed.repeat(seed_count, 1, 1)
         if sdxl:
-            pooled_pair = torch.cat([without[3], with_negative[3]])
-            embeds["negative_pooled_prompt_embeds"] = pooled_pair.repeat(seed_count, 1)
+            pooled = torch.cat([without[3]] + [with_negative[3]] * (runs - 1))
+            embeds["negative_pooled_prompt_embeds"] = pooled.repeat(seed_count, 1)
     return embeds

@@ -22,6 +22,7 @@ MAX_STEPS = 150
 MAX_GUIDANCE = 30.0
 MAX_SEED = 2**32 - 1
 MAX_PROMPT_CHARS = 2000
+MAX_STRENGTH = 10.0
 MAX_ECHO_CHARS = 40  # a message quotes at most this much of a bad value
 
 
@@ -88,6 +89,25 @@ class CompareSettings:
             model_default=True, zero_is_blank=True,
         ),
     )  # fmt: skip
+    negative_start: float = setting(
+        0.0,
+        Field("float", "negative starts at", "fraction of the steps before the negative acts (A1111 [neg:0.3])", 0.0,
+              1.0, 0.05),
+    )  # fmt: skip
+    negative_end: float = setting(
+        1.0,
+        Field("float", "negative ends at", "fraction of the steps after which it stops (A1111 [neg::0.6])", 0.0,
+              1.0, 0.05),
+    )  # fmt: skip
+    negative_strength: float = setting(
+        1.0,
+        Field("float", "negative strength", "how hard to push away from the negative: 0 none, 1 plain CFG, 2 twice",
+              0.0, MAX_STRENGTH, 0.1),
+    )  # fmt: skip
+    perp_neg: bool = setting(
+        False,
+        Field("flag", "Perp-Neg", "remove only the part of the negative's push perpendicular to the prompt's"),
+    )
     push_map: bool = setting(
         False,
         Field("flag", "record the negative-push map", "one extra UNet item per step: where the negative itself pushes"),
@@ -100,11 +120,19 @@ class CompareSettings:
         return dataclasses.asdict(self)
 
     def parameters_text(self, model: str) -> str:
-        """A1111-style `parameters` text, so other tools can read back how an image was made."""
+        """A1111-style `parameters` text, so other tools can read back how an image was made: the window in
+        A1111's prompt-editing syntax, the strength and Perp-Neg as extra fields."""
+        negative = self.negative
+        if negative and self.negative_start > 0:
+            negative = f"[{negative}:{self.negative_start:g}]"
+        if negative and self.negative_end < 1:
+            negative = f"[{negative}::{self.negative_end:g}]"
+        extra = "" if self.negative_strength == 1 else f", Negative strength: {self.negative_strength:g}"
+        extra += ", Perp-Neg: True" if self.perp_neg else ""
         return (
-            f"{self.prompt}\nNegative prompt: {self.negative}\n"
+            f"{self.prompt}\nNegative prompt: {negative}\n"
             f"Steps: {self.steps}, Sampler: {self.scheduler}, CFG scale: {self.guidance:g}, Seed: {self.seed}, "
-            f"Size: {self.width}x{self.height}, Model: {model}"
+            f"Size: {self.width}x{self.height}{extra}, Model: {model}"
         )
 
 
@@ -140,6 +168,11 @@ def resolve_settings(settings: CompareSettings, native_size: int, defaults: dict
     values["push_map"] = bool(values["push_map"])
     if values["seed"] is None or values["seed"] == -1:
         values["seed"] = random.randint(0, MAX_SEED)  # blank or -1 means "random", as in A1111
+    if values["negative_start"] > values["negative_end"]:
+        raise InputError(
+            f"The negative starts at {values['negative_start']:g} of the steps but ends at "
+            f"{values['negative_end']:g}: the start must not come after the end."
+        )
     low, high = size_limits(native_size)
     for name in ("width", "height"):
         if values[name] % 8 != 0:

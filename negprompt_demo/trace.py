@@ -1,11 +1,12 @@
 """The per-step guidance trace: what classifier-free guidance did at every denoising step of both runs.
 
 During a paired call the UNet sees one batch per step, `[neg_without, neg_with, text_without, text_with]`
-(diffusers puts the negative/unconditional half first). A forward hook on the UNet splits its output into those
-halves, so for each run we get ε_neg and ε_text and hence the guidance direction ε_text − ε_neg, without a single
-extra UNet call. `callback_on_step_end` then adds what only exists after the scheduler step (the new latents).
+(diffusers puts the negative/unconditional half first). The UNet hook of `guidance.BranchHook` (which also decides
+when and how strongly the negative acts) hands over each run's ε_neg and ε_text, and hence the guidance direction
+ε_text − ε_neg, without an extra UNet call. `callback_on_step_end` then adds what only exists after the scheduler
+step (the new latents).
 
-Optionally the hook appends one batch item — the with-negative run's latents under the *empty* conditioning — so
+Optionally the hook adds one batch item — the with-negative run's latents under the *empty* conditioning — so
 ε_empty − ε_neg shows where the negative prompt itself pushes ("negative push" map).
 
 Everything kept is small, on the CPU, at latent resolution and in float16: about 25 MB for 50 SDXL steps at 1024 px.
@@ -36,6 +37,7 @@ class StepRecord:
     guidance_cosine: float  # cosine between the two runs' guidance vectors (1 = same direction)
     divergence: float  # ‖x_with − x_without‖ / ‖x_without‖ of the latents after this step
     x0_latents: torch.Tensor | None  # [2, c, h, w] float16: predicted clean sample of each run
+    negative_active: bool = True  # whether the with-run's negative prompt acted at this step (its window)
     push_map: torch.Tensor | None = None  # [h, w] float16: ‖ε_empty − ε_neg‖ on the with-run's latents
     push_mean: float | None = None
     push_peak: float | None = None
@@ -63,6 +65,7 @@ class StepRecord:
             "guidance_mean": {run: round(value, 6) for run, value in zip(RUNS, self.guidance_mean)},
             "guidance_cosine": round(self.guidance_cosine, 6),
             "divergence": round(self.divergence, 6),
+            "negative_active": self.negative_active,
         }
         if self.push_mean is not None:
             data["push_mean"] = round(self.push_mean, 6)
@@ -101,88 +104,33 @@ class GuidanceTrace:
 
 
 class GuidanceTracer:
-    """Hooks on a pipeline's UNet that record a `GuidanceTrace` for a single-seed paired call.
-
-    Use as a context manager so the hooks are removed even if sampling raises.
-    """
+    """Turns what `guidance.BranchHook` captured at each step of a single-seed paired call (runs 0 and 1) into
+    a `GuidanceTrace`."""
 
     def __init__(self, pipe, guidance_scale: float, cfg_active: bool, push_map: bool):
-        self.pipe = pipe
         self.cfg_active = cfg_active
         self.push_map = push_map and cfg_active
         self.guidance_scale = guidance_scale
         self.prediction_type = pipe.scheduler.config.get("prediction_type", "epsilon")
         self.trace = GuidanceTrace(guidance_scale, cfg_active, self.prediction_type)
-        self._handles = []
-        self._captured = None  # what the hook saw at the current step
         # log(sigma) at each integer training timestep, to find the noise level of any (fractional) timestep
         alphas_cumprod = pipe.scheduler.alphas_cumprod.double()
         self._log_sigmas = 0.5 * torch.log((1 - alphas_cumprod) / alphas_cumprod)
 
-    def __enter__(self) -> GuidanceTracer:
-        unet = self.pipe.unet
-        self._handles.append(unet.register_forward_pre_hook(self._before_unet, with_kwargs=True))
-        self._handles.append(unet.register_forward_hook(self._after_unet, with_kwargs=True))
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
-        self._captured = None
-
-    # --- hooks -----------------------------------------------------------------------------------------------
-
-    def _before_unet(self, module, args, kwargs):
-        if not self.push_map:
-            return None
-        # Append one item: the with-run's latents (index 1) under the without-run's negative conditioning (index
-        # 0), which is the empty prompt (or SDXL's zero embedding), giving ε_empty on the with-run's own path.
-        sample, timestep = args[0], args[1]
-        sample = torch.cat([sample, sample[1:2]])
-        if torch.is_tensor(timestep) and timestep.ndim == 1 and timestep.shape[0] > 1:
-            timestep = torch.cat([timestep, timestep[1:2]])
-        kwargs = dict(kwargs)
-        hidden = kwargs["encoder_hidden_states"]
-        kwargs["encoder_hidden_states"] = torch.cat([hidden, hidden[0:1]])
-        added = kwargs.get("added_cond_kwargs")
-        if added:
-            kwargs["added_cond_kwargs"] = {key: torch.cat([value, value[0:1]]) for key, value in added.items()}
-        return (sample, timestep, *args[2:]), kwargs
-
-    def _after_unet(self, module, args, kwargs, output):
-        sample, timestep = args[0], args[1]
-        prediction = output[0] if isinstance(output, tuple) else output.sample
-        extra = None
-        if self.push_map:
-            extra = prediction[-1:]
-            prediction = prediction[:-1]
-            sample = sample[:-1]
-        self._captured = (sample.detach(), timestep, prediction.detach(), None if extra is None else extra.detach())
-        if extra is None:
-            return None
-        return (prediction,) if isinstance(output, tuple) else type(output)(sample=prediction)
-
-    # --- per step ---------------------------------------------------------------------------------------------
-
-    def record_step(self, index: int, latents: torch.Tensor) -> StepRecord:
-        """Turn what the hook captured at this step, plus the stepped latents, into a StepRecord."""
-        sample, timestep, prediction, extra = self._captured
-        sample, prediction = sample.float(), prediction.float()
+    def record_step(self, index: int, latents: torch.Tensor, branches) -> StepRecord:
+        """One StepRecord from the step's branches (`guidance.Branches`) and the stepped latents."""
+        sample = branches.sample[0:2].float()
+        timestep = branches.timestep
         t = float(timestep.flatten()[0]) if torch.is_tensor(timestep) else float(timestep)
         sigma = self.sigma_at(t)
-
-        if self.cfg_active:
-            neg, text = prediction[0:2], prediction[2:4]
-            guided = neg + self.guidance_scale * (text - neg)
-        else:  # no CFG: the batch is just the two conditional items and guidance is zero
-            neg = text = guided = prediction[0:2]
-        direction = text - neg  # [2, c, h, w]
+        neg, text = branches.negative[0:2].float(), branches.text[0:2].float()
+        guided = neg + self.guidance_scale * (text - neg) if self.cfg_active else text
+        direction = text - neg if self.cfg_active else torch.zeros_like(text)  # [2, c, h, w]
         guidance_map = direction.norm(dim=1)
         flat = direction.flatten(1)
         cosine = torch.nn.functional.cosine_similarity(flat[0:1], flat[1:2], eps=1e-12).item()
 
-        x0 = self.predict_x0(sample[0:2], guided, sigma)
+        x0 = self.predict_x0(sample, guided, sigma)
         stepped = latents.float()
         divergence = ((stepped[1] - stepped[0]).norm() / stepped[0].norm().clamp_min(1e-12)).item()
 
@@ -196,9 +144,13 @@ class GuidanceTracer:
             guidance_cosine=cosine if self.cfg_active else float("nan"),
             divergence=divergence,
             x0_latents=x0.half().cpu(),
+            negative_active=bool(branches.active[1]),
         )
-        if extra is not None:
-            push = (extra.float()[0] - neg[1]).norm(dim=0)  # ε_empty − ε_neg on the with-run's latents
+        if self.push_map:
+            # ε_∅ − ε_neg on the with-run's latents: where (and how hard) the negative prompt itself pushes. Zero
+            # where the with-run's negative branch is the empty prompt's (outside its window).
+            empty = branches.empty.get(1)
+            push = (empty.float() - neg[1]).norm(dim=0) if empty is not None else torch.zeros_like(guidance_map[1])
             record.push_map = push.half().cpu()
             record.push_mean = push.mean().item()
             record.push_peak = push.max().item()

@@ -124,6 +124,7 @@ def scalar_fields(step: StepRecord) -> dict:
         "guidance_peak": step.guidance_peak,
         "guidance_cosine": step.guidance_cosine,
         "divergence": step.divergence,
+        "negative_active": step.negative_active,
         "push_mean": step.push_mean,
         "push_peak": step.push_peak,
     }
@@ -140,6 +141,7 @@ def record_from_scalars(fields: dict) -> StepRecord:
         guidance_cosine=float(fields["guidance_cosine"]),
         divergence=float(fields["divergence"]),
         x0_latents=None,
+        negative_active=bool(fields["negative_active"]),
         push_mean=fields["push_mean"],
         push_peak=fields["push_peak"],
     )

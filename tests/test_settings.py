@@ -26,6 +26,13 @@ def resolve(**fields):
         ({"negative": "x" * 5000}, "negative prompt is 5000 characters"),
         ({"prompt": 42}, "prompt must be text"),
         ({"steps": 0}, "steps must be between 1 and 150, got 0"),
+        ({"negative_start": 0.6, "negative_end": 0.3}, "starts at 0.6 of the steps but ends at 0.3"),
+        ({"negative_start": -0.1}, "negative starts at must be between 0 and 1, got -0.1"),
+        ({"negative_end": 1.5}, "negative ends at must be between 0 and 1, got 1.5"),
+        ({"negative_end": float("nan")}, "negative ends at must be a finite number"),
+        ({"negative_strength": -1}, "negative strength must be between 0 and 10, got -1"),
+        ({"negative_strength": 1e9}, "negative strength must be between 0 and 10"),
+        ({"perp_neg": "yes"}, "perp_neg must be true or false, got 'yes'"),
         ({"steps": 151}, "steps must be between 1 and 150"),
         ({"steps": 2.5}, "steps must be a whole number"),
         ({"steps": "ten"}, "steps must be a whole number"),
@@ -51,6 +58,13 @@ def resolve(**fields):
         ({"negative": ["mustache"]}, "negative prompt must be text, got list"),
         ({"width": "x" * 5000}, "width must be a whole number, got 'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx…"),
         ({"steps": 0}, "steps must be between 1 and 150, got 0"),
+        ({"negative_start": 0.6, "negative_end": 0.3}, "starts at 0.6 of the steps but ends at 0.3"),
+        ({"negative_start": -0.1}, "negative starts at must be between 0 and 1, got -0.1"),
+        ({"negative_end": 1.5}, "negative ends at must be between 0 and 1, got 1.5"),
+        ({"negative_end": float("nan")}, "negative ends at must be a finite number"),
+        ({"negative_strength": -1}, "negative strength must be between 0 and 10, got -1"),
+        ({"negative_strength": 1e9}, "negative strength must be between 0 and 10"),
+        ({"perp_neg": "yes"}, "perp_neg must be true or false, got 'yes'"),
         ({"seed": True}, "seed must be a whole number"),
         ({"width": 60}, "width must be a multiple of 8"),
         ({"height": 136}, "height must be between 32 and 128 px"),
@@ -81,15 +95,8 @@ def test_blank_fields_take_the_models_defaults():
 
 def test_every_input_is_declared_once_with_label_and_help():
     assert list(FIELDS) == [
-        "prompt",
-        "negative",
-        "seed",
-        "steps",
-        "guidance",
-        "scheduler",
-        "width",
-        "height",
-        "push_map",
+        *("prompt", "negative", "seed", "steps", "guidance", "scheduler", "width", "height"),
+        *("negative_start", "negative_end", "negative_strength", "perp_neg", "push_map"),
     ]
     for name, field in FIELDS.items():
         assert field.label and field.help, name
@@ -112,6 +119,13 @@ def test_size_limits():
     assert size_limits(64) == (32, 128)
     assert size_limits(512) == (256, 1024)
     assert size_limits(1024) == (512, 2048)
+
+
+def test_window_strength_and_perp_neg_in_the_parameters_text():
+    text = resolve(seed=3, negative="mustache", negative_start=0.3, negative_strength=2, perp_neg=True)
+    assert "Negative prompt: [mustache:0.3]\n" in text.parameters_text("m")
+    assert "Negative strength: 2, Perp-Neg: True, Model: m" in text.parameters_text("m")
+    assert "Negative prompt: [mustache::0.6]\n" in resolve(negative="mustache", negative_end=0.6).parameters_text("m")
 
 
 def test_parameters_text_is_a1111_style():
