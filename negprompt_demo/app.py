@@ -120,10 +120,19 @@ def build_app(config: AppConfig, warm_first_example: bool = False) -> gr.Blocks:
             with gr.Column(scale=3):
                 shown |= result_panel()
         shown |= step_panel(defaults["steps"])
+        sweep = sweep_panel()
         with examples_slot:
             examples = examples_section(events, inputs, shown, defaults, config, cache_folder)
         wire_page(demo, config, events, inputs, buttons, shown, model_info)
-        api_endpoint(config, events, defaults)
+        sweep["button"].click(
+            events.sweep_ui,
+            inputs_kwargs=inputs,
+            outputs=[sweep["picture"], sweep["reading"]],
+            api_visibility="private",
+            concurrency_id="device",
+            concurrency_limit=config.concurrency,
+        )
+        api_endpoints(config, events, defaults)
     demo.queue(max_size=config.max_queue, default_concurrency_limit=config.concurrency)
     if warm_first_example:
         warm_example(examples, 0)
@@ -251,6 +260,21 @@ def step_panel(steps: int) -> dict:
     return shown
 
 
+def sweep_panel() -> dict:
+    """ "When does it act?": the same seed with the negative starting at several points, in one batched call."""
+    gr.Markdown(
+        "## When does it act?\nThe same seed with the negative prompt starting at different steps (your end, "
+        "strength and Perp-Neg settings apply to each), all in one batched call: the steps before each start are "
+        "shared with the run without it. Where the picture stops changing, the negative has done its work."
+    )
+    panel = {"button": gr.Button("Run the sweep", elem_id="sweep-button", variant="secondary")}
+    panel["picture"] = gr.Image(
+        show_label=False, format="png", type="filepath", interactive=False, elem_id="sweep", buttons=["download"]
+    )
+    panel["reading"] = gr.Markdown(elem_id="sweep-reading")
+    return panel
+
+
 def examples_section(events, inputs: dict, shown: dict, defaults: dict, config: AppConfig, cache: Path):
     """The examples under the Compare button, lazily cached on disk in `cache` (see `example_cache_folder`)."""
     rows, labels = example_rows(EXAMPLES_FILE, defaults, config.default_model)
@@ -306,28 +330,33 @@ def wire_page(demo, config: AppConfig, events, inputs: dict, buttons: dict, show
     )
 
 
-def api_endpoint(config: AppConfig, events, defaults: dict) -> None:
-    """Public `/compare`: a hidden trigger with its own inputs, one per comparison input and named like it (its
-    bounds don't follow a browser session's model; the server checks every value anyway)."""
+def api_endpoints(config: AppConfig, events, defaults: dict) -> None:
+    """Public `/compare` and `/sweep`: hidden triggers with their own inputs, one per comparison input and named
+    like it (their bounds don't follow a browser session's model; the server checks every value anyway)."""
+    # Left out, the seed is random, the size native (0) and the rest the default model's defaults.
+    values = {**DEFAULTS, **defaults, "model": config.default_model, "seed": -1, "width": 0, "height": 0}
     with gr.Row(visible=False):
-        trigger = gr.Button("compare (API)")
-        # Left out, the seed is random, the size native (0) and the rest the default model's defaults.
-        values = {**DEFAULTS, **defaults, "model": config.default_model, "seed": -1, "width": 0, "height": 0}
+        compare_trigger, sweep_trigger = gr.Button("compare (API)"), gr.Button("sweep (API)")
         api_inputs = {name: api_widget(name, FIELDS.get(name), values[name]) for name in INPUT_NAMES}
-        api_outputs = [
+        compare_outputs = [
             gr.Image(label="without negative prompt", format="png", type="filepath"),
             gr.Image(label="with negative prompt", format="png", type="filepath"),
             gr.Number(label="seed used", precision=0),
             gr.JSON(label="trace"),
         ]
-    trigger.click(
-        events.compare_api,
-        inputs_kwargs=api_inputs,
-        outputs=api_outputs,
-        api_name="compare",
-        concurrency_id="device",
-        concurrency_limit=config.concurrency,
-    )
+        sweep_outputs = [gr.Gallery(label="no negative, then each start", format="png"), gr.JSON(label="sweep")]
+    for trigger, function, outputs, name in (
+        (compare_trigger, events.compare_api, compare_outputs, "compare"),
+        (sweep_trigger, events.sweep_api, sweep_outputs, "sweep"),
+    ):
+        trigger.click(
+            function,
+            inputs_kwargs=api_inputs,
+            outputs=outputs,
+            api_name=name,
+            concurrency_id="device",
+            concurrency_limit=config.concurrency,
+        )
 
 
 def warm_example(examples: gr.Examples, index: int) -> None:

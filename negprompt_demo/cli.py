@@ -44,20 +44,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
     compare = commands.add_parser("compare", help="run one paired comparison and write its files")
-    for name, field in FIELDS.items():
-        add_field_flag(compare, name, field)
-    compare.add_argument(
-        "--model",
-        default=os.environ.get("NEGPROMPT_MODEL"),
-        help="hub id (owner/name) or local diffusers folder; default: the embedded model (offline)",
-    )
+    sweep = commands.add_parser("sweep", help="when does it act? the negative started at several steps, one call")
+    for command in (compare, sweep):
+        for name, field in FIELDS.items():
+            add_field_flag(command, name, field)
+        command.add_argument(
+            "--model",
+            default=os.environ.get("NEGPROMPT_MODEL"),
+            help="hub id (owner/name) or local diffusers folder; default: the embedded model (offline)",
+        )
     compare.add_argument("--out", required=True, type=Path, help="folder for the PNGs, steps.gif and trace.json")
+    sweep.add_argument("--out", required=True, type=Path, help="folder for sweep.png, sweep.json and each image")
+    sweep.add_argument(
+        "--starts",
+        type=lambda text: tuple(float(value) for value in text.split(",")),
+        default=None,
+        help="fractions of the steps at which the negative starts, comma-separated (default 0,0.1,0.2,0.3,0.5,0.7)",
+    )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return run_compare(args)
+    return run_sweep(args) if args.command == "sweep" else run_compare(args)
 
 
 def run_compare(args: argparse.Namespace) -> int:
@@ -100,4 +109,42 @@ def run_compare(args: argparse.Namespace) -> int:
     for warning in comparison.warnings:
         print(f"warning: {warning}")
     print(f"wrote {', '.join(path.name for path in paths.values())} to {args.out}")
+    return 0
+
+
+def run_sweep(args: argparse.Namespace) -> int:
+    """The `sweep` command: the images in a row with their labels (sweep.png), each image and sweep.json."""
+    import json
+
+    from negprompt_demo.attributes import sweep_reading
+    from negprompt_demo.engine import SWEEP_STARTS, NonFiniteError
+    from negprompt_demo.loading import ModelLoadError
+    from negprompt_demo.runner import SweepDone, stream
+    from negprompt_demo.settings import CompareSettings, InputError
+    from negprompt_demo.visualize import sweep_labels, sweep_picture
+
+    settings = CompareSettings(**{name: getattr(args, name) for name in FIELDS})
+    starts = args.starts or SWEEP_STARTS
+    if any(not 0 <= start <= 1 for start in starts):
+        print("error: every start must be between 0 and 1.", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    try:
+        events = list(stream(args.model, settings, sweep=starts))
+        sweep = next(event.sweep for event in events if isinstance(event, SweepDone))
+        args.out.mkdir(parents=True, exist_ok=True)
+        marks, reading = sweep_reading(sweep)
+        sweep_picture(sweep, marks).save(args.out / "sweep.png")
+        for i, image in enumerate([sweep.without_negative, *sweep.with_negative]):
+            image.save(args.out / f"sweep_{i}.png")
+        info = {"settings": sweep.settings.as_dict(), "model": sweep.model, "labels": sweep_labels(sweep)}
+        info["marks"], info["reading"] = marks, reading
+        (args.out / "sweep.json").write_text(json.dumps(info, indent=1, ensure_ascii=False), encoding="utf-8")
+    except (InputError, ModelLoadError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except (NonFiniteError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"model {sweep.model} · seed {sweep.settings.seed} · {sweep.seconds:.2f} s · {info['reading']}")
+    print(f"wrote sweep.png, sweep.json and {len(sweep.with_negative) + 1} images to {args.out}")
     return 0

@@ -26,15 +26,24 @@ import numpy as np
 from PIL import Image
 
 from negprompt_demo.app_config import AppConfig
-from negprompt_demo.engine import GenerationCancelled, NonFiniteError
+from negprompt_demo.attributes import sweep_reading
+from negprompt_demo.engine import SWEEP_STARTS, GenerationCancelled, NonFiniteError, Sweep
 from negprompt_demo.export import trace_document, write_outputs
 from negprompt_demo.legends import difference_with_legend, step_legend
 from negprompt_demo.loading import ModelLoadError, load_pipeline, model_defaults, native_size
-from negprompt_demo.runner import Done, Ready, Step, astream
+from negprompt_demo.runner import Done, Ready, Step, SweepDone, astream
 from negprompt_demo.settings import FIELDS, MAX_SEED, CompareSettings, InputError, size_limits
 from negprompt_demo.trace import GuidanceTrace
 from negprompt_demo.tracefile import RUN_MAX_AGE_S, TraceNotFound, TraceStore, remove_old_folders
-from negprompt_demo.visualize import CurvesPicture, curves_picture, describe, run_labels, step_views
+from negprompt_demo.visualize import (
+    CurvesPicture,
+    curves_picture,
+    describe,
+    run_labels,
+    step_views,
+    sweep_labels,
+    sweep_picture,
+)
 
 log = logging.getLogger(__name__)
 
@@ -245,6 +254,47 @@ class Handlers:
         except Exception as error:
             raise input_error(error, for_html=False) from None  # API clients get the message as plain text
         raise gr.Error("The comparison ended without a result.")
+
+    async def sweep_ui(self, progress=gr.Progress(), **values) -> tuple:  # noqa: B008
+        """ "When does it act?": the negative started at several steps, one batched call; (picture, reading)."""
+        try:
+            sweep = await self.run_sweep(values, progress)
+        except Exception as error:
+            raise input_error(error) from None
+        marks, reading = sweep_reading(sweep)
+        picture = JobFiles(self.output_root).png(sweep_picture(sweep, marks), "sweep")
+        return picture, reading
+
+    async def sweep_api(self, progress=gr.Progress(), **values) -> tuple:  # noqa: B008
+        """Public `/sweep`: (the images, no negative first; what each is) — see `engine.sweep_starts`."""
+        try:
+            sweep = await self.run_sweep(values, progress)
+        except Exception as error:
+            raise input_error(error, for_html=False) from None
+        files = JobFiles(self.output_root)
+        images = [sweep.without_negative, *sweep.with_negative]
+        marks, reading = sweep_reading(sweep)
+        labels = sweep_labels(sweep)
+        gallery = [(files.png(image, f"sweep{i}"), label) for i, (image, label) in enumerate(zip(images, labels))]
+        info = {
+            "seed": sweep.settings.seed,
+            "settings": sweep.settings.as_dict(),
+            "starts": sweep.starts,
+            "start_steps": [step + 1 for step in sweep.start_steps],
+            "labels": labels,
+            "marks": marks,
+            "reading": reading,
+        }
+        return gallery, info
+
+    async def run_sweep(self, values: dict, progress) -> Sweep:
+        model, settings = self.unpack(values)
+        async for event in astream(model, settings, sweep=SWEEP_STARTS):
+            if isinstance(event, Step):
+                progress((event.done, event.total), desc="sampling the sweep", unit="steps")
+            elif isinstance(event, SweepDone):
+                return event.sweep
+        raise gr.Error("The sweep ended without a result.")
 
     def model_selected(self, name: str | None) -> tuple:
         """Load the chosen model and adopt its defaults (steps, guidance, scheduler, size limits)."""

@@ -3,6 +3,7 @@
     Ready(settings, warnings, model)   the input was checked (once, here) and completed
     Step(done, total, records)         denoising steps finished since the last Step (newest last)
     Done(comparison)                   both images and the whole trace, every step's x0 picture drawn
+    SweepDone(sweep)                   or, for the "when does it act?" sweep, its images
 
 The sampling itself runs in `sample_on_device`, the one function that needs the accelerator. On Hugging Face
 ZeroGPU it is wrapped in `spaces.GPU`, which runs it in a forked worker process and pickles its arguments and
@@ -21,7 +22,15 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
-from negprompt_demo.engine import Comparison, GenerationCancelled, NonFiniteError, prepare, run_paired
+from negprompt_demo.engine import (
+    Comparison,
+    GenerationCancelled,
+    NonFiniteError,
+    Sweep,
+    prepare,
+    run_paired,
+    sweep_starts,
+)
 from negprompt_demo.loading import ModelLoadError, load_pipeline, model_label, pipeline_lock
 from negprompt_demo.previews import LivePreviews, fill_previews
 from negprompt_demo.settings import CompareSettings, InputError
@@ -45,6 +54,11 @@ class Step:
 @dataclass
 class Done:
     comparison: Comparison
+
+
+@dataclass
+class SweepDone:
+    sweep: Sweep
 
 
 class DeviceError(RuntimeError):
@@ -74,7 +88,7 @@ class Failed:
         return DeviceError(self.error_type, self.message)
 
 
-Event = Ready | Step | Done
+Event = Ready | Step | Done | SweepDone
 
 
 def on_accelerator(function):
@@ -97,6 +111,37 @@ def sample_on_device(model: str, settings: CompareSettings, run_id: str = "") ->
     """Sample one checked comparison (`settings` from `engine.prepare`), yielding a Step after every denoising
     step and then Done, or Failed. Closing the generator (or setting the stop flag registered for `run_id` in
     this process) stops sampling after the step it is on; closing returns once the pipeline is free."""
+
+    def work(pipe, on_step, stop) -> Done:
+        live = LivePreviews(pipe)  # each x0 picture costs a decode; a page shows a few per second at most
+
+        def decode_and_report(done: int, total: int, record: StepRecord) -> None:
+            live.decode_if_due(done, total, record)
+            on_step(done, total, record)
+
+        comparison = run_paired(pipe, settings, on_step=decode_and_report, stop=stop)
+        with pipeline_lock(pipe):  # the VAE is pipeline state too
+            fill_previews(pipe, comparison.trace.steps)  # the pictures the live view skipped
+        return Done(comparison)
+
+    yield from _events_of(model, run_id, work)
+
+
+@on_accelerator
+def sweep_on_device(
+    model: str, settings: CompareSettings, starts: tuple[float, ...], run_id: str = ""
+) -> Iterator[Step | SweepDone | Failed]:
+    """The "when does it act?" sweep (`engine.sweep_starts`), on the device like `sample_on_device`."""
+
+    def work(pipe, on_step, stop) -> SweepDone:
+        return SweepDone(sweep_starts(pipe, settings, starts, on_step=on_step, stop=stop))
+
+    yield from _events_of(model, run_id, work)
+
+
+def _events_of(model: str, run_id: str, work) -> Iterator:
+    """Run `work(pipe, on_step, stop)` on a thread of this process and yield a Step per denoising step, then
+    what `work` returned, or Failed. Closing this generator sets the stop flag and waits for the pipeline."""
     try:
         pipe = load_pipeline(model)
     except Exception as error:
@@ -104,22 +149,17 @@ def sample_on_device(model: str, settings: CompareSettings, run_id: str = "") ->
         return
     events: queue.SimpleQueue = queue.SimpleQueue()
     stop = _stop_flags.get(run_id) or threading.Event()
-    live = LivePreviews(pipe)  # each x0 picture costs a decode; a page shows a few per second at most
 
-    def on_step(done: int, total: int, record: StepRecord) -> None:
-        live.decode_if_due(done, total, record)
-        events.put(Step(done, total, [record]))
+    def on_step(done: int, total: int, record: StepRecord | None) -> None:
+        events.put(Step(done, total, [] if record is None else [record]))
 
-    def work() -> None:
+    def run() -> None:
         try:
-            comparison = run_paired(pipe, settings, on_step=on_step, stop=stop)
-            with pipeline_lock(pipe):  # the VAE is pipeline state too
-                fill_previews(pipe, comparison.trace.steps)  # the pictures the live view skipped
-            events.put(Done(comparison))
+            events.put(work(pipe, on_step, stop))
         except Exception as error:
             events.put(Failed.of(error))
 
-    worker = threading.Thread(target=work, name="negprompt-sample", daemon=True)
+    worker = threading.Thread(target=run, name="negprompt-sample", daemon=True)
     worker.start()
     try:
         while True:
@@ -132,8 +172,11 @@ def sample_on_device(model: str, settings: CompareSettings, run_id: str = "") ->
         worker.join()
 
 
-def stream(model: str, settings: CompareSettings, stop: threading.Event | None = None) -> Iterator[Event]:
-    """Load the model, check the settings, then sample on the device, yielding Ready, Steps and Done.
+def stream(
+    model: str, settings: CompareSettings, stop: threading.Event | None = None, sweep: tuple[float, ...] | None = None
+) -> Iterator[Event]:
+    """Load the model, check the settings, then sample on the device, yielding Ready, Steps and Done (or, with
+    `sweep` starts, SweepDone).
 
     Errors are raised as the engine's own classes. When `stop` is set, the run ends after the step it is on and
     the iterator ends without Done."""
@@ -142,7 +185,10 @@ def stream(model: str, settings: CompareSettings, stop: threading.Event | None =
     yield Ready(resolved, warnings, model_label(pipe))
     run_id = uuid.uuid4().hex
     _stop_flags[run_id] = stop or threading.Event()
-    device = sample_on_device(model, resolved, run_id)
+    if sweep is None:
+        device = sample_on_device(model, resolved, run_id)
+    else:
+        device = sweep_on_device(model, resolved, tuple(sweep), run_id)
     try:
         for event in device:
             if isinstance(event, Failed):
@@ -150,7 +196,7 @@ def stream(model: str, settings: CompareSettings, stop: threading.Event | None =
             if isinstance(event, Done):
                 event.comparison.warnings[:0] = warnings
             yield event
-            if isinstance(event, Done) or (stop is not None and stop.is_set()):
+            if not isinstance(event, Step) or (stop is not None and stop.is_set()):
                 return
     finally:
         device.close()
@@ -165,7 +211,9 @@ def run(model: str, settings: CompareSettings) -> Comparison:
     raise RuntimeError("the comparison ended without a result")
 
 
-async def astream(model: str, settings: CompareSettings) -> AsyncIterator[Event]:
+async def astream(
+    model: str, settings: CompareSettings, sweep: tuple[float, ...] | None = None
+) -> AsyncIterator[Event]:
     """`stream` on a worker thread, for an event loop. When the page falls behind, waiting Steps are merged into
     one (records concatenated), so it always draws the newest. If the consumer stops (Stop button, a cancelled
     API job), the run is told to stop and this waits until the device is free again."""
@@ -176,7 +224,7 @@ async def astream(model: str, settings: CompareSettings) -> AsyncIterator[Event]
 
     def pump() -> None:
         try:
-            for event in stream(model, settings, stop):
+            for event in stream(model, settings, stop, sweep):
                 loop.call_soon_threadsafe(updates.put_nowait, event)
         except BaseException as error:  # handed to the event loop, raised there
             loop.call_soon_threadsafe(updates.put_nowait, error)

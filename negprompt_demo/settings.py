@@ -158,14 +158,12 @@ def resolve_settings(settings: CompareSettings, native_size: int, defaults: dict
         blank = value is None or (isinstance(value, str) and not value.strip() and field.kind != "text")
         if field.zero_is_blank and not isinstance(value, bool) and value == 0:
             blank = True
-        if blank and field.model_default:
-            value = defaults[name]
-        values[name] = None if blank and not field.model_default else _parse(value, name, field)
+        if blank:  # the model's default, else the field's own (None for the seed: random)
+            value = defaults[name] if field.model_default else DEFAULTS[name]
+        values[name] = None if value is None else _parse(value, name, field)
 
     if not values["prompt"]:
         raise InputError("The prompt is empty: write what the image should show.")
-    values["negative"] = values["negative"] or ""
-    values["push_map"] = bool(values["push_map"])
     if values["seed"] is None or values["seed"] == -1:
         values["seed"] = random.randint(0, MAX_SEED)  # blank or -1 means "random", as in A1111
     if values["negative_start"] > values["negative_end"]:

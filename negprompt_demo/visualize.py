@@ -138,9 +138,27 @@ def curves_figure(trace: GuidanceTrace) -> Figure:
         axis.grid(alpha=0.3)
         axis.set_xlim(0.5, max(len(steps), 1) + 0.5)
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+    active = [step.negative_active for step in trace.steps]
+    if trace.cfg_active and active and not all(active):  # a window: shade the steps where the negative acts
+        for axis in axes:
+            for first, last in _spans(active):
+                axis.axvspan(first + 0.5, last + 1.5, color=RUN_COLORS["with"], alpha=0.1, linewidth=0)
+        axes[0].set_title("shaded: the steps where the negative prompt acts", fontsize=9)
     if not trace.cfg_active:
         axes[0].set_title("guidance scale ≤ 1: classifier-free guidance is off", fontsize=9)
     return figure
+
+
+def _spans(flags: list[bool]) -> list[tuple[int, int]]:
+    """(first, last) 0-based indices of each run of True."""
+    spans, start = [], None
+    for i, flag in enumerate([*flags, False]):
+        if flag and start is None:
+            start = i
+        elif not flag and start is not None:
+            spans.append((start, i - 1))
+            start = None
+    return spans
 
 
 @dataclass
@@ -242,3 +260,61 @@ def step_frames(trace: GuidanceTrace, negative: str, min_side: int = 192) -> lis
         draw.text((4, left.height + 28), f"step {step.index + 1}/{len(trace.steps)}", fill="black", font=font(14))
         frames.append(canvas)
     return frames
+
+
+def sweep_labels(sweep) -> list[str]:
+    """'no negative', then when each start's negative first acts, in 1-based steps as the page counts them."""
+    total = sweep.settings.steps
+    return ["no negative"] + [
+        "never (empty window)" if step >= total else f"from step {step + 1}/{total}" for step in sweep.start_steps
+    ]
+
+
+def describe_sweep(sweep, present: list[bool] | None = None, attribute: str | None = None) -> str:
+    """Read the sweep in a sentence. With `present` (the attribute seen in [without, each start]), say up to
+    which start the negative removes it; otherwise say how far each start's image is from the one without it."""
+    total = sweep.settings.steps
+    steps = [step + 1 for step in sweep.start_steps]
+    if present is not None and attribute:
+        if not present[0]:
+            return f"There is no {attribute} without the negative prompt on this seed, so there is nothing to remove."
+        removed = [step for step, seen in zip(steps, present[1:]) if not seen]
+        kept = [step for step, seen in zip(steps, present[1:]) if seen]
+        if not removed:
+            return f"The {attribute} stays whenever the negative starts, even at step {steps[0]} of {total}."
+        if not kept or max(removed) < min(kept):
+            later = f"; starting at step {min(kept)} or later leaves it" if kept else ""
+            return f"The {attribute} is gone if the negative starts by step {max(removed)} of {total}{later}."
+        return (
+            f"The {attribute} is gone when the negative starts at step {', '.join(map(str, removed))} of {total}, "
+            f"and stays when it starts at step {', '.join(map(str, kept))}: not a clean cut on this seed."
+        )
+    without = np.asarray(sweep.without_negative, dtype=np.float32)
+    moved = [float(np.abs(np.asarray(image, dtype=np.float32) - without).mean()) for image in sweep.with_negative]
+    if max(moved) == 0:
+        return "The negative prompt changes nothing on this seed, whenever it starts."
+    kept = [step for step, value in zip(steps, moved) if value >= 0.5 * moved[0]]
+    return (
+        "How far each image is from the one without the negative (mean pixel difference, 0–255): "
+        + ", ".join(f"{value:.1f} from step {step}" for step, value in zip(steps, moved))
+        + f". Starting by step {max(kept)} of {total} keeps at least half of the change the negative makes from "
+        "the first step."
+    )
+
+
+def sweep_picture(sweep, marks: list[str] | None = None, min_side: int = 160) -> Image.Image:
+    """The sweep's images in a row, each labelled with when its negative starts (and a mark under it, e.g. the
+    probe's reading)."""
+    labels = sweep_labels(sweep)
+    images = [enlarge(image, min_side) for image in [sweep.without_negative, *sweep.with_negative]]
+    width, height, gap = images[0].width, images[0].height, 8
+    rows = 2 if marks else 1
+    canvas = Image.new("RGB", (len(images) * (width + gap) - gap, height + 22 * rows + 4), "white")
+    draw = ImageDraw.Draw(canvas)
+    for i, image in enumerate(images):
+        x = i * (width + gap)
+        canvas.paste(image, (x, 22))
+        draw.text((x + 2, 3), labels[i], fill="black", font=font(13))
+        if marks:
+            draw.text((x + 2, height + 26), marks[i], fill="black", font=font(13))
+    return canvas

@@ -88,10 +88,21 @@ def test_cancel_stops_the_run_within_a_step(client, tiny_sd_folder):
     assert call(client, tiny_sd_folder, steps=1).result(timeout=120)[2] == 11  # and the app still works
 
 
-def test_only_compare_is_listed(client):
+def test_only_compare_and_sweep_are_listed(client):
     api = client.view_api(print_info=False, return_format="dict")
-    assert list(api["named_endpoints"]) == ["/compare"]
+    assert sorted(api["named_endpoints"]) == ["/compare", "/sweep"]
     assert not api["unnamed_endpoints"]
+
+
+def test_sweep_returns_each_start_in_one_call(client, tiny_sd_folder):
+    job = client.submit(
+        prompt="a red hat", negative="blue", seed=4, steps=10, model=str(tiny_sd_folder), api_name="/sweep"
+    )
+    gallery, info = job.result(timeout=120)
+    assert len(gallery) == 7 and info["start_steps"] == [1, 2, 3, 4, 6, 8] and info["seed"] == 4
+    assert [item["caption"] for item in gallery][:2] == ["no negative", "from step 1/10"]
+    first, last = (np.asarray(Image.open(gallery[i]["image"])) for i in (1, 6))
+    assert not np.array_equal(first, last)
 
 
 def test_a_second_comparison_waits_for_the_first(client, tiny_sd_folder, monkeypatch):

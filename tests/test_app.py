@@ -249,13 +249,22 @@ def test_examples_file_starts_with_the_articles_case():
     assert len(rows) == len(labels) >= 4 and all(row[INPUT_NAMES.index("model")] == "embedded" for row in rows)
 
 
-def test_only_compare_is_public_api(config):
+def test_only_compare_and_sweep_are_public_api(config):
     demo = build_app(config)
     api = demo.get_api_info()
-    assert set(api["named_endpoints"]) == {"/compare"}
+    assert set(api["named_endpoints"]) == {"/compare", "/sweep"}
     assert not api.get("unnamed_endpoints")
-    parameters = [parameter["parameter_name"] for parameter in api["named_endpoints"]["/compare"]["parameters"]]
-    assert parameters == list(INPUT_NAMES)
+    for endpoint in ("/compare", "/sweep"):  # named like the settings fields, declared once
+        parameters = [parameter["parameter_name"] for parameter in api["named_endpoints"][endpoint]["parameters"]]
+        assert parameters == list(INPUT_NAMES)
+
+
+def test_sweep_shows_each_start_with_a_reading(events, tiny_sd_folder):
+    picture, reading = asyncio.run(events.sweep_ui(**inputs(tiny_sd_folder, steps=10, push_map=False)))
+    assert pixels(picture).shape[1] > 6 * 160  # no negative, then six starts side by side
+    assert "step" in reading and "of 10" in reading
+    with pytest.raises(gr.Error, match="starts at 0.8 of the steps but ends at 0.2"):
+        asyncio.run(events.sweep_ui(**inputs(tiny_sd_folder, negative_start=0.8, negative_end=0.2)))
 
 
 def test_command_line_defaults_and_public_lock(monkeypatch):
@@ -339,6 +348,7 @@ def tiny_sdxl_folder(sdxl_pipe, tmp_path_factory):
     return folder
 
 
+@pytest.mark.slow  # the page draws every output (~1 s); SDXL sampling itself is in test_engine
 def test_sdxl_model_through_the_page(tiny_sdxl_folder, tmp_path_factory):
     config = AppConfig(default_model=str(tiny_sdxl_folder), models=[str(tiny_sdxl_folder)])
     page = make(config, tmp_path_factory)

@@ -132,3 +132,40 @@ def test_the_trace_records_the_window(sd_pipe):
     assert all(push == 0 for push, acts in zip(pushes, active) if not acts) and all(p > 0 for p in pushes[3:8])
     divergence = [step.divergence for step in result.trace.steps]
     assert divergence[:3] == [0.0, 0.0, 0.0] and divergence[3] > 0  # the runs part when the window opens
+
+
+def test_sweep_runs_every_start_in_one_call_sharing_the_early_steps(sd_pipe, monkeypatch):
+    from negprompt_demo.engine import prepare, sweep_starts
+
+    sizes = []
+    original = sd_pipe.unet.forward
+    monkeypatch.setattr(
+        sd_pipe.unet, "forward", lambda sample, *a, **k: sizes.append(sample.shape[0]) or original(sample, *a, **k)
+    )
+    resolved, _ = prepare(sd_pipe, CompareSettings(PROMPT, NEGATIVE, seed=SEED, steps=STEPS, guidance=GUIDANCE))
+    sweep = sweep_starts(sd_pipe, resolved, (0.0, 0.3, 0.6))
+    # one call per step; each start's run joins the batch when its negative starts (2 items each: neg + text)
+    assert sizes == [4] * 3 + [6] * 3 + [8] * 4
+    assert sweep.start_steps == [0, 3, 6]
+    for start, image in zip((0.0, 0.3, 0.6), sweep.with_negative):  # each equals its own comparison
+        single = compare(sd_pipe, resolved.replace(negative_start=start))
+        assert np.abs(pixels(image) - pixels(single.with_negative)).max() <= 2
+    assert np.abs(pixels(sweep.without_negative) - pixels(single.without_negative)).max() <= 2
+
+
+def test_sweep_command_writes_the_row_and_its_reading(tiny_sd_folder, tmp_path, capsys):
+    from negprompt_demo.cli import main
+
+    out = tmp_path / "sweep"
+    assert main(["sweep", "--prompt", "a red hat", "--negative", "blue", "--seed", "2", "--steps", "10",
+                 "--model", str(tiny_sd_folder), "--starts", "0,0.5", "--out", str(out)]) == 0  # fmt: skip
+    assert {path.name for path in out.iterdir()} == {
+        "sweep.png",
+        "sweep.json",
+        "sweep_0.png",
+        "sweep_1.png",
+        "sweep_2.png",
+    }
+    assert "from step 6/10" in (out / "sweep.json").read_text()
+    assert main(["sweep", "--prompt", "x", "--starts", "0,2", "--out", str(out)]) == 2
+    assert "every start must be between 0 and 1" in capsys.readouterr().err

@@ -4,7 +4,6 @@ Streaming, the final images, errors and Stop must all survive that boundary."""
 
 from __future__ import annotations
 
-import importlib
 import sys
 import threading
 
@@ -23,13 +22,24 @@ SETTINGS = CompareSettings("a red hat", "blue", seed=3, steps=6, push_map=True)
 
 @pytest.fixture
 def zerogpu_runner(monkeypatch):
-    """`runner` imported as on a Space: `spaces` importable, so `sample_on_device` is wrapped at import."""
+    """`runner` as on a Space: its device functions wrapped by (the stand-in for) `spaces.GPU`, exactly as
+    `runner.on_accelerator` wraps them at import when `spaces` is importable (checked below). The module is not
+    re-imported: the handlers hold its event classes."""
     monkeypatch.setitem(sys.modules, "spaces", spaces_standin)
     spaces_standin.calls.clear()
-    wrapped = importlib.reload(plain_runner)
-    yield wrapped
-    monkeypatch.delitem(sys.modules, "spaces")
-    importlib.reload(plain_runner)
+    for name in ("sample_on_device", "sweep_on_device"):
+        monkeypatch.setattr(plain_runner, name, plain_runner.on_accelerator(getattr(plain_runner, name)))
+    return plain_runner
+
+
+def test_on_accelerator_wraps_in_spaces_gpu_when_spaces_is_importable(monkeypatch):
+    def generator():
+        yield 1
+
+    assert plain_runner.on_accelerator(generator) is generator  # no `spaces`: the function itself
+    monkeypatch.setitem(sys.modules, "spaces", spaces_standin)
+    wrapped = plain_runner.on_accelerator(generator)
+    assert wrapped is not generator and list(wrapped()) == [1] and spaces_standin.calls[-1] == "generator"
 
 
 def test_streams_every_step_and_returns_the_same_images_as_in_process(zerogpu_runner, tiny_sd_folder):
@@ -82,3 +92,10 @@ def test_stop_closes_the_worker_generator_and_sampling_ends(zerogpu_runner, tiny
     assert len(calls.read_text()) <= 5, f"the worker sampled {len(calls.read_text())} of 150 steps after Stop"
     # The next comparison runs normally: nothing was left holding the pipeline in this process.
     assert isinstance(list(zerogpu_runner.stream(str(tiny_sd_folder), SETTINGS))[-1], zerogpu_runner.Done)
+
+
+def test_the_sweep_crosses_the_process_boundary_too(zerogpu_runner, tiny_sd_folder):
+    events = list(zerogpu_runner.stream(str(tiny_sd_folder), SETTINGS, sweep=(0.0, 0.5)))
+    assert spaces_standin.calls == ["sweep_on_device"]
+    sweep = events[-1].sweep
+    assert len(sweep.with_negative) == 2 and sweep.start_steps == [0, 3]

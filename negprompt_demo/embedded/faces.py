@@ -57,6 +57,35 @@ HAIR: dict[str, tuple[int, int, int]] = {
 SKIN: tuple[tuple[int, int, int], ...] = ((250, 215, 185), (230, 180, 140), (190, 135, 95), (130, 85, 55))
 
 
+# Pose jitter of draw_portrait, in drawing (128 px) pixels: x shift, y shift, face half-width change.
+JITTER_X, JITTER_Y, JITTER_W = 4, 3, 3
+_RESAMPLE_REACH = 3  # LANCZOS (a = 3) at a 2x reduction mixes source pixels up to 3 output pixels away
+
+
+def _region(x0: int, y0: int, x1: int, y1: int) -> tuple[int, int, int, int]:
+    """A 64 px box from the 128 px hull (inclusive pixels, face-width jitter already included) of some shapes."""
+    low_x, low_y = (x0 - JITTER_X) // 2 - _RESAMPLE_REACH, (y0 - JITTER_Y) // 2 - _RESAMPLE_REACH
+    high_x, high_y = (x1 + JITTER_X) // 2 + 1 + _RESAMPLE_REACH, (y1 + JITTER_Y) // 2 + 1 + _RESAMPLE_REACH
+    return max(0, low_x), max(0, low_y), min(SIZE, high_x), min(SIZE, high_y)
+
+
+ATTRIBUTE_REGIONS: dict[str, tuple[int, int, int, int]] = {
+    "mustache": _region(44, 70, 84, 82),  # upper half of the chord (48, 70, 80, 84) and the two tips
+    "beard": _region(33, 76, 95, 98),  # the chord (36 - w, 46, 92 + w, 98) from 10 to 170 degrees
+    "glasses": _region(28, 50, 100, 68),  # two rims (ex ± 11, 50, 68), bridge, temples to 33 - w and 95 + w
+    "hat": _region(23, 6, 105, 39),  # crown (44, 6, 84, 34) and brim (26 - w, 30, 102 + w, 39)
+    "earrings": _region(27, 72, 101, 82),  # discs (ex ± 5, 72, 82) at ex = 35 - w and 93 + w
+    "smile": _region(52, 70, 76, 94),  # the mouth: smile arc (52, 70, 76, 86) or frown arc (52, 80, 76, 94)
+}
+"""Per attribute, the box (x0, y0, x1, y1) of a SIZE px portrait that holds every pixel the attribute changes,
+for any pose jitter; x1 and y1 are exclusive (numpy: image[y0:y1, x0:x1]).
+
+Derived from draw_portrait's drawing code: the hull of the attribute's shapes at 128 px (face-width jitter w
+included), widened by the shift jitter (±JITTER_X, ±JITTER_Y), halved to 64 px, and widened by the 3 pixels that
+the LANCZOS downsampling spreads an edge over. tests/test_regions.py checks it against redrawn portraits. For
+"smile" the box is the mouth, which also holds the frown drawn when it is absent."""
+
+
 @dataclass
 class Portrait:
     """One drawn portrait: the image, its binary labels (ATTRIBUTES order) and the colours used."""
@@ -72,9 +101,12 @@ def _darker(rgb: tuple[int, int, int], f: float) -> tuple[int, int, int]:
     return tuple(int(c * f) for c in rgb)  # type: ignore[return-value]
 
 
-def draw_portrait(rng: random.Random) -> Portrait:
-    """Draw one random portrait; every attribute independently present with probability 1/2."""
-    labels = {a: rng.random() < 0.5 for a in ATTRIBUTES}
+def draw_portrait(rng: random.Random, labels: dict[str, bool] | None = None) -> Portrait:
+    """Draw one random portrait; every attribute independently present with probability 1/2.
+
+    `labels` overrides some of the coin flips (they are still drawn, so colours and jitter stay those of the
+    same rng state): the same portrait with and without an attribute, as ATTRIBUTE_REGIONS' test compares."""
+    labels = {a: rng.random() < 0.5 for a in ATTRIBUTES} | (labels or {})
     background = rng.choice(BACKGROUNDS)
     hair = rng.choice(tuple(HAIR))
     hat_colour = rng.choice([c for c in HAT_COLOURS if c != background])
@@ -85,8 +117,8 @@ def draw_portrait(rng: random.Random) -> Portrait:
 
     img = Image.new("RGB", (_DRAW, _DRAW), COLOURS[background])
     d = ImageDraw.Draw(img)
-    dx, dy = rng.randint(-4, 4), rng.randint(-3, 3)  # small pose jitter
-    w = rng.randint(-3, 3)  # face width jitter
+    dx, dy = rng.randint(-JITTER_X, JITTER_X), rng.randint(-JITTER_Y, JITTER_Y)  # small pose jitter
+    w = rng.randint(-JITTER_W, JITTER_W)  # face width jitter
 
     def box(x0: float, y0: float, x1: float, y1: float) -> tuple[float, float, float, float]:
         return (x0 + dx, y0 + dy, x1 + dx, y1 + dy)

@@ -5,6 +5,7 @@ python -m negprompt_demo.embedded_tools tokenizer --bpe FILE --out DIR
 python -m negprompt_demo.embedded_tools probe-train | probe-accuracy
 python -m negprompt_demo.embedded_tools evaluate --prompt P --negative N --attribute A [--seeds 0:64]
 python -m negprompt_demo.embedded_tools table [--seeds 0:256] | grid
+python -m negprompt_demo.embedded_tools delayed [--seeds 0:256] [--threads 1]
 
 Settings not given (guidance, steps, scheduler) are the loaded model's defaults, as in the app.
 """
@@ -145,6 +146,20 @@ def grid_command(args: argparse.Namespace) -> None:
     print(f"wrote {args.out} and {check}")
 
 
+def delayed_command(args: argparse.Namespace) -> None:
+    """`delayed`: the negative prompt's window swept (Ban et al.'s delayed effect), written as OUT.json and OUT.md."""
+    from negprompt_demo.embedded_tools.delayed import delayed_effect, delayed_markdown, write_results
+    from negprompt_demo.embedded_tools.evaluate import parse_seeds, sampling_settings
+    from negprompt_demo.loading import load_pipeline
+
+    _set_threads(args.threads)
+    pipe = load_pipeline(None)
+    attributes = tuple(args.attributes.split(","))
+    res = delayed_effect(pipe, parse_seeds(args.seeds), attributes, **sampling_settings(pipe), chunk=args.chunk)
+    write_results(res, args.out)
+    print(delayed_markdown(res))
+
+
 def _add_training_commands(sub: argparse._SubParsersAction) -> None:
     """train, tokenizer, probe-train, probe-accuracy: they write model and probe files."""
     p = sub.add_parser("train", help="train VAE, UNet and text encoder from scratch; write the model folder")
@@ -211,6 +226,14 @@ def _add_measuring_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--attribute", default="mustache")
     p.add_argument("--out", type=Path, default=DOCS / "embedded_grid.png")
     p.set_defaults(func=grid_command)
+
+    p = sub.add_parser("delayed", help="attribute rate vs the negative's start and end step (Ban et al. 2024)")
+    p.add_argument("--seeds", default="0:256", help="'start:stop' or a comma list")
+    p.add_argument("--attributes", default="mustache,hat", help="each is also its negative prompt")
+    p.add_argument("--chunk", type=int, default=64, help="seeds per generate_pairs call")
+    p.add_argument("--out", type=Path, default=DOCS / "delayed_effect", help="writes OUT.json and OUT.md")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 on a busy shared machine)")
+    p.set_defaults(func=delayed_command)
 
 
 def build_parser() -> argparse.ArgumentParser:
