@@ -16,6 +16,13 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from tiny_models import tiny_sd_pipeline, tiny_sdxl_pipeline  # noqa: E402
 
+from negprompt_demo.loading import limit_cpu_threads  # noqa: E402
+
+# The app's CPU thread policy (all cores but one, docs/BENCHMARKS.md "CPU threads") from the first test on, not
+# only once some test has gone through `load_pipeline`: on a small machine shared with other work, a full team of
+# OpenMP threads makes every comparison several times slower, and which tests happened to run first would decide it.
+limit_cpu_threads()
+
 EMBEDDED_PRESENT = (Path(__file__).parents[1] / "negprompt_demo/embedded/model/model_index.json").is_file()
 
 

@@ -15,6 +15,7 @@ from negprompt_demo.embedded import MODEL_DIR
 from negprompt_demo.embedded.faces import ATTRIBUTES, caption, draw_portrait, make_dataset
 
 
+@pytest.mark.slow  # a fresh interpreter
 def test_runtime_package_imports_no_engine_loader_or_tools():
     """loading.py imports negprompt_demo.embedded, so the package must not import the engine or loader back
     (an import loop), nor the training and evaluation tools."""
@@ -38,6 +39,7 @@ def test_portrait_attributes_are_independent_coin_flips():
     assert np.abs(corr[np.triu_indices(len(ATTRIBUTES), 1)]).max() < 0.2
 
 
+@pytest.mark.slow  # 6000 drawn portraits
 def test_captions_mix_forms_and_negation_is_filler():
     rng = random.Random(3)
     portraits = [draw_portrait(rng) for _ in range(6000)]
@@ -115,6 +117,7 @@ def mustache_pairs(embedded_pipe):
     return _mustache_rates(embedded_pipe, BASE_PROMPT)
 
 
+@pytest.mark.slow  # 24 seeds through the embedded model
 def test_negative_prompt_removes_mustaches(mustache_pairs):
     # the issue's targets: (a) 15-60 % mustaches, (c) at most 10 % and a third of (a), faces kept
     assert 4 / len(SEEDS) <= mustache_pairs.without["mustache"] <= 0.75
@@ -122,6 +125,7 @@ def test_negative_prompt_removes_mustaches(mustache_pairs):
     assert mustache_pairs.with_negative["face"] >= 0.9
 
 
+@pytest.mark.slow  # 24 seeds through the embedded model
 def test_negation_in_the_prompt_does_not_remove_mustaches(embedded_pipe, mustache_pairs):
     """The article's point: "...without mustache" still gets mustaches (the text encoder ignores negation)."""
     from negprompt_demo.embedded_tools.evaluate import BASE_PROMPT
@@ -131,6 +135,7 @@ def test_negation_in_the_prompt_does_not_remove_mustaches(embedded_pipe, mustach
     assert negated.with_negative["mustache"] <= 3 / len(SEEDS)  # the negative prompt does remove them
 
 
+@pytest.mark.slow  # 24 seeds through the embedded model
 def test_docs_table_describes_the_shipped_model(embedded_pipe, mustache_pairs):
     """The committed results table was measured on this model at its defaults: a handful of other seeds
     must give rates within sampling noise of the table's rows (a) and (c)."""

@@ -135,15 +135,3 @@ def test_model_that_fails_to_load_is_a_clear_error_and_loading_still_works(tiny_
     pipe = load_pipeline(str(tiny_sd_folder))
     result = compare(pipe, SETTINGS.replace(steps=2))
     assert result.without_negative.size == (32, 32)
-
-
-def test_pickle_only_model_is_refused_before_any_weight_is_unpickled(sd_pipe, tmp_path, monkeypatch):
-    sd_pipe.save_pretrained(tmp_path / "pickled", safe_serialization=False)
-    assert list((tmp_path / "pickled").rglob("*.bin")), "the fixture must really hold pickle weights"
-
-    def no_unpickling(*args, **kwargs):
-        raise AssertionError("torch.load was called on pickle weights")
-
-    monkeypatch.setattr(torch, "load", no_unpickling)
-    with pytest.raises(ModelLoadError, match="no safetensors weights; pickle"):
-        load_pipeline(str(tmp_path / "pickled"))

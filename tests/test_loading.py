@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
+import torch
 from tiny_models import tiny_sd_pipeline
 
 from negprompt_demo import loading
@@ -27,11 +27,20 @@ def test_blank_means_embedded(name):
 
 
 def test_hub_id_offline_fails_fast_with_one_clear_message(monkeypatch):
+    """Fast by construction: only the local cache is asked, never the network (whose retries take ~25 s)."""
+    import huggingface_hub
+
+    asked = []
+
+    def local_cache_only(repo_id, filename, local_files_only=False, **kwargs):
+        asked.append(local_files_only)
+        raise huggingface_hub.errors.LocalEntryNotFoundError("not cached")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", local_cache_only)
     monkeypatch.setattr(loading, "hub_reachable", lambda timeout=3.0: False)
-    started = time.perf_counter()
     with pytest.raises(ModelLoadError) as error:
         load_pipeline("stabilityai/some-model-that-is-not-cached")
-    assert time.perf_counter() - started < 5
+    assert asked == [True], "an unreachable Hub must not be asked over the network"
     message = str(error.value)
     assert "'stabilityai/some-model-that-is-not-cached'" in message
     assert "embedded model works offline" in message
@@ -55,10 +64,16 @@ def test_custom_code_components_are_refused(tmp_path):
         load_pipeline(str(tmp_path))
 
 
-def test_pickle_only_weights_are_refused(tmp_path):
-    tiny_sd_pipeline(tmp_path / "tok").save_pretrained(tmp_path / "model", safe_serialization=False)
-    with pytest.raises(ModelLoadError, match="no safetensors weights"):
-        load_pipeline(str(tmp_path / "model"))
+def test_pickle_only_model_is_refused_before_any_weight_is_unpickled(sd_pipe, tmp_path, monkeypatch):
+    sd_pipe.save_pretrained(tmp_path / "pickled", safe_serialization=False)
+    assert list((tmp_path / "pickled").rglob("*.bin")), "the fixture must really hold pickle weights"
+
+    def no_unpickling(*args, **kwargs):
+        raise AssertionError("torch.load was called on pickle weights")
+
+    monkeypatch.setattr(torch, "load", no_unpickling)
+    with pytest.raises(ModelLoadError, match="no safetensors weights; pickle"):
+        load_pipeline(str(tmp_path / "pickled"))
 
 
 def test_local_folder_loads_and_is_cached(tiny_sd_folder):

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import copy
 import json
+import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
+from diffusers import EulerDiscreteScheduler
 
 from negprompt_demo.engine import compare
 from negprompt_demo.previews import decode_previews, fill_previews
 from negprompt_demo.settings import CompareSettings
+from negprompt_demo.trace import GuidanceTracer
 
 PROMPT, NEGATIVE, SEED, STEPS = "portrait photo of a man", "mustache", 7, 6
 
@@ -85,6 +90,7 @@ def test_identical_runs_have_zero_divergence(sd_pipe):
     assert all(step.guidance_cosine == pytest.approx(1.0, abs=1e-5) for step in result.trace.steps)
 
 
+@pytest.mark.slow  # six comparisons, SDXL among them
 def test_tracing_does_not_change_images(sd_pipe, sdxl_pipe):
     for pipe, guidance in ((sd_pipe, 7.5), (sdxl_pipe, 5.0)):
         settings = CompareSettings(PROMPT, NEGATIVE, seed=SEED, steps=STEPS, guidance=guidance)
@@ -132,3 +138,68 @@ def test_trace_stays_small_at_sdxl_scale(traced):
     per_pixel = tensor_bytes / latent_pixels + 2 * 3  # + two RGB previews at latent resolution (big models)
     sdxl_total = per_pixel * 128 * 128 * 50
     assert sdxl_total < 50e6, f"{sdxl_total / 1e6:.1f} MB"
+
+
+def euler(prediction_type: str, **config) -> EulerDiscreteScheduler:
+    """The tiny pipelines' Euler schedule, for a model trained to predict `prediction_type`."""
+    return EulerDiscreteScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", prediction_type=prediction_type, **config
+    )
+
+
+def tracer_for(prediction_type: str) -> GuidanceTracer:
+    """A tracer on a stand-in pipeline: `predict_x0` reads only the scheduler's prediction type."""
+    return GuidanceTracer(SimpleNamespace(scheduler=euler(prediction_type)), 7.5, True, False)
+
+
+@pytest.mark.parametrize("sigma", [0.03, 1.0, 14.6])
+def test_predict_x0_for_v_and_sample_prediction(sigma):
+    generator = torch.Generator().manual_seed(0)
+    x_t, output = torch.randn((2, 4, 3, 3), generator=generator), torch.randn((2, 4, 3, 3), generator=generator)
+    alpha_bar = 1 / (1 + sigma**2)  # x_t = √ᾱ·x0 + √(1−ᾱ)·ε with σ² = (1−ᾱ)/ᾱ
+    expected_v = math.sqrt(alpha_bar) * x_t - math.sqrt(1 - alpha_bar) * output
+    torch.testing.assert_close(tracer_for("v_prediction").predict_x0(x_t, output, sigma), expected_v)
+    torch.testing.assert_close(tracer_for("sample").predict_x0(x_t, output, sigma), output)
+    expected_eps = (x_t - math.sqrt(1 - alpha_bar) * output) / math.sqrt(alpha_bar)
+    torch.testing.assert_close(tracer_for("epsilon").predict_x0(x_t, output, sigma), expected_eps)
+    # v = √ᾱ·ε − √(1−ᾱ)·x0: a v made from a known x0 and ε gives that x0 back
+    x0, eps = torch.randn((2, 4, 3, 3), generator=generator), torch.randn((2, 4, 3, 3), generator=generator)
+    noisy = math.sqrt(alpha_bar) * x0 + math.sqrt(1 - alpha_bar) * eps
+    v = math.sqrt(alpha_bar) * eps - math.sqrt(1 - alpha_bar) * x0
+    torch.testing.assert_close(tracer_for("v_prediction").predict_x0(noisy, v, sigma), x0)
+
+
+def test_last_x0_equals_the_final_latents_for_euler_with_v_prediction(sd_pipe):
+    """A v-prediction model (SD 2.x 768 px): Euler's last x0 is the final latents, as for epsilon above.
+
+    Trailing spacing ends on a noise level high enough (σ ≈ 0.5) that reading v as ε would miss by far."""
+    pipe = copy.deepcopy(sd_pipe)  # a model of its own: a pipeline's first scheduler is the one its runs start from
+    pipe.scheduler = euler("v_prediction", timestep_spacing="trailing")
+    result = compare(pipe, CompareSettings(PROMPT, NEGATIVE, seed=SEED, steps=STEPS))
+    assert result.trace.prediction_type == "v_prediction"
+    assert pipe.scheduler.config.prediction_type == "v_prediction"  # the run's own scheduler kept it
+    final = pipe(
+        prompt=[PROMPT, PROMPT],
+        negative_prompt=["", NEGATIVE],
+        generator=[torch.Generator().manual_seed(SEED) for _ in range(2)],
+        num_inference_steps=STEPS,
+        width=32,
+        height=32,
+        output_type="latent",
+    ).images
+    torch.testing.assert_close(result.trace.steps[-1].x0_latents.float(), final, rtol=1e-2, atol=1e-2)
+
+
+@pytest.mark.parametrize("scheduler", ["DDIM", "UniPC"])
+def test_sigma_is_the_noise_level_of_each_steps_timestep(sd_pipe, scheduler):
+    result = compare(sd_pipe, CompareSettings(PROMPT, NEGATIVE, seed=SEED, steps=STEPS, scheduler=scheduler))
+    used = sd_pipe.scheduler  # compare() left this run's scheduler installed
+    assert type(used).__name__.startswith(scheduler)
+    steps = result.trace.steps
+    assert [step.timestep for step in steps] == [float(t) for t in used.timesteps]
+    for step in steps:
+        alpha_bar = float(used.alphas_cumprod[int(step.timestep)])
+        assert step.timestep == int(step.timestep)  # these schedulers step on integer timesteps
+        assert step.sigma == pytest.approx(math.sqrt((1 - alpha_bar) / alpha_bar), rel=1e-6)
+    sigmas = [step.sigma for step in steps]
+    assert all(later < earlier for earlier, later in zip(sigmas, sigmas[1:]))
