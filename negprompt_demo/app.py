@@ -76,7 +76,7 @@ def weights_fingerprint(pipe) -> bytes:
     return digest.digest()
 
 
-def example_cache_folder(pipe, model: str) -> Path:
+def example_cache_folder(pipe) -> Path:
     """Where Gradio keeps the lazily cached examples and their step-view traces: one folder per model weights
     (`weights_fingerprint`), examples file and app code, so a retrained model, edited examples or changed drawing
     code never show stale results."""
@@ -104,7 +104,7 @@ def build_app(config: AppConfig, warm_first_example: bool = False) -> gr.Blocks:
     pipe = load_pipeline(config.default_model)
     native = native_size(pipe)
     defaults = {"width": native, "height": native, **model_defaults(pipe)}
-    cache_folder = example_cache_folder(pipe, config.default_model)
+    cache_folder = example_cache_folder(pipe)
     private = private_folder()  # this process's runs: traces and job files, mode 0700
     (private / "jobs").mkdir()
     events = handlers.Handlers(config, TraceStore(private / "traces", cache_folder / "traces"), private / "jobs")

@@ -15,6 +15,8 @@ from negprompt_demo import handlers
 from negprompt_demo.loading import load_pipeline, pipeline_lock
 from negprompt_demo.runner import Done
 
+pytestmark = pytest.mark.slow  # a live server (and gradio_client) for the module
+
 
 @pytest.fixture(scope="module")
 def client(app_server) -> Client:

@@ -318,10 +318,10 @@ def test_example_cache_folder_follows_the_weights_and_the_examples_file(sd_pipe,
     examples.write_bytes(EXAMPLES_FILE.read_bytes())
     monkeypatch.setattr(app, "EXAMPLES_FILE", examples)
     pipe = copy.deepcopy(sd_pipe)
-    original = example_cache_folder(pipe, "tiny")
+    original = example_cache_folder(pipe)
     assert original.parent == tmp_path / "cache"
-    assert example_cache_folder(pipe, "tiny") == original
-    assert example_cache_folder(sd_pipe, "tiny") == original  # equal weights in another object: the same cache
+    assert example_cache_folder(pipe) == original
+    assert example_cache_folder(sd_pipe) == original  # equal weights in another object: the same cache
 
     for component in ("unet", "vae", "text_encoder"):
         parameter = list(getattr(pipe, component).parameters())[-1]  # not the first tensor: every one counts
@@ -329,16 +329,16 @@ def test_example_cache_folder_follows_the_weights_and_the_examples_file(sd_pipe,
             kept = parameter.view(-1)[0].item()
             parameter.view(-1)[0] += 0.25
             try:
-                assert example_cache_folder(pipe, "tiny") != original, f"a changed {component} weight"
+                assert example_cache_folder(pipe) != original, f"a changed {component} weight"
             finally:
                 parameter.view(-1)[0] = kept
-        assert example_cache_folder(pipe, "tiny") == original
+        assert example_cache_folder(pipe) == original
 
     text = examples.read_text(encoding="utf-8")
     examples.write_text(text.replace("mustache", "beard", 1), encoding="utf-8")
-    assert example_cache_folder(pipe, "tiny") != original, "edited examples"
+    assert example_cache_folder(pipe) != original, "edited examples"
     examples.write_text(text, encoding="utf-8")
-    assert example_cache_folder(pipe, "tiny") == original
+    assert example_cache_folder(pipe) == original
 
 
 @pytest.fixture(scope="module")

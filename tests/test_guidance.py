@@ -55,6 +55,7 @@ def run(pipe, **changes):
     return compare(pipe, settings.replace(**changes))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "changes",
     [
@@ -134,6 +135,7 @@ def test_the_trace_records_the_window(sd_pipe):
     assert divergence[:3] == [0.0, 0.0, 0.0] and divergence[3] > 0  # the runs part when the window opens
 
 
+@pytest.mark.slow
 def test_sweep_runs_every_start_in_one_call_sharing_the_early_steps(sd_pipe, monkeypatch):
     from negprompt_demo.engine import prepare, sweep_starts
 
@@ -153,6 +155,7 @@ def test_sweep_runs_every_start_in_one_call_sharing_the_early_steps(sd_pipe, mon
     assert np.abs(pixels(sweep.without_negative) - pixels(single.without_negative)).max() <= 2
 
 
+@pytest.mark.slow
 def test_sweep_command_writes_the_row_and_its_reading(tiny_sd_folder, tmp_path, capsys):
     from negprompt_demo.cli import main
 
@@ -169,3 +172,14 @@ def test_sweep_command_writes_the_row_and_its_reading(tiny_sd_folder, tmp_path, 
     assert "from step 6/10" in (out / "sweep.json").read_text()
     assert main(["sweep", "--prompt", "x", "--starts", "0,2", "--out", str(out)]) == 2
     assert "every start must be between 0 and 1" in capsys.readouterr().err
+
+
+def test_a_window_that_ends_before_it_starts_is_one_message_on_the_command_line(tiny_sd_folder, tmp_path, capsys):
+    from negprompt_demo.cli import main
+
+    code = main(["compare", "--prompt", "a red hat", "--negative", "blue", "--negative-start", "0.8",
+                 "--negative-end", "0.2", "--model", str(tiny_sd_folder), "--out", str(tmp_path)])  # fmt: skip
+    assert code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "error: The negative starts at 0.8 of the steps but ends at 0.2: the start must not come after the end."
+    )

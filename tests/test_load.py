@@ -29,6 +29,7 @@ from negprompt_demo.engine import GenerationCancelled
 from negprompt_demo.loading import load_pipeline
 from negprompt_demo.tracefile import private_folder, remove_old_folders
 
+pytestmark = pytest.mark.slow  # a live server per module
 TIMEOUT = 120  # seconds any single job may take before the test fails (a hang, not a speed check)
 
 
@@ -217,6 +218,8 @@ BAD_INPUTS = {
     "tiny width": ({"width": 8}, "width must be between 16 and 64 px for this model, got 8"),
     "scheduler as a list": ({"scheduler": ["Euler"]}, r"Unknown scheduler \['Euler'\]"),
     "push_map as text": ({"push_map": "false"}, "push_map must be true or false, got 'false'"),
+    "window reversed": ({"negative_start": 0.9, "negative_end": 0.1}, "starts at 0.9 of the steps but ends at 0.1"),
+    "strength NaN": ({"negative_strength": float("nan")}, "negative strength must be a finite number"),
     "path traversal model": ({"model": "../../../etc/passwd"}, "neither an existing local folder nor"),
     "system folder model": ({"model": "/etc"}, "is not a diffusers model folder"),
     "hub id while offline": ({"model": "someone/some-model"}, "Hugging Face Hub cannot be reached"),
