@@ -203,14 +203,6 @@ def stream(
         _stop_flags.pop(run_id, None)
 
 
-def run(model: str, settings: CompareSettings) -> Comparison:
-    """The whole comparison at once (benchmarks, scripts)."""
-    for event in stream(model, settings):
-        if isinstance(event, Done):
-            return event.comparison
-    raise RuntimeError("the comparison ended without a result")
-
-
 async def astream(
     model: str, settings: CompareSettings, sweep: tuple[float, ...] | None = None
 ) -> AsyncIterator[Event]:
