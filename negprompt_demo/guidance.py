@@ -72,12 +72,17 @@ class BranchHook:
     """UNet hooks for one pipeline call whose batch holds `plans` (one per run, the without-runs' included).
 
     `source[b]` is the without-run of b's seed; `push_runs` get ε_∅ at every step they are sampled apart (the
-    trace's negative-push map). Use as a context
-    manager (hooks removed even if sampling raises) and call `step_done()` after every denoising step.
+    trace's negative-push map). Use as a context manager (hooks removed even if sampling raises) and call
+    `step_done()` after every denoising step.
     """
 
     def __init__(
-        self, unet, plans: list[NegativePlan], source: list[int], push_runs: tuple[int, ...] = (), capture=False
+        self,
+        unet,
+        plans: list[NegativePlan],
+        source: list[int],
+        push_runs: tuple[int, ...] = (),
+        capture: bool = False,
     ):
         self.unet, self.plans, self.source, self.push_runs = unet, plans, source, set(push_runs)
         self.capture = capture  # keep each step's `Branches` (the trace reads them)
