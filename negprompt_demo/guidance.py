@@ -188,7 +188,7 @@ class BranchHook:
         plan = self.plans[run]
         if not plan.active(self.step):
             return by_run["empty"][run]
-        if run not in by_run["empty"]:
+        if plan.strength == 1.0 and not plan.perp_neg:  # plain CFG (ε_∅ may be there for the push map only)
             return by_run["negative"][run]
         empty = by_run["empty"][run]
         push = by_run["negative"][run] - empty
