@@ -55,6 +55,7 @@ UI_OUTPUTS = (
     *("downloads", "trace_id", "step"),
     *STEP_OUTPUTS,
 )
+CLEANUP_INTERVAL_S = 60.0
 CURVE_INTERVAL_S = 1.0  # while sampling, redraw the curves (the slowest picture: ~0.25 s) at most this often
 USER_ERRORS = (InputError, ModelLoadError, NonFiniteError, GenerationCancelled)
 
@@ -86,10 +87,9 @@ def input_error(error: BaseException, for_html: bool = True) -> gr.Error:
 
 
 class JobFiles:
-    """One job's folder of PNG files, under this process's private output folder (old jobs' folders go)."""
+    """One job's folder of PNG files, under this process's private output folder."""
 
     def __init__(self, root: Path):
-        remove_old_folders(root, RUN_MAX_AGE_S)
         self.folder = Path(tempfile.mkdtemp(prefix="job-", dir=root))
         self.count = 0
 
@@ -146,6 +146,15 @@ class Handlers:
 
     def __init__(self, config: AppConfig, traces: TraceStore, output_root: Path):
         self.config, self.traces, self.output_root = config, traces, output_root
+        self._last_cleanup = -math.inf
+
+    def new_job(self) -> JobFiles:
+        """A folder for one job's files; jobs' folders older than RUN_MAX_AGE_S go, looked for at most once a
+        minute (a slider move is a job too, and should not list the whole folder each time)."""
+        if time.monotonic() - self._last_cleanup > CLEANUP_INTERVAL_S:
+            remove_old_folders(self.output_root, RUN_MAX_AGE_S)
+            self._last_cleanup = time.monotonic()
+        return JobFiles(self.output_root)
 
     def unpack(self, values: dict) -> tuple[str, CompareSettings]:
         model = self.config.check_model(values.pop("model", None))
@@ -154,7 +163,7 @@ class Handlers:
     def final_outputs(self, comparison, kind: str = "run", owner: str | None = None) -> dict:
         """Every output of the page for a finished comparison (also what the example cache stores)."""
         settings, trace = comparison.settings, comparison.trace
-        files = JobFiles(self.output_root)
+        files = self.new_job()
         written = write_outputs(comparison, files.folder)
         curves = curves_picture(trace)
         trace_id = self.traces.save(trace, curves, kind=kind, owner=owner)
@@ -182,7 +191,7 @@ class Handlers:
         try:
             model, settings = self.unpack(values)
             progress(0, desc="loading the model")
-            files, records, last_curves = JobFiles(self.output_root), [], 0.0
+            files, records, last_curves = self.new_job(), [], 0.0
             async for event in astream(model, settings):
                 if isinstance(event, Ready):
                     settings = event.settings
@@ -201,7 +210,7 @@ class Handlers:
                     progress((event.done, event.total), desc=f"step {event.done} of {event.total}", unit="steps")
                     if records[-1].previews is None:
                         continue  # not a step the live view draws
-                    draw_curves = time.monotonic() - last_curves > CURVE_INTERVAL_S or event.done == event.total
+                    draw_curves = time.monotonic() - last_curves > CURVE_INTERVAL_S  # Done draws the final ones
                     trace = live_trace(records, settings.guidance)
                     curves = await asyncio.to_thread(curves_picture, trace) if draw_curves else None
                     updates = await asyncio.to_thread(step_outputs, trace, event.done - 1, files, curves)
@@ -244,7 +253,7 @@ class Handlers:
                     progress((event.done, event.total), desc="sampling", unit="steps")
                 elif isinstance(event, Done):
                     comparison = event.comparison
-                    written = await asyncio.to_thread(write_outputs, comparison, JobFiles(self.output_root).folder)
+                    written = await asyncio.to_thread(write_outputs, comparison, self.new_job().folder)
                     return (
                         str(written["without_negative"]),
                         str(written["with_negative"]),
@@ -262,7 +271,7 @@ class Handlers:
         except Exception as error:
             raise input_error(error) from None
         marks, reading = sweep_reading(sweep)
-        picture = JobFiles(self.output_root).png(sweep_picture(sweep, marks), "sweep")
+        picture = self.new_job().png(sweep_picture(sweep, marks), "sweep")
         return picture, reading
 
     async def sweep_api(self, progress=gr.Progress(), **values) -> tuple:  # noqa: B008
@@ -271,7 +280,7 @@ class Handlers:
             sweep = await self.run_sweep(values, progress)
         except Exception as error:
             raise input_error(error, for_html=False) from None
-        files = JobFiles(self.output_root)
+        files = self.new_job()
         images = [sweep.without_negative, *sweep.with_negative]
         marks, reading = sweep_reading(sweep)
         labels = sweep_labels(sweep)
@@ -319,7 +328,7 @@ class Handlers:
         if not trace.steps:
             return ordered({}, STEP_OUTPUTS)
         index = min(max(index, 0), len(trace.steps) - 1)
-        return ordered(step_outputs(trace, index, JobFiles(self.output_root), curves), STEP_OUTPUTS)
+        return ordered(step_outputs(trace, index, self.new_job(), curves), STEP_OUTPUTS)
 
 
 def model_widgets(pipe) -> tuple:
