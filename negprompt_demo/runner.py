@@ -1,4 +1,4 @@
-"""One comparison as a stream of typed events, for every front end: the page, the API, the CLI, the benchmarks.
+"""One comparison as a stream of typed events, for every front end: the page, the API and the CLI.
 
     Ready(settings, warnings, model)   the input was checked (once, here) and completed
     Step(done, total, records)         denoising steps finished since the last Step (newest last)

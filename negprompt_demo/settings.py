@@ -49,6 +49,12 @@ def setting(default, field: Field):
     return dataclasses.field(default=default, metadata={"field": field})
 
 
+def size_setting(label: str):
+    """Width or height: blank or 0 is the model's native size, bounds follow the model (`size_limits`)."""
+    help_text = "multiple of 8, half to twice the model's native size; 0: native"
+    return setting(None, Field("int", label, help_text, step=8, model_default=True, zero_is_blank=True))
+
+
 @dataclass
 class CompareSettings:
     """One comparison: the same prompt and seed, once with an empty negative prompt and once with `negative`.
@@ -75,20 +81,8 @@ class CompareSettings:
         None,
         Field("choice", "scheduler", "sampler, the same for both runs", choices=SCHEDULER_NAMES, model_default=True),
     )
-    width: int | None = setting(
-        None,
-        Field(
-            "int", "width (px)", "multiple of 8, half to twice the model's native size; 0: native", step=8,
-            model_default=True, zero_is_blank=True,
-        ),
-    )  # fmt: skip
-    height: int | None = setting(
-        None,
-        Field(
-            "int", "height (px)", "multiple of 8, half to twice the model's native size; 0: native", step=8,
-            model_default=True, zero_is_blank=True,
-        ),
-    )  # fmt: skip
+    width: int | None = size_setting("width (px)")
+    height: int | None = size_setting("height (px)")
     negative_start: float = setting(
         0.0,
         Field("float", "negative starts at", "fraction of the steps before the negative acts (A1111 [neg:0.3])", 0.0,
