@@ -9,7 +9,8 @@ The two runs go through the pipeline as one batch, so every denoising step is a 
 Each run equals what a plain diffusers call with that negative prompt gives (tested to ≤ 2/255 on CPU fp32).
 
 "Empty negative" means what a plain call with no negative prompt gets: the encoded empty string "" for SD 1.x/2.x,
-and for SDXL models with `force_zeros_for_empty_prompt` (the base model) all-zero embeddings rather than "".
+and for SDXL models with `force_zeros_for_empty_prompt` (the base model) all-zero embeddings rather than "" —
+unless the settings ask for the encoded "" (`empty_as_text`), the baseline A1111 and ComfyUI users know.
 """
 
 from __future__ import annotations
@@ -34,11 +35,11 @@ from negprompt_demo.guidance import NO_NEGATIVE, BranchHook, NegativePlan, windo
 from negprompt_demo.loading import (
     base_scheduler_config,
     model_defaults,
-    model_family,
     model_label,
     native_size,
     pipeline_lock,
 )
+from negprompt_demo.prompts import RunText, encode_runs
 from negprompt_demo.settings import SCHEDULER_NAMES, CompareSettings, resolve_settings
 from negprompt_demo.trace import GuidanceTrace, GuidanceTracer, StepRecord
 
@@ -159,7 +160,8 @@ def run_paired(
     with pipeline_lock(pipe):
         cfg_active = resolved.guidance > 1 and pipe.unet.config.time_cond_proj_dim is None
         tracer = GuidanceTracer(pipe, resolved.guidance, cfg_active, resolved.push_map) if trace else None
-        images, nsfw = _sample(pipe, resolved, [resolved.seed], [negative_plan(resolved)], tracer, on_step, stop)
+        runs = paired_runs(resolved, [negative_plan(resolved)])
+        images, nsfw = sample_runs(pipe, resolved, [resolved.seed], runs, tracer, on_step, stop)
     warnings = [
         f"The model's safety checker blanked the image {run} the negative prompt."
         for run, flagged in zip(("without", "with"), nsfw)
@@ -206,7 +208,7 @@ def sweep_starts(
     started = time.perf_counter()
     plans = [negative_plan(resolved, start) for start in starts]
     with pipeline_lock(pipe):
-        images, _ = _sample(pipe, resolved, [resolved.seed], plans, None, on_step, stop)
+        images, _ = sample_runs(pipe, resolved, [resolved.seed], paired_runs(resolved, plans), None, on_step, stop)
     return Sweep(
         without_negative=images[0],
         with_negative=images[1:],
@@ -225,7 +227,8 @@ def generate_pairs(pipe, settings: CompareSettings, seeds: list[int]) -> list[tu
         return []
     with pipeline_lock(pipe):
         resolved, _ = _prepare_unlocked(pipe, settings.replace(seed=seeds[0]))
-        images, _ = _sample(pipe, resolved, [int(seed) for seed in seeds], [negative_plan(resolved)], None, None, None)
+        runs = paired_runs(resolved, [negative_plan(resolved)])
+        images, _ = sample_runs(pipe, resolved, [int(seed) for seed in seeds], runs, None, None, None)
     return [(images[2 * i], images[2 * i + 1]) for i in range(len(seeds))]
 
 
@@ -237,18 +240,39 @@ def negative_plan(settings: CompareSettings, start: float | None = None) -> Nega
     return NegativePlan(start_step, end_step, settings.negative_strength, settings.perp_neg)
 
 
+@dataclass(frozen=True)
+class Run:
+    """One run of a seed in a pipeline call: what it is conditioned on and how its negative prompt acts."""
+
+    text: RunText
+    plan: NegativePlan | None = None  # None: a run of its own (its negative branch is its text's, at every step)
+
+
+def baseline_negative(settings: CompareSettings) -> str | None:
+    """The negative prompt of a run "without" one (see the module docstring)."""
+    return "" if settings.empty_as_text else None
+
+
+def paired_runs(settings: CompareSettings, plans: list[NegativePlan]) -> list[Run]:
+    """A seed's runs: without the negative prompt first, then one with it per plan."""
+    without = Run(RunText(settings.prompt, baseline_negative(settings)))
+    negative = settings.negative or baseline_negative(settings)
+    return [without, *(Run(RunText(settings.prompt, negative), plan) for plan in plans)]
+
+
 @torch.no_grad()
-def _sample(pipe, settings: CompareSettings, seeds: list[int], with_plans: list[NegativePlan], tracer, on_step, stop):
-    """The single pipeline call. Each seed has one run without the negative prompt and one per plan in
-    `with_plans`; batch items are [seed0 without, seed0 with plan 1, ..., seed1 without, ...]."""
+def sample_runs(pipe, settings: CompareSettings, seeds: list[int], runs: list[Run], tracer, on_step, stop):
+    """The single pipeline call: every seed sampled once per run in `runs`, all from the seed's noise; batch items
+    are [seed0 run0, seed0 run1, ..., seed1 run0, ...]. `runs[0]` must be the seed's run without the negative
+    prompt: a run with a negative plan shares its steps before the window opens and takes its ε_∅."""
     scheduler_class, scheduler_kwargs = SCHEDULERS[settings.scheduler]
     pipe.scheduler = scheduler_class.from_config(base_scheduler_config(pipe), **scheduler_kwargs)
     cfg_active = settings.guidance > 1 and pipe.unet.config.time_cond_proj_dim is None
-    runs = 1 + len(with_plans)
-    embeddings = _run_embeddings(pipe, settings, len(seeds), runs, cfg_active)
-    generators = [torch.Generator(device="cpu").manual_seed(seed) for seed in seeds for _ in range(runs)]
-    plans = [NO_NEGATIVE, *with_plans] * len(seeds)
-    source = [item // runs * runs for item in range(len(plans))]
+    embeddings = encode_runs(pipe, [run.text for run in runs], len(seeds), cfg_active)
+    generators = [torch.Generator(device="cpu").manual_seed(seed) for seed in seeds for _ in runs]
+    plans = [NO_NEGATIVE if run.plan is None else run.plan for run in runs] * len(seeds)
+    first_of_seed = [item // len(runs) * len(runs) for item in range(len(plans))]
+    source = [item if runs[item % len(runs)].plan is None else first_of_seed[item] for item in range(len(plans))]
     hook = BranchHook(
         pipe.unet,
         plans,
@@ -290,36 +314,3 @@ def _sample(pipe, settings: CompareSettings, seeds: list[int], with_plans: list[
     images = [Image.fromarray((image * 255).round().astype(np.uint8)) for image in pixels]
     nsfw = getattr(output, "nsfw_content_detected", None) or [False] * len(images)
     return images, nsfw
-
-
-def _run_embeddings(pipe, settings: CompareSettings, seed_count: int, runs: int, cfg_active: bool) -> dict:
-    """Text embeddings for the batch, encoded once per distinct text and repeated per run and seed.
-
-    The without-run's negative is what a plain call with no negative prompt uses (see the module docstring),
-    which for SDXL is not the same as encoding "".
-    """
-    device = pipe._execution_device
-    sdxl = model_family(pipe) == "sdxl"
-
-    def encode(negative: str | None):
-        return pipe.encode_prompt(
-            prompt=settings.prompt,
-            device=device,
-            num_images_per_prompt=1,
-            do_classifier_free_guidance=cfg_active,
-            negative_prompt=negative,
-        )
-
-    without = encode(None)
-    with_negative = encode(settings.negative or None) if cfg_active and settings.negative else without
-    count = runs * seed_count
-    embeds = {"prompt_embeds": without[0].repeat(count, 1, 1)}
-    if sdxl:
-        embeds["pooled_prompt_embeds"] = without[2].repeat(count, 1)
-    if cfg_active:
-        one_seed = torch.cat([without[1]] + [with_negative[1]] * (runs - 1))
-        embeds["negative_prompt_embeds"] = one_seed.repeat(seed_count, 1, 1)
-        if sdxl:
-            pooled = torch.cat([without[3]] + [with_negative[3]] * (runs - 1))
-            embeds["negative_pooled_prompt_embeds"] = pooled.repeat(seed_count, 1)
-    return embeds

@@ -106,6 +106,11 @@ class CompareSettings:
         False,
         Field("flag", "record the negative-push map", "one extra UNet item per step: where the negative itself pushes"),
     )
+    empty_as_text: bool = setting(
+        False,
+        Field("flag", 'baseline: encode ""', 'SDXL: the run without a negative uses the encoded "" (as A1111 and '
+              "ComfyUI do), not diffusers' zero embeddings; the same on other models"),
+    )  # fmt: skip
 
     def replace(self, **changes) -> CompareSettings:
         return dataclasses.replace(self, **changes)

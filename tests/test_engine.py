@@ -55,6 +55,10 @@ def test_sdxl_runs_equal_plain_calls(sdxl_pipe, scheduler):
     assert np.abs(pixels(result.with_negative) - plain_call(sdxl_pipe, NEGATIVE, guidance=5.0)).max() <= 2
     encoded_empty = plain_call(sdxl_pipe, "", guidance=5.0)
     assert np.abs(encoded_empty - without).max() > 2, "zero embeddings and '' must really differ on this model"
+    # the switch: compare against the encoded "" (A1111's and ComfyUI's baseline), with the same negative run
+    as_text = compare(sdxl_pipe, settings.replace(empty_as_text=True))
+    assert np.abs(pixels(as_text.without_negative) - encoded_empty).max() <= 2
+    assert np.abs(pixels(as_text.with_negative) - pixels(result.with_negative)).max() <= 2
 
 
 def test_one_batched_unet_call_per_step(sd_pipe):
