@@ -14,11 +14,15 @@ from dataclasses import dataclass, field
 from negprompt_demo.settings import InputError
 
 EMBEDDED = "embedded"  # loading.EMBEDDED, not imported: this module is read before torch loads
-# Hub models offered next to the embedded one: SD 1.5, a popular SD 1.5 fine-tune, SDXL base.
+# Hub models offered next to the embedded one: SD 1.5, a popular SD 1.5 fine-tune, SDXL base, SD3.5 medium and
+# FLUX.1 dev/schnell (the last three need a GPU and the network; SD3.5 and FLUX.1-dev are gated on the Hub).
 KNOWN_MODELS = (
     "stable-diffusion-v1-5/stable-diffusion-v1-5",
     "Lykon/dreamshaper-8",
     "stabilityai/stable-diffusion-xl-base-1.0",
+    "stabilityai/stable-diffusion-3.5-medium",
+    "black-forest-labs/FLUX.1-dev",
+    "black-forest-labs/FLUX.1-schnell",
 )
 # The app takes no file from users; Gradio refuses larger uploads before they reach the disk.
 MAX_UPLOAD = "1mb"

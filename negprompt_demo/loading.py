@@ -1,9 +1,9 @@
 """Loading Stable Diffusion pipelines: the embedded model by default, a hub id or a local folder on request.
 
 Loading is where untrusted input (a model name typed into a public page) meets the network and the disk, so it is
-strict: only SD 1.x/2.x and SDXL text-to-image pipelines, safetensors weights only, no remote code, no custom
-pipelines, names that are either `owner/name` or an existing local folder. Loaded pipelines are cached per name
-with a bound, so switching models cannot exhaust (GPU) memory.
+strict: only SD 1.x/2.x, SDXL, SD3/SD3.5 and FLUX.1 text-to-image pipelines, safetensors weights only, no remote
+code, no custom pipelines, names that are either `owner/name` or an existing local folder. Loaded pipelines are
+cached per name with a bound, so switching models cannot exhaust (GPU) memory.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import torch
-from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+from diffusers import FluxPipeline, StableDiffusion3Pipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
 
 from negprompt_demo.embedded import MODEL_DIR
 
@@ -27,8 +27,10 @@ EMBEDDED = "embedded"
 SUPPORTED_PIPELINES = {
     "StableDiffusionPipeline": StableDiffusionPipeline,
     "StableDiffusionXLPipeline": StableDiffusionXLPipeline,
+    "StableDiffusion3Pipeline": StableDiffusion3Pipeline,
+    "FluxPipeline": FluxPipeline,
 }
-SUPPORTED_TEXT = "Stable Diffusion 1.x/2.x and SDXL text-to-image models"
+SUPPORTED_TEXT = "Stable Diffusion 1.x/2.x, SDXL, SD3/SD3.5 and FLUX.1 text-to-image models"
 # Component libraries a model_index.json may name; anything else would mean code from the model repository.
 TRUSTED_LIBRARIES = {"diffusers", "transformers", None}
 HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
@@ -151,7 +153,7 @@ def _free_accelerator_memory() -> None:
 
 
 def _parameter_count(pipe) -> int:
-    return sum(p.numel() for p in pipe.unet.parameters())
+    return sum(p.numel() for p in denoiser(pipe).parameters())
 
 
 def _load_uncached(key: str):
@@ -263,13 +265,25 @@ def hub_reachable(timeout: float = 3.0) -> bool:
 FAMILY_DEFAULTS = {
     "sd": {"steps": 25, "guidance": 7.5, "scheduler": "Euler"},
     "sdxl": {"steps": 30, "guidance": 5.0, "scheduler": "Euler"},  # diffusers' SDXL default scale is 5
+    # SD3.5 medium's model card: 40 steps, scale 4.5. The flow-matching families always sample with their own
+    # FlowMatchEulerDiscreteScheduler, which "Euler" names (engine.prepare says so if another was asked for).
+    "sd3": {"steps": 40, "guidance": 4.5, "scheduler": "Euler"},
+    # FLUX.1: the guidance setting is true CFG's scale (engine.FLUX_DISTILLED_GUIDANCE is the distilled one);
+    # 4 is diffusers' true-CFG example. FLUX.1-schnell (no guidance embedding) is made for 4 steps, dev for 28.
+    "flux": {"steps": 28, "guidance": 4.0, "scheduler": "Euler"},
+    "flux-schnell": {"steps": 4, "guidance": 4.0, "scheduler": "Euler"},
 }
+# Families sampled by flow matching (x_t = (1 − σ)·x0 + σ·noise, the model predicts v = noise − x0).
+FLOW_MATCHING_FAMILIES = ("sd3", "flux")
 
 
 def model_defaults(pipe) -> dict:
     """Default steps/guidance/scheduler/size: the family's, overridden by a `negprompt_defaults.json` that a model
     folder may ship (the embedded model does, with the settings its results table was measured at)."""
-    defaults = dict(FAMILY_DEFAULTS[model_family(pipe)])
+    family = model_family(pipe)
+    if family == "flux" and not pipe.transformer.config.guidance_embeds:
+        family = "flux-schnell"
+    defaults = dict(FAMILY_DEFAULTS[family])
     folder = getattr(pipe, "name_or_path", None) or pipe.config.get("_name_or_path")
     if folder and os.path.isdir(folder):
         path = os.path.join(folder, "negprompt_defaults.json")
@@ -288,9 +302,23 @@ def model_label(pipe) -> str:
 
 
 def model_family(pipe) -> str:
+    """'sd' (1.x/2.x), 'sdxl', 'sd3' (SD3/SD3.5) or 'flux' (FLUX.1): what decides how a run is encoded, guided,
+    traced and previewed."""
+    if isinstance(pipe, FluxPipeline):
+        return "flux"
+    if isinstance(pipe, StableDiffusion3Pipeline):
+        return "sd3"
     return "sdxl" if isinstance(pipe, StableDiffusionXLPipeline) else "sd"
 
 
+def denoiser(pipe) -> torch.nn.Module:
+    """The network called at every step: the UNet (SD 1.x/2.x, SDXL) or the transformer (SD3, FLUX.1)."""
+    return pipe.transformer if model_family(pipe) in FLOW_MATCHING_FAMILIES else pipe.unet
+
+
 def native_size(pipe) -> int:
-    """The resolution the model was trained at, in pixels: UNet sample size times the VAE's downsampling."""
+    """The resolution the model was trained at, in pixels: the denoiser's sample size times the VAE's downsampling
+    (for the transformer families, the pipeline's own default size, which FLUX.1 does not read from a config)."""
+    if model_family(pipe) in FLOW_MATCHING_FAMILIES:
+        return int(pipe.default_sample_size) * int(pipe.vae_scale_factor)
     return int(pipe.unet.config.sample_size) * int(pipe.vae_scale_factor)

@@ -52,8 +52,8 @@ def test_folder_without_model_index_is_refused(tmp_path):
 
 
 def test_unsupported_pipeline_is_refused(tmp_path):
-    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "FluxPipeline"}))
-    with pytest.raises(ModelLoadError, match="FluxPipeline model; this demo supports Stable Diffusion"):
+    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "KandinskyV22Pipeline"}))
+    with pytest.raises(ModelLoadError, match="KandinskyV22Pipeline model; this demo supports Stable Diffusion"):
         load_pipeline(str(tmp_path))
 
 
