@@ -5,12 +5,19 @@ same), the scheduler and every setting; only the negative branch of classifier-f
 
     ε = ε_neg + s · (ε_text − ε_neg)
 
-The two runs go through the pipeline as one batch, so every denoising step is a single batched UNet call for both.
+The two runs go through the pipeline as one batch, so every denoising step is a single batched denoiser call for
+both (UNet or transformer; FLUX.1's true CFG makes two per step, text then negative, each batched for both runs).
 Each run equals what a plain diffusers call with that negative prompt gives (tested to ≤ 2/255 on CPU fp32).
 
-"Empty negative" means what a plain call with no negative prompt gets: the encoded empty string "" for SD 1.x/2.x,
-and for SDXL models with `force_zeros_for_empty_prompt` (the base model) all-zero embeddings rather than "" —
-unless the settings ask for the encoded "" (`empty_as_text`), the baseline A1111 and ComfyUI users know.
+"Empty negative" means what a plain call with no negative prompt gets: the encoded empty string "" for SD 1.x/2.x
+and SD3, and for SDXL models with `force_zeros_for_empty_prompt` (the base model) all-zero embeddings rather than
+"" — unless the settings ask for the encoded "" (`empty_as_text`), the baseline A1111 and ComfyUI users know.
+
+FLUX.1 is guidance-distilled: a plain call samples the text branch alone (its distilled guidance, 3.5, is an input
+of the transformer) and ignores a negative prompt. A negative prompt acts only with true CFG (`true_cfg_scale` > 1),
+which the guidance setting sets here. On FLUX.1 the run "without" is therefore true CFG with the empty negative "",
+so only the negative differs, which is what the comparison asks about; the plain distilled run (no true CFG, what
+FLUX.1 gives by default) differs from it, and comes as a third image of the same call (`Comparison.distilled`).
 """
 
 from __future__ import annotations
@@ -33,8 +40,11 @@ from PIL import Image
 
 from negprompt_demo.guidance import NO_NEGATIVE, BranchHook, NegativePlan, window_steps
 from negprompt_demo.loading import (
+    FLOW_MATCHING_FAMILIES,
     base_scheduler_config,
+    denoiser,
     model_defaults,
+    model_family,
     model_label,
     native_size,
     pipeline_lock,
@@ -66,6 +76,7 @@ class Comparison:
     trace: GuidanceTrace | None
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    distilled: Image.Image | None = None  # FLUX.1 with true CFG: the plain distilled run (see the module docstring)
 
 
 # Both runs always use the same scheduler; settings.SCHEDULER_NAMES are the names users pick from.
@@ -77,6 +88,21 @@ SCHEDULERS: dict[str, tuple[type, dict]] = {
     "UniPC": (UniPCMultistepScheduler, {}),
 }
 assert tuple(SCHEDULERS) == SCHEDULER_NAMES
+# The flow-matching families (SD3, FLUX.1) always sample with the model's own FlowMatchEulerDiscreteScheduler (the
+# DDPM-family samplers above do not apply to them); it is an Euler sampler, so the settings say "Euler".
+FLOW_MATCHING_SCHEDULER = "Euler"
+# FLUX.1-dev's distilled guidance (diffusers' and Black Forest Labs' default); the guidance setting is true CFG's.
+FLUX_DISTILLED_GUIDANCE = 3.5
+# The T5 tokens each family's pipeline reads (its `max_sequence_length` default).
+T5_SEQUENCE_LENGTH = {"sd3": 256, "flux": 512}
+
+
+def cfg_active(pipe, guidance: float) -> bool:
+    """Whether the call has a negative branch at all: guidance above 1 (on FLUX.1: true CFG), and not an
+    LCM-style UNet with guidance built into its timestep embedding."""
+    if guidance <= 1:
+        return False
+    return model_family(pipe) in FLOW_MATCHING_FAMILIES or pipe.unet.config.time_cond_proj_dim is None
 
 
 def prepare(pipe, settings: CompareSettings) -> tuple[CompareSettings, list[str]]:
@@ -91,8 +117,21 @@ def prepare(pipe, settings: CompareSettings) -> tuple[CompareSettings, list[str]
 
 def _prepare_unlocked(pipe, settings: CompareSettings) -> tuple[CompareSettings, list[str]]:
     resolved = resolve_settings(settings, native_size(pipe), model_defaults(pipe))
+    family = model_family(pipe)
     warnings = []
-    if resolved.guidance <= 1:
+    if family in FLOW_MATCHING_FAMILIES and resolved.scheduler != FLOW_MATCHING_SCHEDULER:
+        warnings.append(
+            f"{'FLUX.1' if family == 'flux' else 'SD3'} samples with its own flow-matching Euler scheduler; the "
+            f"scheduler '{resolved.scheduler}' does not apply to it, so both runs used Euler."
+        )
+        resolved = resolved.replace(scheduler=FLOW_MATCHING_SCHEDULER)
+    if family == "flux" and resolved.guidance <= 1:
+        warnings.append(
+            "FLUX.1 is guidance-distilled: it ignores a negative prompt unless true CFG is on (true_cfg_scale > 1), "
+            f"and here the guidance scale is true CFG's scale, {resolved.guidance:g}. Both images are the same. Use "
+            "a scale above 1 (4 is usual; true CFG doubles the sampling time)."
+        )
+    elif resolved.guidance <= 1:
         warnings.append(
             f"Guidance scale {resolved.guidance:g} ≤ 1 turns classifier-free guidance off, so the negative prompt "
             "has no effect: both images are the same. Use a scale above 1 (7.5 is usual)."
@@ -114,19 +153,31 @@ def _prepare_unlocked(pipe, settings: CompareSettings) -> tuple[CompareSettings,
 
 
 def truncation_warnings(pipe, text: str, field_name: str) -> list[str]:
-    """CLIP reads 77 tokens (75 words-pieces plus start/end); say exactly which words it never sees."""
-    tokenizer = pipe.tokenizer if pipe.tokenizer is not None else pipe.tokenizer_2
+    """A text encoder reads a fixed number of tokens (CLIP 77, SD3's T5 256, FLUX.1's T5 512, special tokens
+    included); say exactly which words it never sees."""
+    tokenizer, limit = reading_tokenizer(pipe)
     if not text or tokenizer is None:
         return []
     ids = tokenizer(text, truncation=False, add_special_tokens=True).input_ids
-    limit = tokenizer.model_max_length
     if len(ids) <= limit:
         return []
+    special = tokenizer.num_special_tokens_to_add()  # CLIP: start and end; T5: end only
     cut = tokenizer.decode(ids[limit - 1 : -1]).strip()
     return [
-        f"The {field_name} is {len(ids) - 2} tokens long but the text encoder reads only {limit - 2}; "
+        f"The {field_name} is {len(ids) - special} tokens long but the text encoder reads only {limit - special}; "
         f'these words were cut: "{cut}"'
     ]
+
+
+def reading_tokenizer(pipe):
+    """The tokenizer whose limit decides what the model reads, and that limit: the T5 encoder's on SD3 and FLUX.1
+    (their CLIP encoders read 77 tokens, but T5 carries the longer text), else CLIP's."""
+    family = model_family(pipe)
+    t5 = {"sd3": "tokenizer_3", "flux": "tokenizer_2"}.get(family)
+    if t5 is not None and getattr(pipe, t5, None) is not None:
+        return getattr(pipe, t5), T5_SEQUENCE_LENGTH[family]
+    tokenizer = pipe.tokenizer if pipe.tokenizer is not None else pipe.tokenizer_2
+    return tokenizer, None if tokenizer is None else tokenizer.model_max_length
 
 
 def compare(
@@ -158,9 +209,13 @@ def run_paired(
     run itself found (a safety checker's blanking)."""
     started = time.perf_counter()
     with pipeline_lock(pipe):
-        cfg_active = resolved.guidance > 1 and pipe.unet.config.time_cond_proj_dim is None
-        tracer = GuidanceTracer(pipe, resolved.guidance, cfg_active, resolved.push_map) if trace else None
+        active = cfg_active(pipe, resolved.guidance)
+        tracer = None
+        if trace:
+            tracer = GuidanceTracer(pipe, resolved.guidance, active, resolved.push_map, spatial_latents(pipe, resolved))
         runs = paired_runs(resolved, [negative_plan(resolved)])
+        if model_family(pipe) == "flux" and active:  # the plain distilled run, third (see the module docstring)
+            runs.append(Run(RunText(resolved.prompt, None), unguided=True))
         images, nsfw = sample_runs(pipe, resolved, [resolved.seed], runs, tracer, on_step, stop)
     warnings = [
         f"The model's safety checker blanked the image {run} the negative prompt."
@@ -175,6 +230,7 @@ def run_paired(
         trace=None if tracer is None else tracer.trace,
         warnings=warnings,
         seconds=time.perf_counter() - started,
+        distilled=images[2] if len(runs) > 2 else None,
     )
 
 
@@ -246,6 +302,7 @@ class Run:
 
     text: RunText
     plan: NegativePlan | None = None  # None: a run of its own (its negative branch is its text's, at every step)
+    unguided: bool = False  # FLUX.1's plain distilled run: no negative branch at all (guidance.BranchHook)
 
 
 def baseline_negative(settings: CompareSettings) -> str | None:
@@ -265,20 +322,26 @@ def sample_runs(pipe, settings: CompareSettings, seeds: list[int], runs: list[Ru
     """The single pipeline call: every seed sampled once per run in `runs`, all from the seed's noise; batch items
     are [seed0 run0, seed0 run1, ..., seed1 run0, ...]. `runs[0]` must be the seed's run without the negative
     prompt: a run with a negative plan shares its steps before the window opens and takes its ε_∅."""
-    scheduler_class, scheduler_kwargs = SCHEDULERS[settings.scheduler]
-    pipe.scheduler = scheduler_class.from_config(base_scheduler_config(pipe), **scheduler_kwargs)
-    cfg_active = settings.guidance > 1 and pipe.unet.config.time_cond_proj_dim is None
-    embeddings = encode_runs(pipe, [run.text for run in runs], len(seeds), cfg_active)
+    family = model_family(pipe)
+    if family in FLOW_MATCHING_FAMILIES:
+        pipe.scheduler = type(pipe.scheduler).from_config(base_scheduler_config(pipe))
+    else:
+        scheduler_class, scheduler_kwargs = SCHEDULERS[settings.scheduler]
+        pipe.scheduler = scheduler_class.from_config(base_scheduler_config(pipe), **scheduler_kwargs)
+    active = cfg_active(pipe, settings.guidance)
+    embeddings = encode_runs(pipe, [run.text for run in runs], len(seeds), active)
     generators = [torch.Generator(device="cpu").manual_seed(seed) for seed in seeds for _ in runs]
     plans = [NO_NEGATIVE if run.plan is None else run.plan for run in runs] * len(seeds)
     first_of_seed = [item // len(runs) * len(runs) for item in range(len(plans))]
     source = [item if runs[item % len(runs)].plan is None else first_of_seed[item] for item in range(len(plans))]
     hook = BranchHook(
-        pipe.unet,
+        denoiser(pipe),
         plans,
         source,
         push_runs=(1,) if tracer is not None and tracer.push_map else (),
         capture=tracer is not None,
+        split_calls=family == "flux" and active,  # FLUX.1's true CFG: text call, then negative call, per step
+        unguided=tuple(item for item in range(len(plans)) if runs[item % len(runs)].unguided),
     )
     total = settings.steps
 
@@ -300,8 +363,8 @@ def sample_runs(pipe, settings: CompareSettings, seeds: list[int], runs: list[Ru
     with hook:
         output = pipe(
             **embeddings,
+            **guidance_arguments(family, settings.guidance),
             num_inference_steps=settings.steps,
-            guidance_scale=settings.guidance,
             width=settings.width,
             height=settings.height,
             generator=generators,
@@ -314,3 +377,19 @@ def sample_runs(pipe, settings: CompareSettings, seeds: list[int], runs: list[Ru
     images = [Image.fromarray((image * 255).round().astype(np.uint8)) for image in pixels]
     nsfw = getattr(output, "nsfw_content_detected", None) or [False] * len(images)
     return images, nsfw
+
+
+def guidance_arguments(family: str, guidance: float) -> dict:
+    """The guidance setting as the pipeline's arguments: classifier-free guidance's scale, except on FLUX.1, where
+    it is true CFG's scale and the distilled guidance stays at its default (see the module docstring)."""
+    if family == "flux":
+        return {"true_cfg_scale": guidance, "guidance_scale": FLUX_DISTILLED_GUIDANCE}
+    return {"guidance_scale": guidance}
+
+
+def spatial_latents(pipe, settings: CompareSettings):
+    """How the trace reads the denoiser's latents as [n, c, h, w]: FLUX.1 packs 2×2 patches into 64 channels
+    (`FluxPipeline._unpack_latents` undoes it); the other families' latents are spatial already."""
+    if model_family(pipe) != "flux":
+        return None
+    return lambda packed: pipe._unpack_latents(packed, settings.height, settings.width, pipe.vae_scale_factor)

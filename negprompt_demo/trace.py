@@ -1,10 +1,15 @@
 """The per-step guidance trace: what classifier-free guidance did at every denoising step of both runs.
 
-During a paired call the UNet sees one batch per step, `[neg_without, neg_with, text_without, text_with]`
-(diffusers puts the negative/unconditional half first). The UNet hook of `guidance.BranchHook` (which also decides
-when and how strongly the negative acts) hands over each run's ε_neg and ε_text, and hence the guidance direction
-ε_text − ε_neg, without an extra UNet call. `callback_on_step_end` then adds what only exists after the scheduler
-step (the new latents).
+During a paired call the denoiser (UNet or transformer) sees one batch per step, `[neg_without, neg_with,
+text_without, text_with]` (diffusers puts the negative/unconditional half first), or for FLUX.1's true CFG two
+calls per step (text, then negative). The denoiser hook of `guidance.BranchHook` (which also decides when and how
+strongly the negative acts) hands over each run's ε_neg and ε_text, and hence the guidance direction ε_text − ε_neg,
+without an extra denoiser call. `callback_on_step_end` then adds what only exists after the scheduler step (the new
+latents).
+
+The model's prediction is read by its kind: ε (epsilon), v (v_prediction), x0 (sample), or for the flow-matching
+families (SD3, FLUX.1) the velocity v = noise − x0 of x_t = (1 − σ)·x0 + σ·noise ("flow"). FLUX.1's packed latents
+(2×2 patches as 64 channels) are unpacked to [c, h, w] first, so maps and x0 are per latent pixel for every family.
 
 Optionally the hook adds one batch item — the with-negative run's latents under the *empty* conditioning — so
 ε_empty − ε_neg shows where the negative prompt itself pushes ("negative push" map).
@@ -15,10 +20,12 @@ Everything kept is small, on the CPU, at latent resolution and in float16: about
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from diffusers import FlowMatchEulerDiscreteScheduler
 
 RUNS = ("without", "with")  # index 0: empty negative prompt; index 1: the user's negative prompt
 
@@ -29,7 +36,7 @@ class StepRecord:
 
     index: int  # 0-based step number
     timestep: float
-    sigma: float  # noise level: x_t = x0 + sigma * noise in the variance-exploding view
+    sigma: float  # noise level: x_t = x0 + σ·noise (variance-exploding view), or flow matching's σ in [0, 1]
     # Arrays are None only in a stored trace's steps other than the one read back (tracefile.TraceStore.load).
     guidance_map: torch.Tensor | None  # [2, h, w] float16: ‖ε_text − ε_neg‖ over channels, per latent pixel
     guidance_mean: tuple[float, float]  # mean of each run's map
@@ -105,25 +112,36 @@ class GuidanceTrace:
 
 class GuidanceTracer:
     """Turns what `guidance.BranchHook` captured at each step of a single-seed paired call (runs 0 and 1) into
-    a `GuidanceTrace`."""
+    a `GuidanceTrace`. `spatial` maps the denoiser's latents to [n, c, h, w] (FLUX.1 unpacks its patches)."""
 
-    def __init__(self, pipe, guidance_scale: float, cfg_active: bool, push_map: bool):
+    def __init__(
+        self,
+        pipe,
+        guidance_scale: float,
+        cfg_active: bool,
+        push_map: bool,
+        spatial: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ):
+        self.pipe = pipe
         self.cfg_active = cfg_active
         self.push_map = push_map and cfg_active
         self.guidance_scale = guidance_scale
-        self.prediction_type = pipe.scheduler.config.get("prediction_type", "epsilon")
+        self.spatial = spatial or (lambda latents: latents)
+        self.flow_matching = isinstance(pipe.scheduler, FlowMatchEulerDiscreteScheduler)
+        if self.flow_matching:
+            self.prediction_type = "flow"
+        else:
+            self.prediction_type = pipe.scheduler.config.get("prediction_type", "epsilon")
+            # log(sigma) at each integer training timestep, to find the noise level of any (fractional) timestep
+            alphas_cumprod = pipe.scheduler.alphas_cumprod.double()
+            self._log_sigmas = 0.5 * torch.log((1 - alphas_cumprod) / alphas_cumprod)
         self.trace = GuidanceTrace(guidance_scale, cfg_active, self.prediction_type)
-        # log(sigma) at each integer training timestep, to find the noise level of any (fractional) timestep
-        alphas_cumprod = pipe.scheduler.alphas_cumprod.double()
-        self._log_sigmas = 0.5 * torch.log((1 - alphas_cumprod) / alphas_cumprod)
 
     def record_step(self, index: int, latents: torch.Tensor, branches) -> StepRecord:
         """One StepRecord from the step's branches (`guidance.Branches`) and the stepped latents."""
-        sample = branches.sample[0:2].float()
-        timestep = branches.timestep
-        t = float(timestep.flatten()[0]) if torch.is_tensor(timestep) else float(timestep)
-        sigma = self.sigma_at(t)
-        neg, text = branches.negative[0:2].float(), branches.text[0:2].float()
+        sample = self.spatial(branches.sample[0:2]).float()
+        t, sigma = self.noise_level(index, branches.timestep)
+        neg, text = self.spatial(branches.negative[0:2]).float(), self.spatial(branches.text[0:2]).float()
         guided = neg + self.guidance_scale * (text - neg) if self.cfg_active else text
         direction = text - neg if self.cfg_active else torch.zeros_like(text)  # [2, c, h, w]
         guidance_map = direction.norm(dim=1)
@@ -150,12 +168,24 @@ class GuidanceTracer:
             # ε_∅ − ε_neg on the with-run's latents: where (and how hard) the negative prompt itself pushes. Zero
             # where the with-run's negative branch is the empty prompt's (outside its window).
             empty = branches.empty.get(1)
-            push = (empty.float() - neg[1]).norm(dim=0) if empty is not None else torch.zeros_like(guidance_map[1])
+            if empty is not None:
+                push = (self.spatial(empty[None]).float()[0] - neg[1]).norm(dim=0)
+            else:
+                push = torch.zeros_like(guidance_map[1])
             record.push_map = push.half().cpu()
             record.push_mean = push.mean().item()
             record.push_peak = push.max().item()
         self.trace.steps.append(record)
         return record
+
+    def noise_level(self, index: int, timestep) -> tuple[float, float]:
+        """(timestep, sigma) of step `index`. Flow matching: the scheduler's own σ of the step (FLUX.1 hands its
+        transformer σ, SD3 σ·1000, so the denoiser's timestep is not read); else sigma of the timestep."""
+        if self.flow_matching:
+            scheduler = self.pipe.scheduler
+            return float(scheduler.timesteps[index]), float(scheduler.sigmas[index])
+        t = float(timestep.flatten()[0]) if torch.is_tensor(timestep) else float(timestep)
+        return t, self.sigma_at(t)
 
     def sigma_at(self, timestep: float) -> float:
         """Noise level of a training timestep, interpolating log-sigma for the fractional ones Karras uses."""
@@ -168,8 +198,11 @@ class GuidanceTracer:
         return float(torch.exp(log_sigma))
 
     def predict_x0(self, model_input: torch.Tensor, model_output: torch.Tensor, sigma: float) -> torch.Tensor:
-        """The clean sample the model predicts now. `model_input` is the UNet's (scaled) input, which every
-        diffusers scheduler puts in the variance-preserving form x_t = √ᾱ·x0 + √(1−ᾱ)·ε."""
+        """The clean sample the model predicts now. `model_input` is the denoiser's (scaled) input, which every
+        diffusers DDPM-family scheduler puts in the variance-preserving form x_t = √ᾱ·x0 + √(1−ᾱ)·ε; flow
+        matching's is x_t = (1 − σ)·x0 + σ·noise with the velocity v = noise − x0 predicted, so x0 = x_t − σ·v."""
+        if self.prediction_type == "flow":
+            return model_input - sigma * model_output
         alpha_bar = 1.0 / (1.0 + sigma * sigma)
         a, b = math.sqrt(alpha_bar), math.sqrt(1.0 - alpha_bar)
         if self.prediction_type == "v_prediction":

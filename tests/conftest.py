@@ -14,7 +14,7 @@ os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
 sys.path.insert(0, str(Path(__file__).parent))
 
-from tiny_models import tiny_sd_pipeline, tiny_sdxl_pipeline  # noqa: E402
+from tiny_models import tiny_flux_pipeline, tiny_sd3_pipeline, tiny_sd_pipeline, tiny_sdxl_pipeline  # noqa: E402
 
 from negprompt_demo.loading import limit_cpu_threads  # noqa: E402
 
@@ -34,6 +34,16 @@ def sd_pipe(tmp_path_factory):
 @pytest.fixture(scope="session")
 def sdxl_pipe(tmp_path_factory):
     return tiny_sdxl_pipeline(tmp_path_factory.mktemp("tiny_sdxl_tokenizer"))
+
+
+@pytest.fixture(scope="session")
+def sd3_pipe(tmp_path_factory):
+    return tiny_sd3_pipeline(tmp_path_factory.mktemp("tiny_sd3_tokenizer"))
+
+
+@pytest.fixture(scope="session")
+def flux_pipe(tmp_path_factory):
+    return tiny_flux_pipeline(tmp_path_factory.mktemp("tiny_flux_tokenizer"))
 
 
 @pytest.fixture(scope="session")

@@ -6,10 +6,18 @@ import json
 
 import pytest
 import torch
-from tiny_models import tiny_sd_pipeline
+from tiny_models import tiny_flux_pipeline, tiny_sd3_pipeline, tiny_sd_pipeline
 
 from negprompt_demo import loading
-from negprompt_demo.loading import ModelLoadError, check_model_name, load_pipeline, model_defaults, native_size
+from negprompt_demo.app_config import KNOWN_MODELS
+from negprompt_demo.loading import (
+    ModelLoadError,
+    check_model_name,
+    load_pipeline,
+    model_defaults,
+    model_family,
+    native_size,
+)
 
 
 @pytest.mark.parametrize(
@@ -44,6 +52,32 @@ def test_hub_id_offline_fails_fast_with_one_clear_message(monkeypatch):
     message = str(error.value)
     assert "'stabilityai/some-model-that-is-not-cached'" in message
     assert "embedded model works offline" in message
+
+
+@pytest.mark.parametrize("name", [name for name in KNOWN_MODELS if "stable-diffusion-3" in name or "FLUX" in name])
+def test_sd3_and_flux_hub_models_offline_get_the_same_message(name, monkeypatch):
+    import huggingface_hub
+
+    def local_cache_only(repo_id, filename, local_files_only=False, **kwargs):
+        raise huggingface_hub.errors.LocalEntryNotFoundError("not cached")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", local_cache_only)
+    monkeypatch.setattr(loading, "hub_reachable", lambda timeout=3.0: False)
+    with pytest.raises(ModelLoadError, match=f"Could not load '{name}'.*embedded model works offline"):
+        load_pipeline(name)
+
+
+@pytest.mark.parametrize("family, make", [("sd3", tiny_sd3_pipeline), ("flux", tiny_flux_pipeline)])
+def test_sd3_and_flux_folders_load_as_safetensors_only(family, make, tmp_path, monkeypatch):
+    """The new families go through the same strict loader: their safetensors folder loads, pickle weights don't."""
+    pipe = make(tmp_path / "tokenizers")
+    pipe.save_pretrained(tmp_path / "safe")
+    loaded = load_pipeline(str(tmp_path / "safe"))
+    assert model_family(loaded) == family and type(loaded) is type(pipe)
+    pipe.save_pretrained(tmp_path / "pickled", safe_serialization=False)
+    monkeypatch.setattr(torch, "load", lambda *args, **kwargs: pytest.fail("torch.load was called on pickle weights"))
+    with pytest.raises(ModelLoadError, match="no safetensors weights; pickle"):
+        load_pipeline(str(tmp_path / "pickled"))
 
 
 def test_folder_without_model_index_is_refused(tmp_path):
