@@ -62,11 +62,11 @@ def example_rows(path: Path, defaults: dict, model: str) -> tuple[list[list], li
 
 
 def weights_fingerprint(pipe) -> bytes:
-    """What identifies a model's weights cheaply: every tensor's name, shape and first 16 values, for the UNet,
-    the text encoder(s) and the VAE (a retrained or fine-tuned model changes them; reading all of an SDXL's 7 GB
-    at every start would not be cheap)."""
+    """What identifies a model's weights cheaply: every tensor's name, shape and first 16 values, for the denoiser
+    (UNet or transformer), the text encoder(s) and the VAE (a retrained or fine-tuned model changes them; reading all
+    of an SDXL's 7 GB at every start would not be cheap)."""
     digest = hashlib.sha256()
-    for component in ("unet", "text_encoder", "text_encoder_2", "vae"):
+    for component in ("unet", "transformer", "text_encoder", "text_encoder_2", "text_encoder_3", "vae"):
         module = getattr(pipe, component, None)
         if module is None:
             continue

@@ -42,7 +42,8 @@ def trace_document(comparison) -> dict:
 
 
 def write_outputs(comparison, out_dir: Path) -> dict[str, Path]:
-    """Write the five output files of a comparison into `out_dir` and return their paths by kind."""
+    """Write the five output files of a comparison into `out_dir` (six on FLUX.1 with true CFG: the plain distilled
+    image too) and return their paths by kind."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     settings = comparison.settings
@@ -53,6 +54,9 @@ def write_outputs(comparison, out_dir: Path) -> dict[str, Path]:
         "with_negative": save_png(comparison.with_negative, out_dir / "with_negative.png", with_parameters),
         "side_by_side": save_png(side_by_side(comparison), out_dir / "side_by_side.png", with_parameters),
     }
+    if getattr(comparison, "distilled", None) is not None:  # FLUX.1 with true CFG: the plain distilled run
+        distilled_parameters = f"{settings.replace(negative='').parameters_text(comparison.model)}, True CFG: off"
+        paths["distilled"] = save_png(comparison.distilled, out_dir / "distilled_no_true_cfg.png", distilled_parameters)
     trace_path = out_dir / "trace.json"
     trace_path.write_text(json.dumps(trace_document(comparison), indent=1, ensure_ascii=False), encoding="utf-8")
     paths["trace"] = trace_path

@@ -169,6 +169,13 @@ class Handlers:
         trace_id = self.traces.save(trace, curves, kind=kind, owner=owner)
         difference, peak = difference_with_legend(comparison.without_negative, comparison.with_negative)
         note = f"Done in {comparison.seconds:.1f} s. The images differ by up to {100 * peak:.0f} % (difference map)"
+        warnings = list(comparison.warnings)
+        if "distilled" in written:
+            warnings.append(
+                "FLUX.1: both images use true CFG (the guidance scale), the left one with an empty negative, so only "
+                "the negative differs. FLUX.1 by default samples without true CFG and ignores any negative prompt; "
+                "that image is distilled_no_true_cfg.png in the downloads (also in the side-by-side picture)."
+            )
         without_png, with_png = str(written["without_negative"]), str(written["with_negative"])
         last = len(trace.steps) - 1
         return {
@@ -177,10 +184,11 @@ class Handlers:
             "caption_with": caption_for(settings.negative),
             "slider": (without_png, with_png),
             "difference": files.png(difference, "difference"),
-            "status": status_text(settings, comparison.model, comparison.warnings, note),
+            "status": status_text(settings, comparison.model, warnings, note),
             "seed_used": settings.seed,
             "downloads": [str(written[name]) for name in ("side_by_side", "steps_gif", "trace") if name in written]
-            + [without_png, with_png],
+            + [without_png, with_png]
+            + ([str(written["distilled"])] if "distilled" in written else []),
             "trace_id": trace_id,
             "step": gr.update(maximum=max(1, len(trace.steps)), value=len(trace.steps)),
             **step_outputs(trace, last, files, curves),

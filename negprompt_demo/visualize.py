@@ -42,24 +42,35 @@ def run_labels(negative: str) -> tuple[str, str]:
     return "no negative prompt", f"negative: {shown}" if negative else "negative: (empty)"
 
 
+# FLUX.1's third image (engine.Comparison.distilled): the model as it samples by default.
+DISTILLED_LABEL = "FLUX.1 default: no true CFG"
+
+
 def side_by_side(comparison, min_side: int = 384) -> Image.Image:
-    """Both images enlarged, labelled, with the settings underneath: the picture to share."""
+    """Both images enlarged, labelled, with the settings underneath: the picture to share (on FLUX.1 with true
+    CFG, the plain distilled image as a third)."""
     settings = comparison.settings
-    left, right = enlarge(comparison.without_negative, min_side), enlarge(comparison.with_negative, min_side)
+    panels = list(zip((comparison.without_negative, comparison.with_negative), run_labels(settings.negative)))
+    if getattr(comparison, "distilled", None) is not None:
+        panels.append((comparison.distilled, DISTILLED_LABEL))
+    images = [enlarge(image, min_side) for image, _ in panels]
     gap, pad, label_height = 16, 16, 34
     footer = textwrap.wrap(f"prompt: {settings.prompt}", 90) + [
         f"seed {settings.seed} · {settings.steps} steps · guidance {settings.guidance:g} · {settings.scheduler} · "
         f"{settings.width}x{settings.height} · model {comparison.model}"
     ]
     footer_height = 22 * len(footer) + pad
-    width = left.width + right.width + gap + 2 * pad
-    height = label_height + max(left.height, right.height) + footer_height + pad
+    width = sum(image.width for image in images) + gap * (len(images) - 1) + 2 * pad
+    tallest = max(image.height for image in images)
+    height = label_height + tallest + footer_height + pad
     canvas = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(canvas)
-    for x, image, label in zip((pad, pad + left.width + gap), (left, right), run_labels(settings.negative)):
+    x = pad
+    for image, (_, label) in zip(images, panels):
         draw.text((x, 8), label, fill="black", font=font(20))
         canvas.paste(image, (x, label_height))
-    y = label_height + max(left.height, right.height) + 10
+        x += image.width + gap
+    y = label_height + tallest + 10
     for line in footer:
         draw.text((pad, y), line, fill="#333333", font=font(16))
         y += 22

@@ -186,18 +186,26 @@ def flux_reference(pipe, start: float, end: float, strength: float, negative: st
     return (image * 255).round().astype(np.int16)
 
 
-def test_flux_window_and_strength_equal_the_hand_written_loop(flux_pipe, monkeypatch):
-    """The negative starting at half the steps with strength 2, on FLUX.1's two calls per step: before the window
-    the with-run is not sent at all (shared steps), then ε_∅ goes with the negative call."""
+def test_flux_late_negative_shares_its_early_steps(flux_pipe, monkeypatch):
+    """On FLUX.1's two calls per step: before the window the with-run is not sent at all (shared steps), then
+    ε_∅ goes with the negative call; strength 0 is the without-run exactly."""
     sizes = call_sizes(flux_pipe.transformer, monkeypatch)
-    result = compare(flux_pipe, settings(TRUE_CFG, negative_start=0.5, negative_strength=2.0), trace=False)
+    compare(flux_pipe, settings(TRUE_CFG, negative_start=0.5, negative_strength=2.0), trace=False)
     assert sizes == [2, 1] * 2 + [3, 3] * 2  # text (without, distilled) / negative (without); then all, + ε_∅
+    off = compare(flux_pipe, settings(TRUE_CFG, negative_strength=0.0), trace=False)
+    assert np.array_equal(pixels(off.with_negative), pixels(off.without_negative))
+
+
+@pytest.mark.slow  # five hand-written sampling loops
+def test_flux_window_and_strength_equal_the_hand_written_loop(flux_pipe):
+    result = compare(flux_pipe, settings(TRUE_CFG, negative_start=0.5, negative_strength=2.0), trace=False)
     reference = flux_reference(flux_pipe, 0.5, 1.0, 2.0, NEGATIVE)
     assert np.abs(pixels(result.with_negative) - reference).max() <= 2
     assert np.abs(pixels(result.without_negative) - flux_reference(flux_pipe, 0, 1, 1, None)).max() <= 2
     assert np.abs(reference - flux_reference(flux_pipe, 0, 1, 1, NEGATIVE)).max() >= 1, "the setting is seen"
-    off = compare(flux_pipe, settings(TRUE_CFG, negative_strength=0.0), trace=False)
-    assert np.array_equal(pixels(off.with_negative), pixels(off.without_negative))
+    early = compare(flux_pipe, settings(TRUE_CFG, negative_end=0.5), trace=False)
+    perp = compare(flux_pipe, settings(TRUE_CFG, negative_end=0.5, perp_neg=True), trace=False)
+    assert np.abs(pixels(perp.with_negative) - pixels(early.with_negative)).max() > 2  # Perp-Neg acts there too
 
 
 def test_hooks_are_removed_from_the_transformers(sd3_pipe, flux_pipe):
@@ -205,3 +213,35 @@ def test_hooks_are_removed_from_the_transformers(sd3_pipe, flux_pipe):
     compare(flux_pipe, settings(TRUE_CFG, steps=1))
     for transformer in (sd3_pipe.transformer, flux_pipe.transformer):
         assert not transformer._forward_hooks and not transformer._forward_pre_hooks
+
+
+def test_flux_outputs_carry_the_distilled_image(flux_pipe, tmp_path):
+    from PIL import Image
+
+    from negprompt_demo.export import write_outputs
+
+    result = compare(flux_pipe, settings(TRUE_CFG, steps=2))
+    fill_previews(flux_pipe, result.trace.steps)  # the step animation draws x0 pictures
+    paths = write_outputs(result, tmp_path)
+    assert paths["distilled"].name == "distilled_no_true_cfg.png"
+    saved = Image.open(paths["distilled"])
+    assert np.array_equal(pixels(saved.convert("RGB")), pixels(result.distilled))
+    assert "True CFG: off" in saved.info["parameters"]
+    three = Image.open(paths["side_by_side"])
+    off = compare(flux_pipe, settings(1.0, steps=2), trace=False)
+    two = Image.open(write_outputs(off, tmp_path / "off")["side_by_side"])
+    assert three.width > two.width * 1.4  # a third panel, not only a wider label
+
+
+def test_compare_command_on_an_sd3_folder(tmp_path, capsys):
+    from tiny_models import tiny_sd3_pipeline
+
+    from negprompt_demo.cli import main
+
+    tiny_sd3_pipeline(tmp_path / "tokenizers").save_pretrained(tmp_path / "sd3")
+    code = main(["compare", "--prompt", PROMPT, "--negative", NEGATIVE, "--seed", "3", "--steps", "3",
+                 "--scheduler", "DDIM", "--model", str(tmp_path / "sd3"), "--out", str(tmp_path / "out")])  # fmt: skip
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "does not apply to it" in printed and "steps.gif" in printed
+    assert {"without_negative.png", "with_negative.png", "trace.json"} <= {p.name for p in (tmp_path / "out").iterdir()}
