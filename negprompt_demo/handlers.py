@@ -30,7 +30,7 @@ from negprompt_demo.attributes import sweep_reading
 from negprompt_demo.engine import SWEEP_STARTS, GenerationCancelled, NonFiniteError, Sweep
 from negprompt_demo.export import trace_document, write_outputs
 from negprompt_demo.legends import difference_with_legend, step_legend
-from negprompt_demo.loading import ModelLoadError, load_pipeline, model_defaults, native_size
+from negprompt_demo.loading import ModelLoadError, load_pipeline, model_defaults, model_family, native_size
 from negprompt_demo.runner import Done, Ready, Step, SweepDone, astream
 from negprompt_demo.settings import FIELDS, MAX_SEED, CompareSettings, InputError, size_limits
 from negprompt_demo.trace import GuidanceTrace
@@ -339,12 +339,23 @@ class Handlers:
         return ordered(step_outputs(trace, index, self.new_job(), curves), STEP_OUTPUTS)
 
 
+# What a user must know about a family before comparing (engine.py's docstring says why).
+FAMILY_NOTES = {
+    "sd3": " SD3 samples with its own flow-matching Euler scheduler; the scheduler setting does not apply.",
+    "flux": (
+        " FLUX.1 ignores a negative prompt unless true CFG is on: here the guidance scale is true CFG's scale "
+        "(above 1; it doubles the sampling time). Both images use it, the first with an empty negative; FLUX.1's "
+        "default image (no true CFG) comes as a third picture in the downloads."
+    ),
+}
+
+
 def model_widgets(pipe) -> tuple:
     """(info text, steps, guidance, scheduler, width, height) updates for a loaded model."""
     defaults, native = model_defaults(pipe), native_size(pipe)
     low, high = size_limits(native)
     sizes = [gr.update(minimum=low, maximum=high, value=defaults.get(name, native)) for name in ("width", "height")]
-    info = f"Native size {native} px; sizes {low}–{high} px allowed."
+    info = f"Native size {native} px; sizes {low}–{high} px allowed." + FAMILY_NOTES.get(model_family(pipe), "")
     return (
         info,
         gr.update(value=defaults["steps"]),

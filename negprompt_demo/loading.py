@@ -43,7 +43,8 @@ class ModelLoadError(RuntimeError):
 
 
 def pick_device() -> tuple[str, torch.dtype]:
-    """CUDA, then Apple MPS, then CPU; half precision only where it is fast and safe (CUDA)."""
+    """CUDA, then Apple MPS, then CPU; half precision only where it is fast and safe (CUDA; SD3 and FLUX.1 load
+    in bfloat16 there instead, see `_load_uncached`)."""
     if torch.cuda.is_available():
         return "cuda", torch.float16
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
@@ -177,6 +178,8 @@ def _load_uncached(key: str):
             )
 
     pipeline_class = SUPPORTED_PIPELINES[class_name]
+    if dtype == torch.float16 and pipeline_class in (StableDiffusion3Pipeline, FluxPipeline):
+        dtype = torch.bfloat16  # their T5 encoder and FLUX.1's transformer overflow in fp16 (black or NaN images)
     try:
         pipe = pipeline_class.from_pretrained(source, dtype=dtype, use_safetensors=True)
     except (OSError, ValueError) as error:

@@ -75,8 +75,9 @@ class CompareSettings:
     steps: int | None = setting(None, Field("int", "steps", "denoising steps", 1, MAX_STEPS, 1, model_default=True))
     guidance: float | None = setting(
         None,
-        Field("float", "guidance scale", "classifier-free guidance scale", 0.0, MAX_GUIDANCE, 0.5, model_default=True),
-    )
+        Field("float", "guidance scale", "classifier-free guidance scale (FLUX.1: true CFG's scale)", 0.0,
+              MAX_GUIDANCE, 0.5, model_default=True),
+    )  # fmt: skip
     scheduler: str | None = setting(
         None,
         Field("choice", "scheduler", "sampler, the same for both runs", choices=SCHEDULER_NAMES, model_default=True),

@@ -245,3 +245,23 @@ def test_compare_command_on_an_sd3_folder(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "does not apply to it" in printed and "steps.gif" in printed
     assert {"without_negative.png", "with_negative.png", "trace.json"} <= {p.name for p in (tmp_path / "out").iterdir()}
+
+
+@pytest.mark.slow  # three FLUX.1 calls
+def test_flux_sweep_equals_each_start_on_its_own(flux_pipe):
+    from negprompt_demo.engine import prepare, sweep_starts
+
+    resolved, _ = prepare(flux_pipe, settings(TRUE_CFG))
+    sweep = sweep_starts(flux_pipe, resolved, (0.0, 0.5))
+    assert sweep.start_steps == [0, 2]
+    for start, image in zip((0.0, 0.5), sweep.with_negative):
+        single = compare(flux_pipe, resolved.replace(negative_start=start), trace=False)
+        assert np.abs(pixels(image) - pixels(single.with_negative)).max() <= 2
+    assert np.abs(pixels(sweep.without_negative) - pixels(single.without_negative)).max() <= 2
+
+
+def test_the_model_note_says_what_the_guidance_scale_is_on_flux(sd3_pipe, flux_pipe):
+    from negprompt_demo.handlers import model_widgets
+
+    assert "ignores a negative prompt unless true CFG is on" in model_widgets(flux_pipe)[0]
+    assert "scheduler setting does not apply" in model_widgets(sd3_pipe)[0]
