@@ -265,3 +265,23 @@ def test_the_model_note_says_what_the_guidance_scale_is_on_flux(sd3_pipe, flux_p
 
     assert "ignores a negative prompt unless true CFG is on" in model_widgets(flux_pipe)[0]
     assert "scheduler setting does not apply" in model_widgets(sd3_pipe)[0]
+
+
+def test_split_calls_refuse_a_third_call_in_one_step():
+    """FLUX.1's hook tells its two calls apart by order; a loop that calls a third time must fail loudly, not
+    silently take the third answer for a negative branch."""
+    from negprompt_demo.guidance import NO_NEGATIVE, BranchHook
+
+    class Denoiser(torch.nn.Module):
+        def forward(self, hidden_states, timestep):
+            return (hidden_states * 2,)
+
+    denoiser, latents = Denoiser(), torch.ones(2, 4, 8)
+    with BranchHook(denoiser, [NO_NEGATIVE, NO_NEGATIVE], [0, 1], capture=True, split_calls=True) as hook:
+        denoiser(hidden_states=latents, timestep=torch.ones(2))  # text branch
+        denoiser(hidden_states=latents, timestep=torch.ones(2))  # negative branch
+        assert hook.captured.text.shape == (2, 4, 8)
+        with pytest.raises(RuntimeError, match="more than twice in one step"):
+            denoiser(hidden_states=latents, timestep=torch.ones(2))
+        hook.step_done()
+        denoiser(hidden_states=latents, timestep=torch.ones(2))  # the next step starts with its text call again
