@@ -22,7 +22,8 @@ from negprompt_demo import handlers
 from negprompt_demo.app_config import MAX_UPLOAD, AppConfig, config_from_args
 from negprompt_demo.handlers import INPUT_NAMES, STEP_OUTPUTS, UI_OUTPUTS
 from negprompt_demo.loading import EMBEDDED, ModelLoadError, load_pipeline, model_defaults, model_label, native_size
-from negprompt_demo.settings import DEFAULTS, FIELDS, MAX_SEED, size_limits
+from negprompt_demo.seeds_view import SEEDS_API_INPUTS, SeedsHandlers, seeds_panel, wire_seeds
+from negprompt_demo.settings import DEFAULTS, FIELDS, GRID_DEFAULTS, GRID_FIELDS, MAX_SEED, size_limits
 from negprompt_demo.tracefile import TraceStore, private_folder
 from negprompt_demo.widgets import CSS, api_widget, field_widget, result_image, step_image
 
@@ -121,6 +122,7 @@ def build_app(config: AppConfig, warm_first_example: bool = False) -> gr.Blocks:
                 shown |= result_panel()
         shown |= step_panel(defaults["steps"])
         sweep = sweep_panel()
+        seeds = seeds_panel()
         with examples_slot:
             examples = examples_section(events, inputs, shown, defaults, config, cache_folder)
         wire_page(demo, config, events, inputs, buttons, shown, model_info)
@@ -132,6 +134,7 @@ def build_app(config: AppConfig, warm_first_example: bool = False) -> gr.Blocks:
             concurrency_id="device",
             concurrency_limit=config.concurrency,
         )
+        wire_seeds(config, events, inputs, seeds)
         api_endpoints(config, events, defaults)
     demo.queue(max_size=config.max_queue, default_concurrency_limit=config.concurrency)
     if warm_first_example:
@@ -331,13 +334,23 @@ def wire_page(demo, config: AppConfig, events, inputs: dict, buttons: dict, show
 
 
 def api_endpoints(config: AppConfig, events, defaults: dict) -> None:
-    """Public `/compare` and `/sweep`: hidden triggers with their own inputs, one per comparison input and named
+    """Public `/compare`, `/sweep` and `/seeds`: hidden triggers with their own inputs, one per input and named
     like it (their bounds don't follow a browser session's model; the server checks every value anyway)."""
     # Left out, the seed is random, the size native (0) and the rest the default model's defaults.
-    values = {**DEFAULTS, **defaults, "model": config.default_model, "seed": -1, "width": 0, "height": 0}
+    values = {
+        **DEFAULTS,
+        **GRID_DEFAULTS,
+        **defaults,
+        "model": config.default_model,
+        "seed": -1,
+        "width": 0,
+        "height": 0,
+    }
+    fields = {**FIELDS, **GRID_FIELDS}
     with gr.Row(visible=False):
         compare_trigger, sweep_trigger = gr.Button("compare (API)"), gr.Button("sweep (API)")
-        api_inputs = {name: api_widget(name, FIELDS.get(name), values[name]) for name in INPUT_NAMES}
+        seeds_trigger = gr.Button("seeds (API)")
+        api_inputs = {name: api_widget(name, fields.get(name), values[name]) for name in SEEDS_API_INPUTS}
         compare_outputs = [
             gr.Image(label="without negative prompt", format="png", type="filepath"),
             gr.Image(label="with negative prompt", format="png", type="filepath"),
@@ -345,13 +358,16 @@ def api_endpoints(config: AppConfig, events, defaults: dict) -> None:
             gr.JSON(label="trace"),
         ]
         sweep_outputs = [gr.Gallery(label="no negative, then each start", format="png"), gr.JSON(label="sweep")]
-    for trigger, function, outputs, name in (
-        (compare_trigger, events.compare_api, compare_outputs, "compare"),
-        (sweep_trigger, events.sweep_api, sweep_outputs, "sweep"),
+        seeds_outputs = [gr.Gallery(label="every image, by column and seed", format="png"), gr.JSON(label="seeds")]
+    comparison_inputs = {name: api_inputs[name] for name in INPUT_NAMES}
+    for trigger, function, outputs, name, inputs in (
+        (compare_trigger, events.compare_api, compare_outputs, "compare", comparison_inputs),
+        (sweep_trigger, events.sweep_api, sweep_outputs, "sweep", comparison_inputs),
+        (seeds_trigger, SeedsHandlers(events).seeds_api, seeds_outputs, "seeds", api_inputs),
     ):
         trigger.click(
             function,
-            inputs_kwargs=api_inputs,
+            inputs_kwargs=inputs,
             outputs=outputs,
             api_name=name,
             concurrency_id="device",

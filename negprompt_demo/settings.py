@@ -23,6 +23,7 @@ MAX_GUIDANCE = 30.0
 MAX_SEED = 2**32 - 1
 MAX_PROMPT_CHARS = 2000
 MAX_STRENGTH = 10.0
+MIN_GRID_SEEDS, MAX_GRID_SEEDS, DEFAULT_GRID_SEEDS = 4, 64, 16
 MAX_ECHO_CHARS = 40  # a message quotes at most this much of a bad value
 
 
@@ -137,6 +138,24 @@ class CompareSettings:
 
 FIELDS: dict[str, Field] = {f.name: f.metadata["field"] for f in dataclasses.fields(CompareSettings)}
 DEFAULTS: dict = {f.name: f.default for f in dataclasses.fields(CompareSettings)}
+
+
+# The many-seeds view's own inputs, beside a comparison's (its `seed` is the first seed).
+GRID_FIELDS: dict[str, Field] = {
+    "seed_count": Field("int", "seeds", "how many seeds, from the seed on", MIN_GRID_SEEDS, MAX_GRID_SEEDS, 1),
+    "phrased": Field(
+        "flag",
+        "third column: the negative phrased in the prompt",
+        'the prompt + " without <negative>" with an empty negative; blank: on when the negative is short',
+    ),
+}
+GRID_DEFAULTS = {"seed_count": DEFAULT_GRID_SEEDS, "phrased": None}
+
+
+def resolve_grid(seed_count, phrased) -> tuple[int, bool | None]:
+    """The many-seeds inputs checked like every other input; `phrased` None means "on when the negative is short"."""
+    count = DEFAULT_GRID_SEEDS if seed_count is None else _parse(seed_count, "seeds", GRID_FIELDS["seed_count"])
+    return count, None if phrased is None else _parse(phrased, "phrased", GRID_FIELDS["phrased"])
 
 
 def size_limits(native: int) -> tuple[int, int]:
