@@ -9,25 +9,19 @@ that the layout does not place by name lands in the "sampling settings" accordio
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
-import os
 import sys
-from pathlib import Path
-from unittest import mock
 
 import gradio as gr
 
 from negprompt_demo import handlers
 from negprompt_demo.app_config import MAX_UPLOAD, AppConfig, config_from_args
+from negprompt_demo.examples import example_cache_folder, examples_section, warm_example
 from negprompt_demo.handlers import INPUT_NAMES, STEP_OUTPUTS, UI_OUTPUTS
-from negprompt_demo.loading import EMBEDDED, ModelLoadError, load_pipeline, model_defaults, model_label, native_size
+from negprompt_demo.loading import EMBEDDED, ModelLoadError, load_pipeline, model_defaults, native_size
 from negprompt_demo.seeds_view import SEEDS_API_INPUTS, SeedsHandlers, seeds_panel, wire_seeds
 from negprompt_demo.settings import DEFAULTS, FIELDS, GRID_DEFAULTS, GRID_FIELDS, MAX_SEED, size_limits
 from negprompt_demo.tracefile import TraceStore, private_folder
 from negprompt_demo.widgets import CSS, api_widget, field_widget, result_image, step_image
-
-EXAMPLES_FILE = Path(__file__).resolve().parents[1] / "examples" / "examples.json"
 
 INTRO = """# What does a negative prompt do?
 One seed, generated twice: once with an **empty** negative prompt, once with **yours**. Everything else is the
@@ -51,44 +45,6 @@ So the negative prompt is the point guidance pushes *away from*. With s ≤ 1 it
   changes the prediction.
 - **curves**: mean guidance of each run, how far the two runs have parted (% of the latent norm), and the cosine
   between the two runs' guidance directions (1 = same direction)."""
-
-
-def example_rows(path: Path, defaults: dict, model: str) -> tuple[list[list], list[str]]:
-    """Example rows in `INPUT_NAMES` order, and their labels. Inputs an example leaves out take the page's
-    defaults (the model's steps, guidance, scheduler and size), so an example shows what the defaults do."""
-    entries = json.loads(path.read_text(encoding="utf-8"))["examples"]
-    page_defaults = {**DEFAULTS, "model": model, "seed": 0, **defaults}
-    rows = [[entry.get(name, page_defaults[name]) for name in INPUT_NAMES] for entry in entries]
-    return rows, [entry.get("label", entry["prompt"]) for entry in entries]
-
-
-def weights_fingerprint(pipe) -> bytes:
-    """What identifies a model's weights cheaply: every tensor's name, shape and first 16 values, for the UNet,
-    the text encoder(s) and the VAE (a retrained or fine-tuned model changes them; reading all of an SDXL's 7 GB
-    at every start would not be cheap)."""
-    digest = hashlib.sha256()
-    for component in ("unet", "text_encoder", "text_encoder_2", "vae"):
-        module = getattr(pipe, component, None)
-        if module is None:
-            continue
-        for name, tensor in module.state_dict().items():
-            head = tensor.detach().flatten()[:16].float().cpu().numpy()
-            digest.update(f"{component}.{name}{tuple(tensor.shape)}".encode() + head.tobytes())
-    return digest.digest()
-
-
-def example_cache_folder(pipe) -> Path:
-    """Where Gradio keeps the lazily cached examples and their step-view traces: one folder per model weights
-    (`weights_fingerprint`), examples file and app code, so a retrained model, edited examples or changed drawing
-    code never show stale results."""
-    digest = hashlib.sha256()
-    digest.update(f"{model_label(pipe)}\n".encode())
-    for source in sorted(Path(__file__).parent.glob("*.py")):  # the code that draws every output
-        digest.update(source.read_bytes())
-    digest.update(weights_fingerprint(pipe))
-    digest.update(EXAMPLES_FILE.read_bytes())
-    base = Path(os.environ.get("GRADIO_EXAMPLES_CACHE", ".gradio/cached_examples"))
-    return base / f"negprompt-{digest.hexdigest()[:16]}"
 
 
 def model_choices(config: AppConfig) -> list[tuple[str, str]]:
@@ -258,9 +214,24 @@ def step_panel(steps: int) -> dict:
                 buttons=["download"],
             )
             shown["reading"] = gr.Markdown(elem_id="reading")
+    gr.Markdown("**What each branch predicts** from the with-negative run's current sample", elem_classes="caption")
+    with gr.Row():
+        for name, caption in BRANCH_CAPTIONS.items():
+            with gr.Column(min_width=120):
+                gr.Markdown(caption, elem_classes="caption")
+                shown[f"branch_{name}"] = step_image(caption, f"branch-{name}")
+    shown["branch_note"] = gr.Markdown(elem_id="branch-note")
     # The shown result's trace id (server-chosen; the step slider reads the trace by it). Not a file path.
     shown["trace_id"] = gr.Textbox(visible=False)
     return shown
+
+
+BRANCH_CAPTIONS = {
+    "prompt": "the prompt alone (conditional)",
+    "empty": "the empty prompt alone (unconditional: could be anything)",
+    "negative": "the negative prompt alone",
+    "guided": "the guided step (what the sampler took)",
+}
 
 
 def sweep_panel() -> dict:
@@ -276,23 +247,6 @@ def sweep_panel() -> dict:
     )
     panel["reading"] = gr.Markdown(elem_id="sweep-reading")
     return panel
-
-
-def examples_section(events, inputs: dict, shown: dict, defaults: dict, config: AppConfig, cache: Path):
-    """The examples under the Compare button, lazily cached on disk in `cache` (see `example_cache_folder`)."""
-    rows, labels = example_rows(EXAMPLES_FILE, defaults, config.default_model)
-    with mock.patch.dict(os.environ, {"GRADIO_EXAMPLES_CACHE": str(cache)}):  # Gradio reads its folder from here
-        return gr.Examples(
-            rows,
-            list(inputs.values()),
-            [shown[name] for name in UI_OUTPUTS],
-            fn=events.compare_example,
-            cache_examples=True,
-            cache_mode="lazy",
-            example_labels=labels,
-            label="examples (click one)",
-            api_visibility="private",
-        )
 
 
 def wire_page(demo, config: AppConfig, events, inputs: dict, buttons: dict, shown: dict, model_info) -> None:
@@ -373,15 +327,6 @@ def api_endpoints(config: AppConfig, events, defaults: dict) -> None:
             concurrency_id="device",
             concurrency_limit=config.concurrency,
         )
-
-
-def warm_example(examples: gr.Examples, index: int) -> None:
-    """Fill Gradio's lazy cache for one example, exactly as a first click would (same lock, same files)."""
-    print(f"Preparing example {index + 1} (computed once per model, then served from the cache)…", flush=True)
-    try:
-        examples.load_from_cache(index)
-    except Exception as error:  # a failing example must not stop the app; clicking it shows the message
-        print(f"warning: could not pre-compute example {index + 1}: {error}", file=sys.stderr)
 
 
 def run(args: argparse.Namespace) -> None:

@@ -49,7 +49,10 @@ log = logging.getLogger(__name__)
 
 # The inputs of a comparison: the model, then every settings field (declared once, in settings.FIELDS).
 INPUT_NAMES = ("model", *FIELDS)
-STEP_OUTPUTS = ("x0_without", "guidance_without", "x0_with", "guidance_with", "push", "legend", "curves", "reading")
+STEP_OUTPUTS = (
+    *("x0_without", "guidance_without", "x0_with", "guidance_with", "push", "legend", "curves", "reading"),
+    *("branch_prompt", "branch_empty", "branch_negative", "branch_guided", "branch_note"),
+)
 UI_OUTPUTS = (
     *("image_without", "image_with", "caption_with", "slider", "difference", "status", "seed_used"),
     *("downloads", "trace_id", "step"),
@@ -112,11 +115,33 @@ def step_outputs(trace: GuidanceTrace, index: int, files: JobFiles, curves: Curv
     updates = {name: files.png(views.get(name), name) for name in ("x0_without", "guidance_without", "x0_with")}
     updates["guidance_with"] = files.png(views["guidance_with"], "guidance_with")
     updates["push"] = files.png(views.get("push"), "push")
+    for branch in ("prompt", "empty", "negative"):
+        updates[f"branch_{branch}"] = files.png(views.get(f"branch_{branch}"), f"branch_{branch}")
+    updates["branch_guided"] = updates["x0_with"] if "branch_prompt" in views else None
+    updates["branch_note"] = branch_note(trace, index, "branch_prompt" in views)
     updates["legend"] = files.png(step_legend(trace), "legend")
     if curves is not None:
         updates["curves"] = files.png(curves.marked(index), "curves")
         updates["reading"] = describe(trace)
     return updates
+
+
+def branch_note(trace: GuidanceTrace, index: int, recorded: bool) -> str:
+    """What the branch row shows at this step, in the article's words."""
+    if not trace.cfg_active:
+        return "Guidance is off (scale ≤ 1): there is only the prompt's prediction, so no branches to compare."
+    if not recorded:
+        return "Tick “record what the empty prompt predicts” to see what each branch predicts at every step."
+    step = trace.steps[index]
+    note = (
+        f"Step {index + 1}, from the with-negative run's current sample: the **prompt** alone (conditional), the "
+        "**empty prompt** alone (unconditional: it still heads for a decent image, but it could be anything), "
+        f"the **negative prompt** alone, and the **guided step** the sampler took = negative + "
+        f"{trace.guidance_scale:g} × (prompt − negative): the negative took the empty prompt's place."
+    )
+    if not step.negative_active:
+        note += " At this step the negative does not act (outside its window): its branch is the empty prompt's."
+    return note
 
 
 def status_text(settings: CompareSettings, model: str, warnings: list[str], note: str) -> str:

@@ -104,8 +104,12 @@ class CompareSettings:
         Field("flag", "Perp-Neg", "remove only the part of the negative's push perpendicular to the prompt's"),
     )
     push_map: bool = setting(
-        False,
-        Field("flag", "record the negative-push map", "one extra UNet item per step: where the negative itself pushes"),
+        True,
+        Field(
+            "flag",
+            "record what the empty prompt predicts",
+            "one extra UNet item per step: the negative-push map and each branch's prediction in the step view",
+        ),
     )
     empty_as_text: bool = setting(
         False,

@@ -60,6 +60,9 @@ def result_image(label: str, elem_id: str) -> gr.Image:
     )
 
 
+RECORDED = ("push", "branch-prompt", "branch-empty", "branch-negative", "branch-guided")  # need the ε_∅ item
+
+
 def step_image(label: str, elem_id: str) -> gr.Image:
     """One picture of the step view; captions are Markdown above it (Gradio's own label covers a small image)."""
     return gr.Image(
@@ -73,5 +76,5 @@ def step_image(label: str, elem_id: str) -> gr.Image:
         height=180,
         min_width=120,
         buttons=["download"],
-        placeholder="tick “record the negative-push map” to see it" if elem_id == "push" else None,
+        placeholder="tick “record what the empty prompt predicts” to see it" if elem_id in RECORDED else None,
     )

@@ -14,10 +14,12 @@ import torch
 from conftest import EMBEDDED_PRESENT
 from PIL import Image
 
-from negprompt_demo import app, handlers
-from negprompt_demo.app import EXAMPLES_FILE, build_app, example_cache_folder, example_rows
+from negprompt_demo import examples as example_module
+from negprompt_demo import handlers
+from negprompt_demo.app import build_app
 from negprompt_demo.app_config import AppConfig, config_from_args
 from negprompt_demo.engine import compare
+from negprompt_demo.examples import EXAMPLES_FILE, example_cache_folder, example_rows
 from negprompt_demo.handlers import INPUT_NAMES, STEP_OUTPUTS, UI_OUTPUTS
 from negprompt_demo.launch import build_parser
 from negprompt_demo.loading import load_pipeline, pipeline_lock
@@ -249,14 +251,15 @@ def test_examples_file_starts_with_the_articles_case():
     assert len(rows) == len(labels) >= 4 and all(row[INPUT_NAMES.index("model")] == "embedded" for row in rows)
 
 
-def test_only_compare_and_sweep_are_public_api(config):
+def test_only_compare_sweep_and_seeds_are_public_api(config):
     demo = build_app(config)
     api = demo.get_api_info()
-    assert set(api["named_endpoints"]) == {"/compare", "/sweep"}
+    assert set(api["named_endpoints"]) == {"/compare", "/sweep", "/seeds"}
     assert not api.get("unnamed_endpoints")
-    for endpoint in ("/compare", "/sweep"):  # named like the settings fields, declared once
+    for endpoint in ("/compare", "/sweep", "/seeds"):  # named like the settings fields, declared once
         parameters = [parameter["parameter_name"] for parameter in api["named_endpoints"][endpoint]["parameters"]]
-        assert parameters == list(INPUT_NAMES)
+        extra = ["seed_count", "phrased"] if endpoint == "/seeds" else []
+        assert parameters == [*INPUT_NAMES, *extra]
 
 
 def test_sweep_shows_each_start_with_a_reading(events, tiny_sd_folder):
@@ -316,7 +319,7 @@ def test_example_cache_folder_follows_the_weights_and_the_examples_file(sd_pipe,
     monkeypatch.setenv("GRADIO_EXAMPLES_CACHE", str(tmp_path / "cache"))
     examples = tmp_path / "examples.json"
     examples.write_bytes(EXAMPLES_FILE.read_bytes())
-    monkeypatch.setattr(app, "EXAMPLES_FILE", examples)
+    monkeypatch.setattr(example_module, "EXAMPLES_FILE", examples)
     pipe = copy.deepcopy(sd_pipe)
     original = example_cache_folder(pipe)
     assert original.parent == tmp_path / "cache"

@@ -136,7 +136,8 @@ def test_on_step_streams_every_step_with_its_record(sd_pipe):
         on_step=lambda done, total, record: updates.append((done, total, record.index, record.x0_latents.shape)),
     )
     assert [update[:3] for update in updates] == [(i, STEPS, i - 1) for i in range(1, STEPS + 1)]
-    assert all(shape == (2, 4, 16, 16) for *_, shape in updates)
+    # both runs' x0, then what the with-run's prompt, empty and negative branches predict (push map, on by default)
+    assert all(shape == (5, 4, 16, 16) for *_, shape in updates)
 
 
 def test_concurrent_compares_do_not_mix(sd_pipe):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from conftest import EMBEDDED_PRESENT
 from PIL import Image
-from test_app import Session, collect, make
+from test_app import collect, make
 
 from negprompt_demo.app_config import AppConfig
 from negprompt_demo.attributes import Rate, difference_interval, grid_reading

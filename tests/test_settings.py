@@ -90,7 +90,7 @@ def test_blank_fields_take_the_models_defaults():
     )
     assert (resolved.steps, resolved.guidance, resolved.scheduler) == (12, 3.0, "DDIM")
     assert resolve(steps=7, guidance=0).steps == 7 and resolve(guidance=0).guidance == 0  # 0 is a value here
-    assert resolve(push_map=True).push_map is True and resolve().push_map is False
+    assert resolve(push_map=False).push_map is False and resolve().push_map is True
 
 
 def test_every_input_is_declared_once_with_label_and_help():
