@@ -24,7 +24,7 @@ from negprompt_demo.handlers import INPUT_NAMES, STEP_OUTPUTS, UI_OUTPUTS
 from negprompt_demo.loading import EMBEDDED, ModelLoadError, load_pipeline, model_defaults, model_label, native_size
 from negprompt_demo.settings import DEFAULTS, FIELDS, MAX_SEED, size_limits
 from negprompt_demo.tracefile import TraceStore, private_folder
-from negprompt_demo.widgets import CSS, api_widget, field_widget, result_image, step_image
+from negprompt_demo.widgets import CSS, api_widget, embedding_upload, field_widget, result_image, step_image
 
 EXAMPLES_FILE = Path(__file__).resolve().parents[1] / "examples" / "examples.json"
 
@@ -56,7 +56,7 @@ def example_rows(path: Path, defaults: dict, model: str) -> tuple[list[list], li
     """Example rows in `INPUT_NAMES` order, and their labels. Inputs an example leaves out take the page's
     defaults (the model's steps, guidance, scheduler and size), so an example shows what the defaults do."""
     entries = json.loads(path.read_text(encoding="utf-8"))["examples"]
-    page_defaults = {**DEFAULTS, "model": model, "seed": 0, **defaults}
+    page_defaults = {**DEFAULTS, "model": model, "seed": 0, "negative_embedding": None, **defaults}
     rows = [[entry.get(name, page_defaults[name]) for name in INPUT_NAMES] for entry in entries]
     return rows, [entry.get("label", entry["prompt"]) for entry in entries]
 
@@ -144,6 +144,8 @@ def input_panel(config: AppConfig, defaults: dict, native: int) -> tuple[dict, d
     inputs: dict[str, gr.components.Component] = {}
     inputs["prompt"] = field_widget("prompt", FIELDS["prompt"], "")
     inputs["negative"] = field_widget("negative", FIELDS["negative"], "")
+    # A file from a visitor only where the model list is not locked (`AppConfig.check_embedding`).
+    inputs["negative_embedding"] = embedding_upload(FIELDS["negative_embedding"], visible=not config.lock_models)
     with gr.Row():
         buttons = {
             "compare": gr.Button("Compare", variant="primary", elem_id="compare-button"),
@@ -179,7 +181,8 @@ def result_panel() -> dict:
     shown = {
         "status": gr.Markdown(
             "Write a prompt and a negative prompt and press **Compare**, or click an example.", elem_id="status"
-        )
+        ),
+        "negative_reading": gr.Markdown(elem_id="negative-reading"),  # tokens, chunks and weights of the negative
     }
     with gr.Row():
         with gr.Column(min_width=200):
