@@ -16,8 +16,8 @@ How a text is read, as AUTOMATIC1111's web UI reads it (`prompt_syntax.py` parse
   within 20 tokens after a comma breaks after the comma instead; BREAK starts a new chunk); each chunk is encoded
   on its own with its start and end tokens and padding, as diffusers encodes one prompt, and the chunks are
   concatenated (77 positions each). Weights multiply each token's output vector, after which the chunk's mean is
-  restored (A1111's "Original" emphasis). For SDXL this happens in each text encoder, and the pooled embedding is
-  the first chunk's.
+  restored (A1111's "Original" emphasis; without the restore where the mean is ~0, see MIN_MEAN_SHARE). For SDXL
+  this happens in each text encoder, and the pooled embedding is the first chunk's.
 - Every row of a batch then has the same number of chunks: shorter ones are padded with the encoded "" chunk
   (all-zero chunks for SDXL's zero baseline), as A1111 pads a prompt and negative prompt of different lengths.
 """
@@ -33,6 +33,13 @@ from negprompt_demo.loading import model_family
 from negprompt_demo.prompt_syntax import Fragment, has_syntax, parse_weights
 
 COMMA_BACKTRACK = 20  # A1111's default "comma padding backtrack"
+# Restoring the chunk's mean after weighting divides by the weighted mean. Where an encoder's output has a mean near
+# zero (a final LayerNorm without bias, as in the tiny test models: ~1e-9), that factor is rounding noise and can
+# scale the whole chunk wildly or flip its sign. So the restore applies only where the mean is at least
+# MIN_MEAN_SHARE of the mean magnitude and the factor is within MAX_MEAN_RESTORE; elsewhere the weights apply
+# alone (A1111's "No norm" emphasis). The embedded model's share is 0.35 %, with factors near 0.99.
+MIN_MEAN_SHARE = 1e-3
+MAX_MEAN_RESTORE = 2.0
 PLACEHOLDER_ID = 0  # the id in an embedding vector's place before its vector replaces it (A1111 uses 0 too)
 
 
@@ -265,10 +272,20 @@ def _encode_chunk(tokenizer, encoder, chunk: Chunk, vectors, sdxl: bool, device)
             output = encoder(input_ids, attention_mask=mask)
             hidden = output[0]
     if not torch.all(weights == 1):
-        original_mean = hidden.float().mean()
-        weighted = hidden.float() * weights[None, :, None]
-        hidden = (weighted * (original_mean / weighted.mean())).to(hidden.dtype)
+        hidden = _emphasis(hidden, weights).to(hidden.dtype)
     return hidden, output[0]
+
+
+def _emphasis(hidden: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """A1111's "Original" emphasis: every token's vector times its weight, then the chunk's mean restored (see
+    MIN_MEAN_SHARE for where the restore is left out)."""
+    original = hidden.float()
+    weighted = original * weights[None, :, None]
+    mean = original.mean()
+    restore = mean / weighted.mean()
+    if mean.abs() >= MIN_MEAN_SHARE * original.abs().mean() and 1 / MAX_MEAN_RESTORE <= restore <= MAX_MEAN_RESTORE:
+        weighted = weighted * restore
+    return weighted
 
 
 def pad_to(hidden: torch.Tensor, length: int, pad_chunk: torch.Tensor) -> torch.Tensor:
