@@ -12,7 +12,7 @@ How the vectors reach the text encoder: `prompts.py` reads the trigger into plac
 added to the shared tokenizer or text encoder, so an embedding cannot outlive its request or reach another user's
 run; it is also how A1111 inserts embeddings, and it avoids diffusers' `load_textual_inversion`, whose expansion of
 a multi-vector trigger misses a mixed-case name ("EasyNegative") with transformers 5's CLIP tokenizer and so
-silently uses only the first vector.
+silently uses only the first vector, and whose `unload_textual_inversion` rebuilds the tokenizer without its decoder.
 """
 
 from __future__ import annotations
