@@ -21,7 +21,7 @@ from negprompt_demo.loading import EMBEDDED, ModelLoadError, load_pipeline, mode
 from negprompt_demo.seeds_view import SEEDS_API_INPUTS, SeedsHandlers, seeds_panel, wire_seeds
 from negprompt_demo.settings import DEFAULTS, FIELDS, GRID_DEFAULTS, GRID_FIELDS, MAX_SEED, size_limits
 from negprompt_demo.tracefile import TraceStore, private_folder
-from negprompt_demo.widgets import CSS, api_widget, field_widget, result_image, step_image
+from negprompt_demo.widgets import CSS, api_widget, embedding_upload, field_widget, result_image, step_image
 
 INTRO = """# What does a negative prompt do?
 One seed, generated twice: once with an **empty** negative prompt, once with **yours**. Everything else is the
@@ -103,6 +103,8 @@ def input_panel(config: AppConfig, defaults: dict, native: int) -> tuple[dict, d
     inputs: dict[str, gr.components.Component] = {}
     inputs["prompt"] = field_widget("prompt", FIELDS["prompt"], "")
     inputs["negative"] = field_widget("negative", FIELDS["negative"], "")
+    # A file from a visitor only where the model list is not locked (`AppConfig.check_embedding`).
+    inputs["negative_embedding"] = embedding_upload(FIELDS["negative_embedding"], visible=not config.lock_models)
     with gr.Row():
         buttons = {
             "compare": gr.Button("Compare", variant="primary", elem_id="compare-button"),
@@ -138,7 +140,8 @@ def result_panel() -> dict:
     shown = {
         "status": gr.Markdown(
             "Write a prompt and a negative prompt and press **Compare**, or click an example.", elem_id="status"
-        )
+        ),
+        "negative_reading": gr.Markdown(elem_id="negative-reading"),  # tokens, chunks and weights of the negative
     }
     with gr.Row():
         with gr.Column(min_width=200):

@@ -16,7 +16,7 @@ from negprompt_demo.settings import FIELDS, Field
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
-FLAG_TYPES = {"text": str, "int": int, "float": float, "choice": str}
+FLAG_TYPES = {"text": str, "int": int, "float": float, "choice": str, "file": str}
 
 
 def add_field_flag(parser: argparse.ArgumentParser, name: str, field: Field) -> None:

@@ -31,6 +31,7 @@ from diffusers import (
 )
 from PIL import Image
 
+from negprompt_demo.embeddings import read_embedding
 from negprompt_demo.guidance import NO_NEGATIVE, BranchHook, NegativePlan, window_steps
 from negprompt_demo.loading import (
     base_scheduler_config,
@@ -39,7 +40,7 @@ from negprompt_demo.loading import (
     native_size,
     pipeline_lock,
 )
-from negprompt_demo.prompts import RunText, encode_runs
+from negprompt_demo.prompts import PromptReading, RunText, chunk_message, encode_runs, read_prompt
 from negprompt_demo.settings import SCHEDULER_NAMES, CompareSettings, resolve_settings
 from negprompt_demo.trace import GuidanceTrace, GuidanceTracer, StepRecord
 
@@ -66,6 +67,7 @@ class Comparison:
     trace: GuidanceTrace | None
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    negative_reading: PromptReading | None = None  # how the negative prompt was read (tokens, chunks, weights)
 
 
 # Both runs always use the same scheduler; settings.SCHEDULER_NAMES are the names users pick from.
@@ -108,25 +110,25 @@ def _prepare_unlocked(pipe, settings: CompareSettings) -> tuple[CompareSettings,
             )
         elif resolved.negative_strength == 0:
             warnings.append("Negative strength 0 turns the negative prompt off: both images are the same.")
-    warnings += truncation_warnings(pipe, resolved.prompt, "prompt")
-    warnings += truncation_warnings(pipe, resolved.negative, "negative prompt")
+    embedding = read_embedding(pipe, resolved.negative_embedding)
+    if embedding is not None:
+        resolved = resolved.replace(negative_embedding=str(embedding.path))  # a Hub file: its downloaded copy
+        if not embedding.trigger().search(resolved.negative):
+            warnings.append(
+                f"The negative embedding's trigger word {embedding.name} is not in the negative prompt, so the "
+                f"embedding is not used: write {embedding.name} in the negative prompt (A1111's rule)."
+            )
+    for text, field_name in ((resolved.prompt, "prompt"), (resolved.negative, "negative prompt")):
+        message = chunk_message(read_prompt(pipe, text, embedding), field_name)
+        warnings += [message] if message else []
     return resolved, warnings
 
 
-def truncation_warnings(pipe, text: str, field_name: str) -> list[str]:
-    """CLIP reads 77 tokens (75 words-pieces plus start/end); say exactly which words it never sees."""
-    tokenizer = pipe.tokenizer if pipe.tokenizer is not None else pipe.tokenizer_2
-    if not text or tokenizer is None:
-        return []
-    ids = tokenizer(text, truncation=False, add_special_tokens=True).input_ids
-    limit = tokenizer.model_max_length
-    if len(ids) <= limit:
-        return []
-    cut = tokenizer.decode(ids[limit - 1 : -1]).strip()
-    return [
-        f"The {field_name} is {len(ids) - 2} tokens long but the text encoder reads only {limit - 2}; "
-        f'these words were cut: "{cut}"'
-    ]
+def negative_reading(pipe, resolved: CompareSettings) -> PromptReading | None:
+    """How the negative prompt is read: tokens by chunk, weights, the embedding's places (None when empty)."""
+    if not resolved.negative:
+        return None
+    return read_prompt(pipe, resolved.negative, read_embedding(pipe, resolved.negative_embedding))
 
 
 def compare(
@@ -162,6 +164,7 @@ def run_paired(
         tracer = GuidanceTracer(pipe, resolved.guidance, cfg_active, resolved.push_map) if trace else None
         runs = paired_runs(resolved, [negative_plan(resolved)])
         images, nsfw = sample_runs(pipe, resolved, [resolved.seed], runs, tracer, on_step, stop)
+        reading = negative_reading(pipe, resolved)
     warnings = [
         f"The model's safety checker blanked the image {run} the negative prompt."
         for run, flagged in zip(("without", "with"), nsfw)
@@ -175,6 +178,7 @@ def run_paired(
         trace=None if tracer is None else tracer.trace,
         warnings=warnings,
         seconds=time.perf_counter() - started,
+        negative_reading=reading,
     )
 
 
@@ -268,7 +272,8 @@ def sample_runs(pipe, settings: CompareSettings, seeds: list[int], runs: list[Ru
     scheduler_class, scheduler_kwargs = SCHEDULERS[settings.scheduler]
     pipe.scheduler = scheduler_class.from_config(base_scheduler_config(pipe), **scheduler_kwargs)
     cfg_active = settings.guidance > 1 and pipe.unet.config.time_cond_proj_dim is None
-    embeddings = encode_runs(pipe, [run.text for run in runs], len(seeds), cfg_active)
+    embedding = read_embedding(pipe, settings.negative_embedding)
+    embeddings = encode_runs(pipe, [run.text for run in runs], len(seeds), cfg_active, embedding)
     generators = [torch.Generator(device="cpu").manual_seed(seed) for seed in seeds for _ in runs]
     plans = [NO_NEGATIVE if run.plan is None else run.plan for run in runs] * len(seeds)
     first_of_seed = [item // len(runs) * len(runs) for item in range(len(plans))]

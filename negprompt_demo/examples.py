@@ -24,7 +24,7 @@ def example_rows(path: Path, defaults: dict, model: str) -> tuple[list[list], li
     """Example rows in `INPUT_NAMES` order, and their labels. Inputs an example leaves out take the page's
     defaults (the model's steps, guidance, scheduler and size), so an example shows what the defaults do."""
     entries = json.loads(path.read_text(encoding="utf-8"))["examples"]
-    page_defaults = {**DEFAULTS, "model": model, "seed": 0, **defaults}
+    page_defaults = {**DEFAULTS, "model": model, "seed": 0, "negative_embedding": None, **defaults}
     rows = [[entry.get(name, page_defaults[name]) for name in INPUT_NAMES] for entry in entries]
     return rows, [entry.get("label", entry["prompt"]) for entry in entries]
 

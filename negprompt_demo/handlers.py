@@ -54,7 +54,7 @@ STEP_OUTPUTS = (
     *("branch_prompt", "branch_empty", "branch_negative", "branch_guided", "branch_note"),
 )
 UI_OUTPUTS = (
-    *("image_without", "image_with", "caption_with", "slider", "difference", "status", "seed_used"),
+    *("image_without", "image_with", "caption_with", "slider", "difference", "status", "negative_reading", "seed_used"),
     *("downloads", "trace_id", "step"),
     *STEP_OUTPUTS,
 )
@@ -153,6 +153,11 @@ def status_text(settings: CompareSettings, model: str, warnings: list[str], note
     return "\n\n".join(lines)
 
 
+def reading_text(reading) -> str:
+    """How the negative prompt was read (`prompts.PromptReading`), under the status line."""
+    return "" if reading is None else f"**How the negative prompt was read:** {reading.markdown()}"
+
+
 def caption_for(negative: str) -> str:
     return f"**{html.escape(run_labels(negative)[1], quote=False)}**"
 
@@ -183,6 +188,7 @@ class Handlers:
 
     def unpack(self, values: dict) -> tuple[str, CompareSettings]:
         model = self.config.check_model(values.pop("model", None))
+        self.config.check_embedding(values.get("negative_embedding"))
         return model, CompareSettings(**values)
 
     def final_outputs(self, comparison, kind: str = "run", owner: str | None = None) -> dict:
@@ -203,6 +209,7 @@ class Handlers:
             "slider": (without_png, with_png),
             "difference": files.png(difference, "difference"),
             "status": status_text(settings, comparison.model, comparison.warnings, note),
+            "negative_reading": reading_text(comparison.negative_reading),
             "seed_used": settings.seed,
             "downloads": [str(written[name]) for name in ("side_by_side", "steps_gif", "trace") if name in written]
             + [without_png, with_png],
@@ -225,6 +232,7 @@ class Handlers:
                     yield ordered(
                         {
                             "status": status_text(settings, event.model, event.warnings, "Sampling both runs…"),
+                            "negative_reading": "",  # the last result's, until this run's is known
                             "seed_used": settings.seed,
                             "caption_with": caption_for(settings.negative),
                             "trace_id": "",  # the scrubber rests until this run's trace exists

@@ -15,6 +15,7 @@ import math
 import random
 import unicodedata
 from dataclasses import dataclass
+from pathlib import PurePath
 
 # The short list of samplers users know by their A1111 names (the engine maps them to diffusers schedulers).
 SCHEDULER_NAMES = ("Euler", "Euler a", "DPM++ 2M Karras", "DDIM", "UniPC")
@@ -25,6 +26,7 @@ MAX_PROMPT_CHARS = 2000
 MAX_STRENGTH = 10.0
 MIN_GRID_SEEDS, MAX_GRID_SEEDS, DEFAULT_GRID_SEEDS = 4, 64, 16
 MAX_ECHO_CHARS = 40  # a message quotes at most this much of a bad value
+MAX_PATH_CHARS = 1024
 
 
 class InputError(ValueError):
@@ -35,7 +37,7 @@ class InputError(ValueError):
 class Field:
     """How one input is typed, bounded and explained; page, API, CLI and examples are built from it."""
 
-    kind: str  # "text", "int", "float", "choice" or "flag"
+    kind: str  # "text", "int", "float", "choice", "flag" or "file" (a path, or a file on the Hub)
     label: str
     help: str
     minimum: float | None = None
@@ -116,6 +118,12 @@ class CompareSettings:
         Field("flag", 'baseline: encode ""', 'SDXL: the run without a negative uses the encoded "" (as A1111 and '
               "ComfyUI do), not diffusers' zero embeddings; the same on other models"),
     )  # fmt: skip
+    negative_embedding: str = setting(
+        "",
+        Field("file", "negative embedding", "a textual-inversion .safetensors file (EasyNegative, badhandv4…) or "
+              "owner/name/file.safetensors on the Hub; its file name is the trigger word to write in the negative "
+              "prompt"),
+    )  # fmt: skip
 
     def replace(self, **changes) -> CompareSettings:
         return dataclasses.replace(self, **changes)
@@ -133,11 +141,17 @@ class CompareSettings:
             negative = f"[{negative}::{self.negative_end:g}]"
         extra = "" if self.negative_strength == 1 else f", Negative strength: {self.negative_strength:g}"
         extra += ", Perp-Neg: True" if self.perp_neg else ""
+        extra += f", Negative embedding: {embedding_name(self.negative_embedding)}" if self.negative_embedding else ""
         return (
             f"{self.prompt}\nNegative prompt: {negative}\n"
             f"Steps: {self.steps}, Sampler: {self.scheduler}, CFG scale: {self.guidance:g}, Seed: {self.seed}, "
             f"Size: {self.width}x{self.height}{extra}, Model: {model}"
         )
+
+
+def embedding_name(path: str) -> str:
+    """An embedding's trigger word: its file name without the extension, as A1111 names embeddings."""
+    return PurePath(path).stem
 
 
 FIELDS: dict[str, Field] = {f.name: f.metadata["field"] for f in dataclasses.fields(CompareSettings)}
@@ -206,6 +220,8 @@ def _parse(value, name: str, field: Field):
     """One value by its declared kind and range."""
     if field.kind == "text":
         return _clean_text(value, field.label, int(field.maximum or MAX_PROMPT_CHARS))
+    if field.kind == "file":
+        return _clean_path(value, field.label)
     if field.kind == "flag":
         if not isinstance(value, bool):
             raise InputError(f"{name} must be true or false, got {_echo(value)}.")
@@ -243,6 +259,20 @@ def _clean_text(text, field: str, limit: int) -> str:
     # Control characters (NUL, escape sequences) mean nothing to a text encoder; newlines become spaces.
     kept = "".join(" " if ch in "\n\r\t" else ch for ch in text if unicodedata.category(ch) != "Cc" or ch in "\n\r\t")
     return " ".join(kept.split())
+
+
+def _clean_path(path, field: str) -> str:
+    """A file name as given (spaces kept), without the characters no file name of a user's has."""
+    if path is None:
+        return ""
+    if not isinstance(path, str):
+        raise InputError(f"The {field} must be a file name (text), got {type(path).__name__}.")
+    path = path.strip()
+    if len(path) > MAX_PATH_CHARS:
+        raise InputError(f"The {field} is {len(path)} characters long; the limit is {MAX_PATH_CHARS}.")
+    if any(unicodedata.category(ch) in ("Cc", "Cs") for ch in path):
+        raise InputError(f"The {field} {_echo(path)} contains a control character.")
+    return path
 
 
 def _as_int(value, field: str) -> int:

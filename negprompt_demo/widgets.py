@@ -28,6 +28,8 @@ def field_widget(name: str, field: Field, value, bounds: tuple | None = None) ->
         return gr.Dropdown(list(field.choices), value=value, label=field.label)
     if field.kind == "flag":
         return gr.Checkbox(value=bool(value), label=f"{field.label} ({field.help})")
+    if field.kind == "file":
+        return embedding_upload(field, visible=True)
     if low is not None and high is not None and name != "seed":
         return gr.Slider(low, high, value=value, step=field.step, label=field.label, elem_id=name)
     return gr.Number(label=field.label, value=value, precision=0 if field.kind == "int" else None)
@@ -36,13 +38,27 @@ def field_widget(name: str, field: Field, value, bounds: tuple | None = None) ->
 def api_widget(name: str, field: Field | None, default) -> gr.components.Component:
     """The public API's input for one field: plain types and no bounds (the server checks every value); `default`
     is what an API call that leaves the input out gets (the default model's value)."""
-    if field is None or field.kind == "text":  # the model, prompts
+    if field is None or field.kind in ("text", "file"):  # the model, prompts, a file's path or Hub name
         return gr.Textbox(label=name, value=default)
     if field.kind == "choice":
         return gr.Dropdown(list(field.choices), value=default, label=name, info=field.help)
     if field.kind == "flag":
         return gr.Checkbox(label=name, value=default, info=field.help)
     return gr.Number(label=name, value=default, info=field.help)
+
+
+def embedding_upload(field: Field, visible: bool) -> gr.File:
+    """The negative embedding's upload: a .safetensors file (Gradio keeps it in its cache and hands over the path,
+    its original file name kept, which is the trigger word). Hidden where the deployment takes none."""
+    return gr.File(
+        label=f"{field.label} (optional; its file name is the trigger word)",
+        file_types=[".safetensors"],
+        type="filepath",
+        file_count="single",
+        visible=visible,
+        height=90,
+        elem_id="negative-embedding",
+    )
 
 
 def result_image(label: str, elem_id: str) -> gr.Image:

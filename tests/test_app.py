@@ -311,7 +311,46 @@ def test_warnings_are_shown_in_the_status(events, tiny_sd_folder):
     changes = {"guidance": 1, "steps": 1, "prompt": long_prompt}
     updates = [named(values) for values in collect(events.compare_ui(Session(), **inputs(tiny_sd_folder, **changes)))]
     for status in (updates[0]["status"], updates[-1]["status"]):
-        assert "⚠️ Guidance scale 1 ≤ 1" in status and "these words were cut" in status
+        assert "⚠️ Guidance scale 1 ≤ 1" in status and "The prompt is 84 tokens: read in 2 chunks of 75" in status
+
+
+def embedding_upload(demo: gr.Blocks) -> gr.File:
+    (upload,) = [block for block in demo.blocks.values() if getattr(block, "elem_id", None) == "negative-embedding"]
+    return upload
+
+
+def test_negative_embedding_on_the_page_and_how_the_negative_was_read(events, config, tiny_sd_folder, tmp_path):
+    from safetensors.torch import save_file
+
+    path = tmp_path / "badhand.safetensors"
+    save_file({"emb_params": torch.randn(2, 32)}, str(path))
+    upload = embedding_upload(build_app(config))
+    assert upload.visible and upload.file_types == [".safetensors"]
+    changes = {"negative": "(badhand:1.2), blue", "negative_embedding": str(path), "steps": 2}
+    updates = [named(values) for values in collect(events.compare_ui(Session(), **inputs(tiny_sd_folder, **changes)))]
+    assert updates[0]["negative_reading"] == ""  # the last result's reading goes while this one runs
+    reading = updates[-1]["negative_reading"]
+    assert reading.startswith("**How the negative prompt was read:** read A1111-style: 7 tokens in 1 chunk of 75")
+    assert "**(`⟨badhand: 2 vectors⟩` ×1.2)**" in reading
+    plain = [named(values) for values in collect(events.compare_ui(Session(), **inputs(tiny_sd_folder, steps=1)))]
+    assert "read as plain text: 4 tokens, no weights" in plain[-1]["negative_reading"]
+
+
+def test_locked_deployment_takes_no_embedding(tiny_sd_folder, tmp_path_factory):
+    """A shared instance never opens a file a client names: no upload on the page, and the API refuses a path."""
+    locked = AppConfig(default_model=str(tiny_sd_folder), models=[], lock_models=True)
+    assert not embedding_upload(build_app(locked)).visible
+    events = make(locked, tmp_path_factory)
+    with pytest.raises(gr.Error, match="does not take negative embeddings"):
+        asyncio.run(events.compare_api(**inputs(tiny_sd_folder, negative_embedding="/etc/passwd.safetensors")))
+    (only,) = [
+        named(values)
+        for values in collect(
+            events.compare_ui(Session(), **inputs(tiny_sd_folder, negative_embedding="x.safetensors"))
+        )
+    ]
+    assert "does not take negative embeddings" in only["status"]
+    assert asyncio.run(events.compare_api(**inputs(tiny_sd_folder, steps=1, negative_embedding="")))[2] == 7
 
 
 def test_example_cache_folder_follows_the_weights_and_the_examples_file(sd_pipe, tmp_path, monkeypatch):

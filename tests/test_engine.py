@@ -101,14 +101,16 @@ def test_empty_negative_warns(sd_pipe):
     assert np.array_equal(pixels(result.with_negative), pixels(result.without_negative))
 
 
-def test_truncated_words_are_named(sd_pipe):
-    # the tiny tokenizer is character-level: 77 tokens = start + 75 characters + end
+def test_long_prompts_are_read_in_chunks_not_cut(sd_pipe):
+    # the tiny tokenizer is character-level: 75 characters fill one chunk
     prompt = "a" * 75 + "zebra"
     result = compare(sd_pipe, CompareSettings(prompt, "x" * 74 + "yq", seed=SEED, steps=2), trace=False)
-    cut = [warning for warning in result.warnings if "were cut" in warning]
-    assert len(cut) == 2
-    assert "zebra" in cut[0].replace(" ", "") and cut[0].startswith("The prompt")
-    assert "q" in cut[1] and cut[1].startswith("The negative prompt")
+    notes = [warning for warning in result.warnings if "chunks of 75" in warning]
+    assert notes == [
+        "The prompt is 80 tokens: read in 2 chunks of 75 (A1111 style), none cut.",
+        "The negative prompt is 76 tokens: read in 2 chunks of 75 (A1111 style), none cut.",
+    ]
+    assert not any("cut:" in warning for warning in result.warnings)
 
 
 def test_stop_flag_ends_between_steps_and_pipeline_stays_usable(sd_pipe):
