@@ -79,7 +79,7 @@ def step_image(label: str, elem_id: str) -> gr.Image:
 
 # A link's query (`links.link_query`) is relative; the browser completes it from the page's own address, which is
 # the right one behind a share link and inside a Space's iframe.
-ABSOLUTE_LINK_JS = "(query) => query ? new URL(query, window.location.href).href : ''"
+ABSOLUTE_LINK_JS = "(query) => [query ? new URL(query, window.location.href).href : '', '']"  # and clear the note
 COPY_LINK_JS = """async (query) => {
   if (!query) return "Run a comparison first: the link is made when it is done.";
   try {
@@ -99,7 +99,7 @@ def link_row() -> dict:
             "link_url": gr.Textbox(
                 label="link to this comparison (reopens the page with the same inputs and runs it)",
                 placeholder="made when a comparison is done",
-                interactive=False,
+                interactive=True,  # a disabled box's text cannot be selected, to copy by hand
                 elem_id="link",
                 scale=4,
             ),
@@ -108,6 +108,6 @@ def link_row() -> dict:
     row["link_note"] = gr.Markdown(elem_id="link-note")
     for name in ("link", "link_run", "link_example"):
         row[name] = gr.Textbox(visible="hidden", elem_id=name.replace("_", "-"))
-    row["link"].change(None, row["link"], row["link_url"], js=ABSOLUTE_LINK_JS)  # in the browser only
+    row["link"].change(None, row["link"], [row["link_url"], row["link_note"]], js=ABSOLUTE_LINK_JS)  # browser only
     row["copy_link"].click(None, row["link"], row["link_note"], js=COPY_LINK_JS)
     return row

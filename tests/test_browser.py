@@ -194,6 +194,10 @@ def test_a_link_fills_the_inputs_runs_and_gives_its_own_link(app_server):
             page.click("#copy-link")
             page.wait_for_function("document.querySelector('#link-note').innerText.includes('copied')")
             assert page.evaluate("navigator.clipboard.readText()") == link
+            page.evaluate("() => { navigator.clipboard.writeText = async () => { throw new Error('blocked'); }; }")
+            page.click("#copy-link")
+            page.wait_for_function("document.querySelector('#link-note').innerText.includes('select the link')")
+            assert not page.eval_on_selector("#link textarea", "e => e.disabled")  # selectable, to copy by hand
 
             page.goto(url + "?prompt=a+cat&steps=999&scheduler=%3Cscript%3Ealert(1)%3C%2Fscript%3E")
             page.wait_for_selector("#status")
