@@ -146,7 +146,7 @@ def live_trace(records: list, guidance: float) -> GuidanceTrace:
 class Handlers:
     """The page's event functions, bound to one app's config (its model policy), trace store and output folder:
     compare_ui (the Compare button), compare_example (Gradio's example cache), compare_api (public /compare),
-    model_selected (the model selector) and show_step (the step slider)."""
+    open_link (page load: a link's inputs), model_selected (the model selector) and show_step (the step slider)."""
 
     def __init__(self, config: AppConfig, traces: TraceStore, output_root: Path):
         self.config, self.traces, self.output_root = config, traces, output_root
