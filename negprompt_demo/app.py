@@ -16,12 +16,12 @@ import gradio as gr
 from negprompt_demo import handlers
 from negprompt_demo.app_config import MAX_UPLOAD, AppConfig, config_from_args
 from negprompt_demo.examples import example_cache_folder, examples_section, warm_example
-from negprompt_demo.handlers import INPUT_NAMES, STEP_OUTPUTS, UI_OUTPUTS
+from negprompt_demo.handlers import INPUT_NAMES, LINK_OUTPUTS, STEP_OUTPUTS, UI_OUTPUTS
 from negprompt_demo.loading import EMBEDDED, ModelLoadError, load_pipeline, model_defaults, native_size
 from negprompt_demo.seeds_view import SEEDS_API_INPUTS, SeedsHandlers, seeds_panel, wire_seeds
 from negprompt_demo.settings import DEFAULTS, FIELDS, GRID_DEFAULTS, GRID_FIELDS, MAX_SEED, size_limits
 from negprompt_demo.tracefile import TraceStore, private_folder
-from negprompt_demo.widgets import CSS, api_widget, embedding_upload, field_widget, result_image, step_image
+from negprompt_demo.widgets import CSS, api_widget, embedding_upload, field_widget, link_row, result_image, step_image
 
 INTRO = """# What does a negative prompt do?
 One seed, generated twice: once with an **empty** negative prompt, once with **yours**. Everything else is the
@@ -82,6 +82,7 @@ def build_app(config: AppConfig, warm_first_example: bool = False) -> gr.Blocks:
         with examples_slot:
             examples = examples_section(events, inputs, shown, defaults, config, cache_folder)
         wire_page(demo, config, events, inputs, buttons, shown, model_info)
+        wire_links(demo, config, events, inputs, shown, model_info, examples)
         sweep["button"].click(
             events.sweep_ui,
             inputs_kwargs=inputs,
@@ -177,7 +178,7 @@ def result_panel() -> dict:
                 file_count="multiple",
                 interactive=False,
             )
-    return shown
+    return shown | link_row()
 
 
 def step_panel(steps: int) -> dict:
@@ -256,7 +257,7 @@ def wire_page(demo, config: AppConfig, events, inputs: dict, buttons: dict, show
     """The page's events: the comparison, Stop, the random seed, the model selector and the step slider (none of
     them public API)."""
     comparison = gr.on(
-        [buttons["compare"].click, inputs["prompt"].submit, inputs["negative"].submit],
+        [buttons["compare"].click, inputs["prompt"].submit, inputs["negative"].submit, shown["link_run"].change],
         events.compare_ui,
         inputs_kwargs=inputs,
         outputs=[shown[name] for name in UI_OUTPUTS],
@@ -269,7 +270,7 @@ def wire_page(demo, config: AppConfig, events, inputs: dict, buttons: dict, show
         handlers.stopped_message, None, shown["status"], cancels=[comparison], queue=False, api_visibility="private"
     )
     buttons["random"].click(handlers.random_seed, None, inputs["seed"], queue=False, api_visibility="private")
-    inputs["model"].change(
+    inputs["model"].input(  # the user's choice only: a link fills in a model together with its own settings
         events.model_selected,
         inputs["model"],
         [model_info, *(inputs[name] for name in ("steps", "guidance", "scheduler", "width", "height"))],
@@ -287,6 +288,24 @@ def wire_page(demo, config: AppConfig, events, inputs: dict, buttons: dict, show
         show_progress="hidden",
         concurrency_id="render",
         concurrency_limit=4,
+    )
+
+
+def wire_links(demo, config: AppConfig, events, inputs: dict, shown: dict, model_info, examples) -> None:
+    """A page URL with a comparison's inputs as query parameters (`links.py`) fills them on load and runs it
+    (`link_run` joins the Compare button's event, so Stop stops it) or, for an example, shows its cached result."""
+    events.examples = [dict(zip(INPUT_NAMES, row, strict=True)) for row in examples.examples]
+    targets = {**inputs, "model_info": model_info, **shown}
+    demo.load(events.open_link, None, [targets[name] for name in LINK_OUTPUTS], api_visibility="private",
+              show_progress="hidden", concurrency_limit=None)  # fmt: skip
+    shown["link_example"].change(
+        lambda index: examples.load_from_cache(int(index)),  # Gradio's own lazy cache, as a click on it
+        shown["link_example"],
+        [shown[name] for name in UI_OUTPUTS],
+        postprocess=False,
+        api_visibility="private",
+        concurrency_id="device",
+        concurrency_limit=config.concurrency,
     )
 
 

@@ -30,9 +30,10 @@ from negprompt_demo.attributes import sweep_reading
 from negprompt_demo.engine import SWEEP_STARTS, GenerationCancelled, NonFiniteError, Sweep
 from negprompt_demo.export import trace_document, write_outputs
 from negprompt_demo.legends import difference_with_legend, step_legend
+from negprompt_demo.links import link_query, link_values
 from negprompt_demo.loading import ModelLoadError, load_pipeline, model_defaults, native_size
 from negprompt_demo.runner import Done, Ready, Step, SweepDone, astream
-from negprompt_demo.settings import FIELDS, MAX_SEED, CompareSettings, InputError, size_limits
+from negprompt_demo.settings import FIELDS, MAX_SEED, CompareSettings, InputError, resolve_settings, size_limits
 from negprompt_demo.trace import GuidanceTrace
 from negprompt_demo.tracefile import RUN_MAX_AGE_S, TraceNotFound, TraceStore, remove_old_folders
 from negprompt_demo.visualize import (
@@ -55,9 +56,12 @@ STEP_OUTPUTS = (
 )
 UI_OUTPUTS = (
     *("image_without", "image_with", "caption_with", "slider", "difference", "status", "negative_reading", "seed_used"),
-    *("downloads", "trace_id", "step"),
+    *("downloads", "trace_id", "step", "link"),
     *STEP_OUTPUTS,
 )
+# What opening a link fills in: the inputs, then the model's size note, the status and the two hidden triggers
+# (one starts the comparison, the other shows an example's cached result).
+LINK_OUTPUTS = (*INPUT_NAMES, "model_info", "status", "link_run", "link_example")
 CLEANUP_INTERVAL_S = 60.0
 CURVE_INTERVAL_S = 1.0  # while sampling, redraw the curves (the slowest picture: ~0.25 s) at most this often
 USER_ERRORS = (InputError, ModelLoadError, NonFiniteError, GenerationCancelled)
@@ -172,11 +176,12 @@ def live_trace(records: list, guidance: float) -> GuidanceTrace:
 class Handlers:
     """The page's event functions, bound to one app's config (its model policy), trace store and output folder:
     compare_ui (the Compare button), compare_example (Gradio's example cache), compare_api (public /compare),
-    model_selected (the model selector) and show_step (the step slider)."""
+    open_link (page load: a link's inputs), model_selected (the model selector) and show_step (the step slider)."""
 
     def __init__(self, config: AppConfig, traces: TraceStore, output_root: Path):
         self.config, self.traces, self.output_root = config, traces, output_root
         self._last_cleanup = -math.inf
+        self.examples: list[dict] = []  # the example rows by input name: a link to one shows its cached result
 
     def new_job(self) -> JobFiles:
         """A folder for one job's files; jobs' folders older than RUN_MAX_AGE_S go, looked for at most once a
@@ -191,8 +196,9 @@ class Handlers:
         self.config.check_embedding(values.get("negative_embedding"))
         return model, CompareSettings(**values)
 
-    def final_outputs(self, comparison, kind: str = "run", owner: str | None = None) -> dict:
-        """Every output of the page for a finished comparison (also what the example cache stores)."""
+    def final_outputs(self, comparison, kind: str = "run", owner: str | None = None, model: str | None = None) -> dict:
+        """Every output of the page for a finished comparison (also what the example cache stores); `model` is the
+        name it was asked for (the link names it), by default the loaded model's label."""
         settings, trace = comparison.settings, comparison.trace
         files = self.new_job()
         written = write_outputs(comparison, files.folder)
@@ -215,6 +221,7 @@ class Handlers:
             + [without_png, with_png],
             "trace_id": trace_id,
             "step": gr.update(maximum=max(1, len(trace.steps)), value=len(trace.steps)),
+            "link": link_query(model or comparison.model, settings, self.config.default_model),
             **step_outputs(trace, last, files, curves),
         }
 
@@ -236,6 +243,7 @@ class Handlers:
                             "seed_used": settings.seed,
                             "caption_with": caption_for(settings.negative),
                             "trace_id": "",  # the scrubber rests until this run's trace exists
+                            "link": "",  # a link is for a finished comparison
                         }
                     )
                 elif isinstance(event, Step):
@@ -257,7 +265,8 @@ class Handlers:
                 elif isinstance(event, Done):
                     progress(1.0, desc="drawing the results")
                     owner = request.session_hash if request is not None else None
-                    yield ordered(await asyncio.to_thread(self.final_outputs, event.comparison, "run", owner))
+                    final = await asyncio.to_thread(self.final_outputs, event.comparison, "run", owner, model)
+                    yield ordered(final)
         except Exception as error:
             # Shown in the status line and as a toast; the last result stays on the page, and no output box
             # turns into an "Error" badge, so the page reads as still working (it is).
@@ -271,7 +280,8 @@ class Handlers:
             model, settings = self.unpack(dict(zip(INPUT_NAMES, values, strict=True)))
             async for event in astream(model, settings):
                 if isinstance(event, Done):
-                    return ordered(await asyncio.to_thread(self.final_outputs, event.comparison, "example"))
+                    final = await asyncio.to_thread(self.final_outputs, event.comparison, "example", None, model)
+                    return ordered(final)
         except Exception as error:
             raise input_error(error) from None
         raise gr.Error("The comparison ended without a result.")
@@ -337,6 +347,46 @@ class Handlers:
             elif isinstance(event, SweepDone):
                 return event.sweep
         raise gr.Error("The sweep ended without a result.")
+
+    def open_link(self, request: gr.Request) -> tuple:
+        """On page load: a URL whose query names comparison inputs (`links.link_values`) fills them, checked as
+        typed input is (model policy, `resolve_settings`), and starts the comparison through `link_run` (or, for
+        an example's exact inputs, shows its cached result through `link_example`). A bad value leaves the page as
+        it is, with the same message as typed input in the status line."""
+        params = dict(request.query_params) if request is not None else {}
+        values = link_values(params)
+        if values is None:
+            return ordered({}, LINK_OUTPUTS)  # a plain visit
+        try:
+            model = self.config.check_model(values.pop("model", None))
+            pipe = load_pipeline(model)
+            defaults, native = model_defaults(pipe), native_size(pipe)
+            settings = resolve_settings(CompareSettings(**values), native, defaults)
+        except Exception as error:
+            message = html.escape(user_message(error), quote=False)
+            gr.Warning(message, title="Could not open the link")
+            return ordered({"status": f"❌ **Could not open the link.** {message}"}, LINK_OUTPUTS)
+        inputs = {"model": model, **settings.as_dict()}
+        low, high = size_limits(native)
+        updates = {
+            **inputs,
+            **{name: gr.update(minimum=low, maximum=high, value=inputs[name]) for name in ("width", "height")},
+            "model_info": f"Native size {native} px; sizes {low}–{high} px allowed.",
+            "status": "Opening the linked comparison…",
+        }
+        same = [i for i, row in enumerate(self.examples) if self._resolved(row, native, defaults) == inputs]
+        updates.update({"link_example": str(same[0])} if same else {"link_run": "1"})
+        return ordered(updates, LINK_OUTPUTS)
+
+    @staticmethod
+    def _resolved(row: dict, native: int, defaults: dict) -> dict | None:
+        """An example row as resolved inputs, to compare with a link's."""
+        values = dict(row)
+        model = values.pop("model")
+        try:
+            return {"model": model, **resolve_settings(CompareSettings(**values), native, defaults).as_dict()}
+        except InputError:
+            return None
 
     def model_selected(self, name: str | None) -> tuple:
         """Load the chosen model and adopt its defaults (steps, guidance, scheduler, size limits)."""

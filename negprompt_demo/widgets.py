@@ -94,3 +94,39 @@ def step_image(label: str, elem_id: str) -> gr.Image:
         buttons=["download"],
         placeholder="tick “record what the empty prompt predicts” to see it" if elem_id in RECORDED else None,
     )
+
+
+# A link's query (`links.link_query`) is relative; the browser completes it from the page's own address, which is
+# the right one behind a share link and inside a Space's iframe.
+ABSOLUTE_LINK_JS = "(query) => [query ? new URL(query, window.location.href).href : '', '']"  # and clear the note
+COPY_LINK_JS = """async (query) => {
+  if (!query) return "Run a comparison first: the link is made when it is done.";
+  try {
+    await navigator.clipboard.writeText(new URL(query, window.location.href).href);
+    return "Link copied.";
+  } catch (error) {
+    return "This browser blocked the clipboard here: select the link above and copy it.";
+  }
+}"""
+
+
+def link_row() -> dict:
+    """The shown comparison's link with a "copy link" button, and the hidden values behind it: `link` (the query
+    the server built), `link_run` and `link_example` (set by opening a link: start it, or show a cached example)."""
+    with gr.Row(equal_height=True):
+        row = {
+            "link_url": gr.Textbox(
+                label="link to this comparison (reopens the page with the same inputs and runs it)",
+                placeholder="made when a comparison is done",
+                interactive=True,  # a disabled box's text cannot be selected, to copy by hand
+                elem_id="link",
+                scale=4,
+            ),
+            "copy_link": gr.Button("copy link", size="sm", scale=0, min_width=100, elem_id="copy-link"),
+        }
+    row["link_note"] = gr.Markdown(elem_id="link-note")
+    for name in ("link", "link_run", "link_example"):
+        row[name] = gr.Textbox(visible="hidden", elem_id=name.replace("_", "-"))
+    row["link"].change(None, row["link"], [row["link_url"], row["link_note"]], js=ABSOLUTE_LINK_JS)  # browser only
+    row["copy_link"].click(None, row["link"], row["link_note"], js=COPY_LINK_JS)
+    return row

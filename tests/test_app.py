@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
+from urllib.parse import parse_qsl
 
 import gradio as gr
 import numpy as np
@@ -20,12 +21,12 @@ from negprompt_demo.app import build_app
 from negprompt_demo.app_config import AppConfig, config_from_args
 from negprompt_demo.engine import compare
 from negprompt_demo.examples import EXAMPLES_FILE, example_cache_folder, example_rows
-from negprompt_demo.handlers import INPUT_NAMES, STEP_OUTPUTS, UI_OUTPUTS
+from negprompt_demo.handlers import INPUT_NAMES, LINK_OUTPUTS, STEP_OUTPUTS, UI_OUTPUTS
 from negprompt_demo.launch import build_parser
 from negprompt_demo.loading import load_pipeline, pipeline_lock
 from negprompt_demo.previews import fill_previews
 from negprompt_demo.runner import Step, astream
-from negprompt_demo.settings import CompareSettings, InputError
+from negprompt_demo.settings import DEFAULTS, CompareSettings, InputError
 from negprompt_demo.tracefile import TraceNotFound, TraceStore
 from negprompt_demo.visualize import curves_picture
 
@@ -404,3 +405,67 @@ def test_sdxl_model_through_the_page(tiny_sdxl_folder, tmp_path_factory):
     assert final["trace_id"].startswith("run-") and "48×24 px" in final["status"]
     step_view = named(page.show_step(final["trace_id"], 1, Session()), STEP_OUTPUTS)
     assert set(step_view) == set(STEP_OUTPUTS) and step_view["push"] is not None
+
+
+class LinkVisit(Session):
+    """What gr.Request gives the page-load event: the session and the page URL's query parameters."""
+
+    def __init__(self, query: str, session_hash: str = "session-a"):
+        super().__init__(session_hash)
+        self.query_params = dict(parse_qsl(query.lstrip("?"), keep_blank_values=True))
+
+
+def test_a_link_fills_the_inputs_and_runs_the_same_comparison(events, ui_run, config):
+    link = ui_run[-1]["link"]
+    assert link.startswith("?prompt=a+red+hat&negative=blue&seed=7&steps=4&") and "push_map=true" in link
+    assert "model=" not in link  # the page's default model
+    opened = named(events.open_link(LinkVisit(link, "session-b")), LINK_OUTPUTS)
+    assert opened["link_run"] == "1" and "link_example" not in opened  # starts the Compare button's event
+    filled = {name: opened[name] for name in INPUT_NAMES if name not in ("width", "height")}
+    filled |= {name: opened[name]["value"] for name in ("width", "height")}
+    assert filled["model"] == config.default_model and filled["seed"] == 7 and filled["push_map"] is True
+    assert opened["width"]["maximum"] == 64 and "Native size 32 px" in opened["model_info"]
+    # What that event then gets from the filled inputs: the same comparison, pixel for pixel, and the same link.
+    final = named(collect(events.compare_ui(LinkVisit(link, "session-b"), **filled))[-1])
+    assert final["link"] == link
+    assert np.array_equal(pixels(final["image_with"]), pixels(ui_run[-1]["image_with"]))
+
+
+def test_a_plain_visit_changes_nothing(events):
+    for query in ("", "?__theme=dark&view=api"):
+        assert named(events.open_link(LinkVisit(query)), LINK_OUTPUTS) == {}
+
+
+BAD_LINKS = {
+    "out of range": ("?prompt=a+cat&steps=0", "steps must be between 1 and 150, got 0."),
+    "html": (
+        "?prompt=a+cat&scheduler=%3Cimg+src%3Dx+onerror%3Dalert(1)%3E",
+        "Unknown scheduler '&lt;img src=x onerror",
+    ),
+    "huge number": ("?prompt=a+cat&seed=" + "9" * 6000, "seed must be a whole number, got inf."),
+    "long text": ("?prompt=" + "x" * 50_000, "The prompt is 50000 characters long; the limit is 2000."),
+    "control characters": ("?prompt=%00%1b%07&negative=a", "The prompt is empty"),
+    "no prompt": ("?negative=javascript:alert(1)", "The prompt is empty"),
+    "unlisted model": ("?prompt=a+cat&model=someone/any-model", "only offers these models"),
+    "folder as model": ("?prompt=a+cat&model=../..", "only offers these models"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_LINKS)
+def test_a_bad_link_shows_the_typed_input_message_and_changes_nothing_else(case, tiny_sd_folder, tmp_path_factory):
+    query, message = BAD_LINKS[case]
+    locked = make(AppConfig(default_model=str(tiny_sd_folder), models=[], lock_models=True), tmp_path_factory)
+    opened = named(locked.open_link(LinkVisit(query)), LINK_OUTPUTS)
+    assert set(opened) == {"status"}  # no input filled, nothing started: the page is as it was
+    assert opened["status"].startswith("❌ **Could not open the link.** ") and message in opened["status"]
+
+
+def test_a_link_to_an_example_shows_its_cached_result(events, tiny_sd_folder, config):
+    example = {"prompt": "a red hat", "negative": "blue", "seed": 3, "steps": 4, "guidance": 7.5, "width": 32}
+    events.examples = [{**DEFAULTS, "model": str(tiny_sd_folder), "scheduler": "Euler", "height": 32, **example}]
+    try:
+        opened = named(events.open_link(LinkVisit("?prompt=a+red+hat&negative=blue&seed=3&steps=4")), LINK_OUTPUTS)
+        assert opened["link_example"] == "0" and "link_run" not in opened
+        assert "link_run" in named(events.open_link(LinkVisit("?prompt=a+red+hat&seed=3&steps=4")), LINK_OUTPUTS)
+    finally:
+        events.examples = []
