@@ -17,7 +17,11 @@ from urllib.parse import urlencode
 
 from negprompt_demo.settings import DEFAULTS, FIELDS, CompareSettings
 
-LINK_NAMES = ("model", *FIELDS)  # handlers.INPUT_NAMES, in the same order
+# handlers.INPUT_NAMES in the same order, less the negative embedding: a file on the server that made the run (an
+# upload's temporary path, or a local path) means nothing to another visitor and is not for a URL to name.
+NOT_IN_LINKS = ("negative_embedding",)
+LINK_FIELDS = {name: field for name, field in FIELDS.items() if name not in NOT_IN_LINKS}
+LINK_NAMES = ("model", *LINK_FIELDS)
 
 
 def link_query(model: str, settings: CompareSettings, default_model: str) -> str:
@@ -26,7 +30,7 @@ def link_query(model: str, settings: CompareSettings, default_model: str) -> str
     comparison), and the model when it is not the page's default. Values are URL-encoded (`urlencode`), so the
     query holds only `A-Z a-z 0-9 _ . - ~ % + = &`."""
     pairs = [] if model == default_model else [("model", model)]
-    for name, field in FIELDS.items():
+    for name, field in LINK_FIELDS.items():
         value = getattr(settings, name)
         if name != "seed" and (value is None or value == DEFAULTS[name]):
             continue
@@ -41,7 +45,7 @@ def link_values(params: Mapping[str, str]) -> dict | None:
     if not values:
         return None
     for name, text in values.items():
-        kind = FIELDS[name].kind if name in FIELDS else "text"
+        kind = LINK_FIELDS[name].kind if name in LINK_FIELDS else "text"
         values[name] = _typed(text, kind)
     return values
 

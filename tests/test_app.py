@@ -417,7 +417,7 @@ class LinkVisit(Session):
 
 def test_a_link_fills_the_inputs_and_runs_the_same_comparison(events, ui_run, config):
     link = ui_run[-1]["link"]
-    assert link.startswith("?prompt=a+red+hat&negative=blue&seed=7&steps=4&") and "push_map=true" in link
+    assert link.startswith("?prompt=a+red+hat&negative=blue&seed=7&steps=4&") and "push_map" not in link
     assert "model=" not in link  # the page's default model
     opened = named(events.open_link(LinkVisit(link, "session-b")), LINK_OUTPUTS)
     assert opened["link_run"] == "1" and "link_example" not in opened  # starts the Compare button's event

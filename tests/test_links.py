@@ -39,18 +39,27 @@ CHANGED = {
     "negative_end": 0.75,
     "negative_strength": 2.5,
     "perp_neg": True,
-    "push_map": True,
+    "push_map": False,
     "empty_as_text": True,
 }
 
 
 def test_every_field_round_trips():
-    assert set(CHANGED) == set(FIELDS)  # a new field must be added here
+    assert set(CHANGED) == set(FIELDS) - {"negative_embedding"}  # a new field must be added here (or refused)
     settings = resolve(**CHANGED)
     query = link_query("someone/model", settings, "embedded")
     assert query.startswith("?model=someone%2Fmodel&")
     assert [name for name, _ in parse_qsl(query[1:])] == list(LINK_NAMES)  # named like the inputs, in order
     assert reopen(query) == ("someone/model", settings)
+
+
+def test_a_link_never_names_a_file_on_the_server():
+    settings = resolve(
+        prompt="a man", negative="EasyNegative", negative_embedding="/tmp/gradio/x/EasyNegative.safetensors"
+    )
+    query = link_query("embedded", settings, "embedded")
+    assert "negative_embedding" not in query and "safetensors" not in query
+    assert "negative_embedding" not in link_values({"prompt": "a", "negative_embedding": "/etc/passwd"})
 
 
 def test_only_non_defaults_and_the_seed_are_written():
