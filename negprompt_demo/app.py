@@ -9,24 +9,19 @@ that the layout does not place by name lands in the "sampling settings" accordio
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
-import os
 import sys
-from pathlib import Path
-from unittest import mock
 
 import gradio as gr
 
 from negprompt_demo import handlers
 from negprompt_demo.app_config import MAX_UPLOAD, AppConfig, config_from_args
-from negprompt_demo.handlers import INPUT_NAMES, STEP_OUTPUTS, UI_OUTPUTS
-from negprompt_demo.loading import EMBEDDED, ModelLoadError, load_pipeline, model_defaults, model_label, native_size
-from negprompt_demo.settings import DEFAULTS, FIELDS, MAX_SEED, size_limits
+from negprompt_demo.examples import example_cache_folder, examples_section, warm_example
+from negprompt_demo.handlers import INPUT_NAMES, LINK_OUTPUTS, STEP_OUTPUTS, UI_OUTPUTS
+from negprompt_demo.loading import EMBEDDED, ModelLoadError, load_pipeline, model_defaults, native_size
+from negprompt_demo.seeds_view import SEEDS_API_INPUTS, SeedsHandlers, seeds_panel, wire_seeds
+from negprompt_demo.settings import DEFAULTS, FIELDS, GRID_DEFAULTS, GRID_FIELDS, MAX_SEED, size_limits
 from negprompt_demo.tracefile import TraceStore, private_folder
-from negprompt_demo.widgets import CSS, api_widget, field_widget, result_image, step_image
-
-EXAMPLES_FILE = Path(__file__).resolve().parents[1] / "examples" / "examples.json"
+from negprompt_demo.widgets import CSS, api_widget, embedding_upload, field_widget, link_row, result_image, step_image
 
 INTRO = """# What does a negative prompt do?
 One seed, generated twice: once with an **empty** negative prompt, once with **yours**. Everything else is the
@@ -50,44 +45,6 @@ So the negative prompt is the point guidance pushes *away from*. With s ≤ 1 it
   changes the prediction.
 - **curves**: mean guidance of each run, how far the two runs have parted (% of the latent norm), and the cosine
   between the two runs' guidance directions (1 = same direction)."""
-
-
-def example_rows(path: Path, defaults: dict, model: str) -> tuple[list[list], list[str]]:
-    """Example rows in `INPUT_NAMES` order, and their labels. Inputs an example leaves out take the page's
-    defaults (the model's steps, guidance, scheduler and size), so an example shows what the defaults do."""
-    entries = json.loads(path.read_text(encoding="utf-8"))["examples"]
-    page_defaults = {**DEFAULTS, "model": model, "seed": 0, **defaults}
-    rows = [[entry.get(name, page_defaults[name]) for name in INPUT_NAMES] for entry in entries]
-    return rows, [entry.get("label", entry["prompt"]) for entry in entries]
-
-
-def weights_fingerprint(pipe) -> bytes:
-    """What identifies a model's weights cheaply: every tensor's name, shape and first 16 values, for the denoiser
-    (UNet or transformer), the text encoder(s) and the VAE (a retrained or fine-tuned model changes them; reading all
-    of an SDXL's 7 GB at every start would not be cheap)."""
-    digest = hashlib.sha256()
-    for component in ("unet", "transformer", "text_encoder", "text_encoder_2", "text_encoder_3", "vae"):
-        module = getattr(pipe, component, None)
-        if module is None:
-            continue
-        for name, tensor in module.state_dict().items():
-            head = tensor.detach().flatten()[:16].float().cpu().numpy()
-            digest.update(f"{component}.{name}{tuple(tensor.shape)}".encode() + head.tobytes())
-    return digest.digest()
-
-
-def example_cache_folder(pipe) -> Path:
-    """Where Gradio keeps the lazily cached examples and their step-view traces: one folder per model weights
-    (`weights_fingerprint`), examples file and app code, so a retrained model, edited examples or changed drawing
-    code never show stale results."""
-    digest = hashlib.sha256()
-    digest.update(f"{model_label(pipe)}\n".encode())
-    for source in sorted(Path(__file__).parent.glob("*.py")):  # the code that draws every output
-        digest.update(source.read_bytes())
-    digest.update(weights_fingerprint(pipe))
-    digest.update(EXAMPLES_FILE.read_bytes())
-    base = Path(os.environ.get("GRADIO_EXAMPLES_CACHE", ".gradio/cached_examples"))
-    return base / f"negprompt-{digest.hexdigest()[:16]}"
 
 
 def model_choices(config: AppConfig) -> list[tuple[str, str]]:
@@ -121,9 +78,11 @@ def build_app(config: AppConfig, warm_first_example: bool = False) -> gr.Blocks:
                 shown |= result_panel()
         shown |= step_panel(defaults["steps"])
         sweep = sweep_panel()
+        seeds = seeds_panel()
         with examples_slot:
             examples = examples_section(events, inputs, shown, defaults, config, cache_folder)
         wire_page(demo, config, events, inputs, buttons, shown, model_info)
+        wire_links(demo, config, events, inputs, shown, model_info, examples)
         sweep["button"].click(
             events.sweep_ui,
             inputs_kwargs=inputs,
@@ -132,6 +91,7 @@ def build_app(config: AppConfig, warm_first_example: bool = False) -> gr.Blocks:
             concurrency_id="device",
             concurrency_limit=config.concurrency,
         )
+        wire_seeds(config, events, inputs, seeds)
         api_endpoints(config, events, defaults)
     demo.queue(max_size=config.max_queue, default_concurrency_limit=config.concurrency)
     if warm_first_example:
@@ -144,6 +104,8 @@ def input_panel(config: AppConfig, defaults: dict, native: int) -> tuple[dict, d
     inputs: dict[str, gr.components.Component] = {}
     inputs["prompt"] = field_widget("prompt", FIELDS["prompt"], "")
     inputs["negative"] = field_widget("negative", FIELDS["negative"], "")
+    # A file from a visitor only where the model list is not locked (`AppConfig.check_embedding`).
+    inputs["negative_embedding"] = embedding_upload(FIELDS["negative_embedding"], visible=not config.lock_models)
     with gr.Row():
         buttons = {
             "compare": gr.Button("Compare", variant="primary", elem_id="compare-button"),
@@ -179,7 +141,8 @@ def result_panel() -> dict:
     shown = {
         "status": gr.Markdown(
             "Write a prompt and a negative prompt and press **Compare**, or click an example.", elem_id="status"
-        )
+        ),
+        "negative_reading": gr.Markdown(elem_id="negative-reading"),  # tokens, chunks and weights of the negative
     }
     with gr.Row():
         with gr.Column(min_width=200):
@@ -215,7 +178,7 @@ def result_panel() -> dict:
                 file_count="multiple",
                 interactive=False,
             )
-    return shown
+    return shown | link_row()
 
 
 def step_panel(steps: int) -> dict:
@@ -255,9 +218,24 @@ def step_panel(steps: int) -> dict:
                 buttons=["download"],
             )
             shown["reading"] = gr.Markdown(elem_id="reading")
+    gr.Markdown("**What each branch predicts** from the with-negative run's current sample", elem_classes="caption")
+    with gr.Row():
+        for name, caption in BRANCH_CAPTIONS.items():
+            with gr.Column(min_width=120):
+                gr.Markdown(caption, elem_classes="caption")
+                shown[f"branch_{name}"] = step_image(caption, f"branch-{name}")
+    shown["branch_note"] = gr.Markdown(elem_id="branch-note")
     # The shown result's trace id (server-chosen; the step slider reads the trace by it). Not a file path.
     shown["trace_id"] = gr.Textbox(visible=False)
     return shown
+
+
+BRANCH_CAPTIONS = {
+    "prompt": "the prompt alone (conditional)",
+    "empty": "the empty prompt alone (unconditional: could be anything)",
+    "negative": "the negative prompt alone",
+    "guided": "the guided step (what the sampler took)",
+}
 
 
 def sweep_panel() -> dict:
@@ -275,28 +253,11 @@ def sweep_panel() -> dict:
     return panel
 
 
-def examples_section(events, inputs: dict, shown: dict, defaults: dict, config: AppConfig, cache: Path):
-    """The examples under the Compare button, lazily cached on disk in `cache` (see `example_cache_folder`)."""
-    rows, labels = example_rows(EXAMPLES_FILE, defaults, config.default_model)
-    with mock.patch.dict(os.environ, {"GRADIO_EXAMPLES_CACHE": str(cache)}):  # Gradio reads its folder from here
-        return gr.Examples(
-            rows,
-            list(inputs.values()),
-            [shown[name] for name in UI_OUTPUTS],
-            fn=events.compare_example,
-            cache_examples=True,
-            cache_mode="lazy",
-            example_labels=labels,
-            label="examples (click one)",
-            api_visibility="private",
-        )
-
-
 def wire_page(demo, config: AppConfig, events, inputs: dict, buttons: dict, shown: dict, model_info) -> None:
     """The page's events: the comparison, Stop, the random seed, the model selector and the step slider (none of
     them public API)."""
     comparison = gr.on(
-        [buttons["compare"].click, inputs["prompt"].submit, inputs["negative"].submit],
+        [buttons["compare"].click, inputs["prompt"].submit, inputs["negative"].submit, shown["link_run"].change],
         events.compare_ui,
         inputs_kwargs=inputs,
         outputs=[shown[name] for name in UI_OUTPUTS],
@@ -309,7 +270,7 @@ def wire_page(demo, config: AppConfig, events, inputs: dict, buttons: dict, show
         handlers.stopped_message, None, shown["status"], cancels=[comparison], queue=False, api_visibility="private"
     )
     buttons["random"].click(handlers.random_seed, None, inputs["seed"], queue=False, api_visibility="private")
-    inputs["model"].change(
+    inputs["model"].input(  # the user's choice only: a link fills in a model together with its own settings
         events.model_selected,
         inputs["model"],
         [model_info, *(inputs[name] for name in ("steps", "guidance", "scheduler", "width", "height"))],
@@ -330,14 +291,42 @@ def wire_page(demo, config: AppConfig, events, inputs: dict, buttons: dict, show
     )
 
 
+def wire_links(demo, config: AppConfig, events, inputs: dict, shown: dict, model_info, examples) -> None:
+    """A page URL with a comparison's inputs as query parameters (`links.py`) fills them on load and runs it
+    (`link_run` joins the Compare button's event, so Stop stops it) or, for an example, shows its cached result."""
+    events.examples = [dict(zip(INPUT_NAMES, row, strict=True)) for row in examples.examples]
+    targets = {**inputs, "model_info": model_info, **shown}
+    demo.load(events.open_link, None, [targets[name] for name in LINK_OUTPUTS], api_visibility="private",
+              show_progress="hidden", concurrency_limit=None)  # fmt: skip
+    shown["link_example"].change(
+        lambda index: examples.load_from_cache(int(index)),  # Gradio's own lazy cache, as a click on it
+        shown["link_example"],
+        [shown[name] for name in UI_OUTPUTS],
+        postprocess=False,
+        api_visibility="private",
+        concurrency_id="device",
+        concurrency_limit=config.concurrency,
+    )
+
+
 def api_endpoints(config: AppConfig, events, defaults: dict) -> None:
-    """Public `/compare` and `/sweep`: hidden triggers with their own inputs, one per comparison input and named
+    """Public `/compare`, `/sweep` and `/seeds`: hidden triggers with their own inputs, one per input and named
     like it (their bounds don't follow a browser session's model; the server checks every value anyway)."""
     # Left out, the seed is random, the size native (0) and the rest the default model's defaults.
-    values = {**DEFAULTS, **defaults, "model": config.default_model, "seed": -1, "width": 0, "height": 0}
+    values = {
+        **DEFAULTS,
+        **GRID_DEFAULTS,
+        **defaults,
+        "model": config.default_model,
+        "seed": -1,
+        "width": 0,
+        "height": 0,
+    }
+    fields = {**FIELDS, **GRID_FIELDS}
     with gr.Row(visible=False):
         compare_trigger, sweep_trigger = gr.Button("compare (API)"), gr.Button("sweep (API)")
-        api_inputs = {name: api_widget(name, FIELDS.get(name), values[name]) for name in INPUT_NAMES}
+        seeds_trigger = gr.Button("seeds (API)")
+        api_inputs = {name: api_widget(name, fields.get(name), values[name]) for name in SEEDS_API_INPUTS}
         compare_outputs = [
             gr.Image(label="without negative prompt", format="png", type="filepath"),
             gr.Image(label="with negative prompt", format="png", type="filepath"),
@@ -345,27 +334,21 @@ def api_endpoints(config: AppConfig, events, defaults: dict) -> None:
             gr.JSON(label="trace"),
         ]
         sweep_outputs = [gr.Gallery(label="no negative, then each start", format="png"), gr.JSON(label="sweep")]
-    for trigger, function, outputs, name in (
-        (compare_trigger, events.compare_api, compare_outputs, "compare"),
-        (sweep_trigger, events.sweep_api, sweep_outputs, "sweep"),
+        seeds_outputs = [gr.Gallery(label="every image, by column and seed", format="png"), gr.JSON(label="seeds")]
+    comparison_inputs = {name: api_inputs[name] for name in INPUT_NAMES}
+    for trigger, function, outputs, name, inputs in (
+        (compare_trigger, events.compare_api, compare_outputs, "compare", comparison_inputs),
+        (sweep_trigger, events.sweep_api, sweep_outputs, "sweep", comparison_inputs),
+        (seeds_trigger, SeedsHandlers(events).seeds_api, seeds_outputs, "seeds", api_inputs),
     ):
         trigger.click(
             function,
-            inputs_kwargs=api_inputs,
+            inputs_kwargs=inputs,
             outputs=outputs,
             api_name=name,
             concurrency_id="device",
             concurrency_limit=config.concurrency,
         )
-
-
-def warm_example(examples: gr.Examples, index: int) -> None:
-    """Fill Gradio's lazy cache for one example, exactly as a first click would (same lock, same files)."""
-    print(f"Preparing example {index + 1} (computed once per model, then served from the cache)…", flush=True)
-    try:
-        examples.load_from_cache(index)
-    except Exception as error:  # a failing example must not stop the app; clicking it shows the message
-        print(f"warning: could not pre-compute example {index + 1}: {error}", file=sys.stderr)
 
 
 def run(args: argparse.Namespace) -> None:

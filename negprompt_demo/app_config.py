@@ -24,7 +24,8 @@ KNOWN_MODELS = (
     "black-forest-labs/FLUX.1-dev",
     "black-forest-labs/FLUX.1-schnell",
 )
-# The app takes no file from users; Gradio refuses larger uploads before they reach the disk.
+# The only file the app takes from users is a negative embedding (4–100 KB, and only where the model list is not
+# locked); Gradio refuses larger uploads before they reach the disk.
 MAX_UPLOAD = "1mb"
 
 
@@ -51,6 +52,15 @@ class AppConfig:
         if self.lock_models and name not in self.models:
             raise InputError(f"This deployment only offers these models: {', '.join(self.models)}.")
         return name
+
+    def check_embedding(self, source) -> None:
+        """A locked deployment takes no negative embedding: a file name from a client would make the server read
+        (or download) a file that client chose. Unlocked, the page uploads the file, and the API and CLI name it."""
+        if self.lock_models and isinstance(source, str) and source.strip():
+            raise InputError(
+                "This deployment does not take negative embeddings (shared instances never open a file a client "
+                "names); run the app on your own machine to use one."
+            )
 
 
 def is_loopback(host: str | None) -> bool:

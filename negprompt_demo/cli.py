@@ -16,14 +16,14 @@ from negprompt_demo.settings import FIELDS, Field
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
-FLAG_TYPES = {"text": str, "int": int, "float": float, "choice": str}
+FLAG_TYPES = {"text": str, "int": int, "float": float, "choice": str, "file": str}
 
 
 def add_field_flag(parser: argparse.ArgumentParser, name: str, field: Field) -> None:
     """One `--flag` for a settings field: its type, choices and help, default blank (the model's or random)."""
     flag = "--" + name.replace("_", "-")
-    if field.kind == "flag":
-        parser.add_argument(flag, action="store_true", help=field.help)
+    if field.kind == "flag":  # --flag / --no-flag; neither: the field's default
+        parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=field.help)
         return
     bounds = f" ({field.minimum:g}-{field.maximum:g})" if field.minimum is not None and field.kind != "text" else ""
     note = "; default: the model's" if field.model_default else ""

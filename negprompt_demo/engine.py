@@ -38,6 +38,9 @@ from diffusers import (
 )
 from PIL import Image
 
+from negprompt_demo import flow_models
+from negprompt_demo.embeddings import read_embedding
+from negprompt_demo.flow_models import guidance_arguments, spatial_latents
 from negprompt_demo.guidance import NO_NEGATIVE, BranchHook, NegativePlan, window_steps
 from negprompt_demo.loading import (
     FLOW_MATCHING_FAMILIES,
@@ -49,7 +52,7 @@ from negprompt_demo.loading import (
     native_size,
     pipeline_lock,
 )
-from negprompt_demo.prompts import RunText, encode_runs
+from negprompt_demo.prompts import PromptReading, RunText, chunk_message, encode_runs, read_prompt
 from negprompt_demo.settings import SCHEDULER_NAMES, CompareSettings, resolve_settings
 from negprompt_demo.trace import GuidanceTrace, GuidanceTracer, StepRecord
 
@@ -76,6 +79,7 @@ class Comparison:
     trace: GuidanceTrace | None
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    negative_reading: PromptReading | None = None  # how the negative prompt was read (tokens, chunks, weights)
     distilled: Image.Image | None = None  # FLUX.1 with true CFG: the plain distilled run (see the module docstring)
 
 
@@ -88,13 +92,6 @@ SCHEDULERS: dict[str, tuple[type, dict]] = {
     "UniPC": (UniPCMultistepScheduler, {}),
 }
 assert tuple(SCHEDULERS) == SCHEDULER_NAMES
-# The flow-matching families (SD3, FLUX.1) always sample with the model's own FlowMatchEulerDiscreteScheduler (the
-# DDPM-family samplers above do not apply to them); it is an Euler sampler, so the settings say "Euler".
-FLOW_MATCHING_SCHEDULER = "Euler"
-# FLUX.1-dev's distilled guidance (diffusers' and Black Forest Labs' default); the guidance setting is true CFG's.
-FLUX_DISTILLED_GUIDANCE = 3.5
-# The T5 tokens each family's pipeline reads (its `max_sequence_length` default).
-T5_SEQUENCE_LENGTH = {"sd3": 256, "flux": 512}
 
 
 def cfg_active(pipe, guidance: float) -> bool:
@@ -119,12 +116,8 @@ def _prepare_unlocked(pipe, settings: CompareSettings) -> tuple[CompareSettings,
     resolved = resolve_settings(settings, native_size(pipe), model_defaults(pipe))
     family = model_family(pipe)
     warnings = []
-    if family in FLOW_MATCHING_FAMILIES and resolved.scheduler != FLOW_MATCHING_SCHEDULER:
-        warnings.append(
-            f"{'FLUX.1' if family == 'flux' else 'SD3'} samples with its own flow-matching Euler scheduler; the "
-            f"scheduler '{resolved.scheduler}' does not apply to it, so both runs used Euler."
-        )
-        resolved = resolved.replace(scheduler=FLOW_MATCHING_SCHEDULER)
+    if family in FLOW_MATCHING_FAMILIES:  # their scheduler; A1111 syntax and embeddings refused (flow_models.py)
+        resolved, warnings = flow_models.check_settings(pipe, resolved)
     if family == "flux" and resolved.guidance <= 1:
         warnings.append(
             "FLUX.1 is guidance-distilled: it ignores a negative prompt unless true CFG is on (true_cfg_scale > 1), "
@@ -147,37 +140,27 @@ def _prepare_unlocked(pipe, settings: CompareSettings) -> tuple[CompareSettings,
             )
         elif resolved.negative_strength == 0:
             warnings.append("Negative strength 0 turns the negative prompt off: both images are the same.")
-    warnings += truncation_warnings(pipe, resolved.prompt, "prompt")
-    warnings += truncation_warnings(pipe, resolved.negative, "negative prompt")
+    if family in FLOW_MATCHING_FAMILIES:  # the text as written, T5 reading the long ones up to its limit
+        return resolved, warnings + flow_models.text_warnings(pipe, resolved)
+    embedding = read_embedding(pipe, resolved.negative_embedding)
+    if embedding is not None:
+        resolved = resolved.replace(negative_embedding=str(embedding.path))  # a Hub file: its downloaded copy
+        if not embedding.trigger().search(resolved.negative):
+            warnings.append(
+                f"The negative embedding's trigger word {embedding.name} is not in the negative prompt, so the "
+                f"embedding is not used: write {embedding.name} in the negative prompt (A1111's rule)."
+            )
+    for text, field_name in ((resolved.prompt, "prompt"), (resolved.negative, "negative prompt")):
+        message = chunk_message(read_prompt(pipe, text, embedding), field_name)
+        warnings += [message] if message else []
     return resolved, warnings
 
 
-def truncation_warnings(pipe, text: str, field_name: str) -> list[str]:
-    """A text encoder reads a fixed number of tokens (CLIP 77, SD3's T5 256, FLUX.1's T5 512, special tokens
-    included); say exactly which words it never sees."""
-    tokenizer, limit = reading_tokenizer(pipe)
-    if not text or tokenizer is None:
-        return []
-    ids = tokenizer(text, truncation=False, add_special_tokens=True).input_ids
-    if len(ids) <= limit:
-        return []
-    special = tokenizer.num_special_tokens_to_add()  # CLIP: start and end; T5: end only
-    cut = tokenizer.decode(ids[limit - 1 : -1]).strip()
-    return [
-        f"The {field_name} is {len(ids) - special} tokens long but the text encoder reads only {limit - special}; "
-        f'these words were cut: "{cut}"'
-    ]
-
-
-def reading_tokenizer(pipe):
-    """The tokenizer whose limit decides what the model reads, and that limit: the T5 encoder's on SD3 and FLUX.1
-    (their CLIP encoders read 77 tokens, but T5 carries the longer text), else CLIP's."""
-    family = model_family(pipe)
-    t5 = {"sd3": "tokenizer_3", "flux": "tokenizer_2"}.get(family)
-    if t5 is not None and getattr(pipe, t5, None) is not None:
-        return getattr(pipe, t5), T5_SEQUENCE_LENGTH[family]
-    tokenizer = pipe.tokenizer if pipe.tokenizer is not None else pipe.tokenizer_2
-    return tokenizer, None if tokenizer is None else tokenizer.model_max_length
+def negative_reading(pipe, resolved: CompareSettings) -> PromptReading | None:
+    """How the negative prompt is read: tokens by chunk, weights, the embedding's places (None when empty)."""
+    if not resolved.negative:
+        return None
+    return read_prompt(pipe, resolved.negative, read_embedding(pipe, resolved.negative_embedding))
 
 
 def compare(
@@ -217,6 +200,7 @@ def run_paired(
         if model_family(pipe) == "flux" and active:  # the plain distilled run, third (see the module docstring)
             runs.append(Run(RunText(resolved.prompt, None), unguided=True))
         images, nsfw = sample_runs(pipe, resolved, [resolved.seed], runs, tracer, on_step, stop)
+        reading = negative_reading(pipe, resolved)
     warnings = [
         f"The model's safety checker blanked the image {run} the negative prompt."
         for run, flagged in zip(("without", "with"), nsfw)
@@ -230,6 +214,7 @@ def run_paired(
         trace=None if tracer is None else tracer.trace,
         warnings=warnings,
         seconds=time.perf_counter() - started,
+        negative_reading=reading,
         distilled=images[2] if len(runs) > 2 else None,
     )
 
@@ -329,7 +314,8 @@ def sample_runs(pipe, settings: CompareSettings, seeds: list[int], runs: list[Ru
         scheduler_class, scheduler_kwargs = SCHEDULERS[settings.scheduler]
         pipe.scheduler = scheduler_class.from_config(base_scheduler_config(pipe), **scheduler_kwargs)
     active = cfg_active(pipe, settings.guidance)
-    embeddings = encode_runs(pipe, [run.text for run in runs], len(seeds), active)
+    embedding = read_embedding(pipe, settings.negative_embedding)
+    embeddings = encode_runs(pipe, [run.text for run in runs], len(seeds), active, embedding)
     generators = [torch.Generator(device="cpu").manual_seed(seed) for seed in seeds for _ in runs]
     plans = [NO_NEGATIVE if run.plan is None else run.plan for run in runs] * len(seeds)
     first_of_seed = [item // len(runs) * len(runs) for item in range(len(plans))]
@@ -377,19 +363,3 @@ def sample_runs(pipe, settings: CompareSettings, seeds: list[int], runs: list[Ru
     images = [Image.fromarray((image * 255).round().astype(np.uint8)) for image in pixels]
     nsfw = getattr(output, "nsfw_content_detected", None) or [False] * len(images)
     return images, nsfw
-
-
-def guidance_arguments(family: str, guidance: float) -> dict:
-    """The guidance setting as the pipeline's arguments: classifier-free guidance's scale, except on FLUX.1, where
-    it is true CFG's scale and the distilled guidance stays at its default (see the module docstring)."""
-    if family == "flux":
-        return {"true_cfg_scale": guidance, "guidance_scale": FLUX_DISTILLED_GUIDANCE}
-    return {"guidance_scale": guidance}
-
-
-def spatial_latents(pipe, settings: CompareSettings):
-    """How the trace reads the denoiser's latents as [n, c, h, w]: FLUX.1 packs 2×2 patches into 64 channels
-    (`FluxPipeline._unpack_latents` undoes it); the other families' latents are spatial already."""
-    if model_family(pipe) != "flux":
-        return None
-    return lambda packed: pipe._unpack_latents(packed, settings.height, settings.width, pipe.vae_scale_factor)

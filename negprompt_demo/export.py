@@ -36,6 +36,8 @@ def trace_document(comparison) -> dict:
         "seconds": round(comparison.seconds, 3),
         "warnings": comparison.warnings,
     }
+    if comparison.negative_reading is not None:  # how the negative prompt was read: chunks, weights, embedding
+        document["negative_reading"] = comparison.negative_reading.as_dict()
     if comparison.trace is not None:
         document.update(comparison.trace.to_json())
     return document
@@ -48,7 +50,7 @@ def write_outputs(comparison, out_dir: Path) -> dict[str, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     settings = comparison.settings
     with_parameters = settings.parameters_text(comparison.model)
-    without_parameters = settings.replace(negative="").parameters_text(comparison.model)
+    without_parameters = settings.replace(negative="", negative_embedding="").parameters_text(comparison.model)
     paths = {
         "without_negative": save_png(comparison.without_negative, out_dir / "without_negative.png", without_parameters),
         "with_negative": save_png(comparison.with_negative, out_dir / "with_negative.png", with_parameters),

@@ -29,10 +29,12 @@ from negprompt_demo.app_config import AppConfig
 from negprompt_demo.attributes import sweep_reading
 from negprompt_demo.engine import SWEEP_STARTS, GenerationCancelled, NonFiniteError, Sweep
 from negprompt_demo.export import trace_document, write_outputs
+from negprompt_demo.flow_models import DISTILLED_NOTE, FAMILY_NOTES
 from negprompt_demo.legends import difference_with_legend, step_legend
+from negprompt_demo.links import link_query, link_values
 from negprompt_demo.loading import ModelLoadError, load_pipeline, model_defaults, model_family, native_size
 from negprompt_demo.runner import Done, Ready, Step, SweepDone, astream
-from negprompt_demo.settings import FIELDS, MAX_SEED, CompareSettings, InputError, size_limits
+from negprompt_demo.settings import FIELDS, MAX_SEED, CompareSettings, InputError, resolve_settings, size_limits
 from negprompt_demo.trace import GuidanceTrace
 from negprompt_demo.tracefile import RUN_MAX_AGE_S, TraceNotFound, TraceStore, remove_old_folders
 from negprompt_demo.visualize import (
@@ -49,12 +51,18 @@ log = logging.getLogger(__name__)
 
 # The inputs of a comparison: the model, then every settings field (declared once, in settings.FIELDS).
 INPUT_NAMES = ("model", *FIELDS)
-STEP_OUTPUTS = ("x0_without", "guidance_without", "x0_with", "guidance_with", "push", "legend", "curves", "reading")
+STEP_OUTPUTS = (
+    *("x0_without", "guidance_without", "x0_with", "guidance_with", "push", "legend", "curves", "reading"),
+    *("branch_prompt", "branch_empty", "branch_negative", "branch_guided", "branch_note"),
+)
 UI_OUTPUTS = (
-    *("image_without", "image_with", "caption_with", "slider", "difference", "status", "seed_used"),
-    *("downloads", "trace_id", "step"),
+    *("image_without", "image_with", "caption_with", "slider", "difference", "status", "negative_reading", "seed_used"),
+    *("downloads", "trace_id", "step", "link"),
     *STEP_OUTPUTS,
 )
+# What opening a link fills in: the inputs, then the model's size note, the status and the two hidden triggers
+# (one starts the comparison, the other shows an example's cached result).
+LINK_OUTPUTS = (*INPUT_NAMES, "model_info", "status", "link_run", "link_example")
 CLEANUP_INTERVAL_S = 60.0
 CURVE_INTERVAL_S = 1.0  # while sampling, redraw the curves (the slowest picture: ~0.25 s) at most this often
 USER_ERRORS = (InputError, ModelLoadError, NonFiniteError, GenerationCancelled)
@@ -112,11 +120,33 @@ def step_outputs(trace: GuidanceTrace, index: int, files: JobFiles, curves: Curv
     updates = {name: files.png(views.get(name), name) for name in ("x0_without", "guidance_without", "x0_with")}
     updates["guidance_with"] = files.png(views["guidance_with"], "guidance_with")
     updates["push"] = files.png(views.get("push"), "push")
+    for branch in ("prompt", "empty", "negative"):
+        updates[f"branch_{branch}"] = files.png(views.get(f"branch_{branch}"), f"branch_{branch}")
+    updates["branch_guided"] = updates["x0_with"] if "branch_prompt" in views else None
+    updates["branch_note"] = branch_note(trace, index, "branch_prompt" in views)
     updates["legend"] = files.png(step_legend(trace), "legend")
     if curves is not None:
         updates["curves"] = files.png(curves.marked(index), "curves")
         updates["reading"] = describe(trace)
     return updates
+
+
+def branch_note(trace: GuidanceTrace, index: int, recorded: bool) -> str:
+    """What the branch row shows at this step, in the article's words."""
+    if not trace.cfg_active:
+        return "Guidance is off (scale ≤ 1): there is only the prompt's prediction, so no branches to compare."
+    if not recorded:
+        return "Tick “record what the empty prompt predicts” to see what each branch predicts at every step."
+    step = trace.steps[index]
+    note = (
+        f"Step {index + 1}, from the with-negative run's current sample: the **prompt** alone (conditional), the "
+        "**empty prompt** alone (unconditional: it still heads for a decent image, but it could be anything), "
+        f"the **negative prompt** alone, and the **guided step** the sampler took = negative + "
+        f"{trace.guidance_scale:g} × (prompt − negative): the negative took the empty prompt's place."
+    )
+    if not step.negative_active:
+        note += " At this step the negative does not act (outside its window): its branch is the empty prompt's."
+    return note
 
 
 def status_text(settings: CompareSettings, model: str, warnings: list[str], note: str) -> str:
@@ -126,6 +156,11 @@ def status_text(settings: CompareSettings, model: str, warnings: list[str], note
     ]
     lines += [f"⚠️ {html.escape(warning, quote=False)}" for warning in warnings]
     return "\n\n".join(lines)
+
+
+def reading_text(reading) -> str:
+    """How the negative prompt was read (`prompts.PromptReading`), under the status line."""
+    return "" if reading is None else f"**How the negative prompt was read:** {reading.markdown()}"
 
 
 def caption_for(negative: str) -> str:
@@ -142,11 +177,12 @@ def live_trace(records: list, guidance: float) -> GuidanceTrace:
 class Handlers:
     """The page's event functions, bound to one app's config (its model policy), trace store and output folder:
     compare_ui (the Compare button), compare_example (Gradio's example cache), compare_api (public /compare),
-    model_selected (the model selector) and show_step (the step slider)."""
+    open_link (page load: a link's inputs), model_selected (the model selector) and show_step (the step slider)."""
 
     def __init__(self, config: AppConfig, traces: TraceStore, output_root: Path):
         self.config, self.traces, self.output_root = config, traces, output_root
         self._last_cleanup = -math.inf
+        self.examples: list[dict] = []  # the example rows by input name: a link to one shows its cached result
 
     def new_job(self) -> JobFiles:
         """A folder for one job's files; jobs' folders older than RUN_MAX_AGE_S go, looked for at most once a
@@ -158,10 +194,12 @@ class Handlers:
 
     def unpack(self, values: dict) -> tuple[str, CompareSettings]:
         model = self.config.check_model(values.pop("model", None))
+        self.config.check_embedding(values.get("negative_embedding"))
         return model, CompareSettings(**values)
 
-    def final_outputs(self, comparison, kind: str = "run", owner: str | None = None) -> dict:
-        """Every output of the page for a finished comparison (also what the example cache stores)."""
+    def final_outputs(self, comparison, kind: str = "run", owner: str | None = None, model: str | None = None) -> dict:
+        """Every output of the page for a finished comparison (also what the example cache stores); `model` is the
+        name it was asked for (the link names it), by default the loaded model's label."""
         settings, trace = comparison.settings, comparison.trace
         files = self.new_job()
         written = write_outputs(comparison, files.folder)
@@ -169,13 +207,7 @@ class Handlers:
         trace_id = self.traces.save(trace, curves, kind=kind, owner=owner)
         difference, peak = difference_with_legend(comparison.without_negative, comparison.with_negative)
         note = f"Done in {comparison.seconds:.1f} s. The images differ by up to {100 * peak:.0f} % (difference map)"
-        warnings = list(comparison.warnings)
-        if "distilled" in written:
-            warnings.append(
-                "FLUX.1: both images use true CFG (the guidance scale), the left one with an empty negative, so only "
-                "the negative differs. FLUX.1 by default samples without true CFG and ignores any negative prompt; "
-                "that image is distilled_no_true_cfg.png in the downloads (also in the side-by-side picture)."
-            )
+        warnings = comparison.warnings + ([DISTILLED_NOTE] if "distilled" in written else [])
         without_png, with_png = str(written["without_negative"]), str(written["with_negative"])
         last = len(trace.steps) - 1
         return {
@@ -185,12 +217,14 @@ class Handlers:
             "slider": (without_png, with_png),
             "difference": files.png(difference, "difference"),
             "status": status_text(settings, comparison.model, warnings, note),
+            "negative_reading": reading_text(comparison.negative_reading),
             "seed_used": settings.seed,
             "downloads": [str(written[name]) for name in ("side_by_side", "steps_gif", "trace") if name in written]
             + [without_png, with_png]
             + ([str(written["distilled"])] if "distilled" in written else []),
             "trace_id": trace_id,
             "step": gr.update(maximum=max(1, len(trace.steps)), value=len(trace.steps)),
+            "link": link_query(model or comparison.model, settings, self.config.default_model),
             **step_outputs(trace, last, files, curves),
         }
 
@@ -208,9 +242,11 @@ class Handlers:
                     yield ordered(
                         {
                             "status": status_text(settings, event.model, event.warnings, "Sampling both runs…"),
+                            "negative_reading": "",  # the last result's, until this run's is known
                             "seed_used": settings.seed,
                             "caption_with": caption_for(settings.negative),
                             "trace_id": "",  # the scrubber rests until this run's trace exists
+                            "link": "",  # a link is for a finished comparison
                         }
                     )
                 elif isinstance(event, Step):
@@ -232,7 +268,8 @@ class Handlers:
                 elif isinstance(event, Done):
                     progress(1.0, desc="drawing the results")
                     owner = request.session_hash if request is not None else None
-                    yield ordered(await asyncio.to_thread(self.final_outputs, event.comparison, "run", owner))
+                    final = await asyncio.to_thread(self.final_outputs, event.comparison, "run", owner, model)
+                    yield ordered(final)
         except Exception as error:
             # Shown in the status line and as a toast; the last result stays on the page, and no output box
             # turns into an "Error" badge, so the page reads as still working (it is).
@@ -246,7 +283,8 @@ class Handlers:
             model, settings = self.unpack(dict(zip(INPUT_NAMES, values, strict=True)))
             async for event in astream(model, settings):
                 if isinstance(event, Done):
-                    return ordered(await asyncio.to_thread(self.final_outputs, event.comparison, "example"))
+                    final = await asyncio.to_thread(self.final_outputs, event.comparison, "example", None, model)
+                    return ordered(final)
         except Exception as error:
             raise input_error(error) from None
         raise gr.Error("The comparison ended without a result.")
@@ -313,6 +351,46 @@ class Handlers:
                 return event.sweep
         raise gr.Error("The sweep ended without a result.")
 
+    def open_link(self, request: gr.Request) -> tuple:
+        """On page load: a URL whose query names comparison inputs (`links.link_values`) fills them, checked as
+        typed input is (model policy, `resolve_settings`), and starts the comparison through `link_run` (or, for
+        an example's exact inputs, shows its cached result through `link_example`). A bad value leaves the page as
+        it is, with the same message as typed input in the status line."""
+        params = dict(request.query_params) if request is not None else {}
+        values = link_values(params)
+        if values is None:
+            return ordered({}, LINK_OUTPUTS)  # a plain visit
+        try:
+            model = self.config.check_model(values.pop("model", None))
+            pipe = load_pipeline(model)
+            defaults, native = model_defaults(pipe), native_size(pipe)
+            settings = resolve_settings(CompareSettings(**values), native, defaults)
+        except Exception as error:
+            message = html.escape(user_message(error), quote=False)
+            gr.Warning(message, title="Could not open the link")
+            return ordered({"status": f"❌ **Could not open the link.** {message}"}, LINK_OUTPUTS)
+        inputs = {"model": model, **settings.as_dict()}
+        low, high = size_limits(native)
+        updates = {
+            **inputs,
+            **{name: gr.update(minimum=low, maximum=high, value=inputs[name]) for name in ("width", "height")},
+            "model_info": f"Native size {native} px; sizes {low}–{high} px allowed.",
+            "status": "Opening the linked comparison…",
+        }
+        same = [i for i, row in enumerate(self.examples) if self._resolved(row, native, defaults) == inputs]
+        updates.update({"link_example": str(same[0])} if same else {"link_run": "1"})
+        return ordered(updates, LINK_OUTPUTS)
+
+    @staticmethod
+    def _resolved(row: dict, native: int, defaults: dict) -> dict | None:
+        """An example row as resolved inputs, to compare with a link's."""
+        values = dict(row)
+        model = values.pop("model")
+        try:
+            return {"model": model, **resolve_settings(CompareSettings(**values), native, defaults).as_dict()}
+        except InputError:
+            return None
+
     def model_selected(self, name: str | None) -> tuple:
         """Load the chosen model and adopt its defaults (steps, guidance, scheduler, size limits)."""
         try:
@@ -337,17 +415,6 @@ class Handlers:
             return ordered({}, STEP_OUTPUTS)
         index = min(max(index, 0), len(trace.steps) - 1)
         return ordered(step_outputs(trace, index, self.new_job(), curves), STEP_OUTPUTS)
-
-
-# What a user must know about a family before comparing (engine.py's docstring says why).
-FAMILY_NOTES = {
-    "sd3": " SD3 samples with its own flow-matching Euler scheduler; the scheduler setting does not apply.",
-    "flux": (
-        " FLUX.1 ignores a negative prompt unless true CFG is on: here the guidance scale is true CFG's scale "
-        "(above 1; it doubles the sampling time). Both images use it, the first with an empty negative; FLUX.1's "
-        "default image (no true CFG) comes as a third picture in the downloads."
-    ),
-}
 
 
 def model_widgets(pipe) -> tuple:

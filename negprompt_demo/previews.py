@@ -112,8 +112,10 @@ def fill_previews(pipe, steps: list) -> None:
         return
     latents = torch.cat([step.x0_latents for step in missing])
     pictures = decode_previews(pipe, latents, model_family(pipe))
-    for i, step in enumerate(missing):
-        step.previews = pictures[2 * i : 2 * i + 2]
+    start = 0
+    for step in missing:  # each run's x0, and each branch's when they were recorded
+        step.previews = pictures[start : start + len(step.x0_latents)]
+        start += len(step.x0_latents)
 
 
 class LivePreviews:

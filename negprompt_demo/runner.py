@@ -4,6 +4,8 @@
     Step(done, total, records)         denoising steps finished since the last Step (newest last)
     Done(comparison)                   both images and the whole trace, every step's x0 picture drawn
     SweepDone(sweep)                   or, for the "when does it act?" sweep, its images
+    SeedRows(seeds, images)            or, for the many-seeds view, each chunk of seeds as it finishes,
+    SeedsDone(grid)                    and then the whole grid
 
 The sampling itself runs in `sample_on_device`, the one function that needs the accelerator. On Hugging Face
 ZeroGPU it is wrapped in `spaces.GPU`, which runs it in a forked worker process and pickles its arguments and
@@ -32,6 +34,7 @@ from negprompt_demo.engine import (
     sweep_starts,
 )
 from negprompt_demo.loading import ModelLoadError, load_pipeline, model_label, pipeline_lock
+from negprompt_demo.many_seeds import SeedGrid, new_grid, sample_grid
 from negprompt_demo.previews import LivePreviews, fill_previews
 from negprompt_demo.settings import CompareSettings, InputError
 from negprompt_demo.trace import StepRecord
@@ -61,6 +64,17 @@ class SweepDone:
     sweep: Sweep
 
 
+@dataclass
+class SeedRows:
+    seeds: list[int]
+    images: dict  # column → one image per seed of `seeds`
+
+
+@dataclass
+class SeedsDone:
+    grid: SeedGrid  # every image; on the device side only its timing (`stream` fills in the rows it was sent)
+
+
 class DeviceError(RuntimeError):
     """An unexpected error in the sampling function, by the name of its original class."""
 
@@ -88,7 +102,7 @@ class Failed:
         return DeviceError(self.error_type, self.message)
 
 
-Event = Ready | Step | Done | SweepDone
+Event = Ready | Step | Done | SweepDone | SeedRows | SeedsDone
 
 
 def on_accelerator(function):
@@ -112,7 +126,8 @@ def sample_on_device(model: str, settings: CompareSettings, run_id: str = "") ->
     step and then Done, or Failed. Closing the generator (or setting the stop flag registered for `run_id` in
     this process) stops sampling after the step it is on; closing returns once the pipeline is free."""
 
-    def work(pipe, on_step, stop) -> Done:
+    def work(pipe, emit, stop) -> Done:
+        on_step = step_reporter(emit)
         live = LivePreviews(pipe)  # each x0 picture costs a decode; a page shows a few per second at most
 
         def decode_and_report(done: int, total: int, record: StepRecord) -> None:
@@ -133,15 +148,43 @@ def sweep_on_device(
 ) -> Iterator[Step | SweepDone | Failed]:
     """The "when does it act?" sweep (`engine.sweep_starts`), on the device like `sample_on_device`."""
 
-    def work(pipe, on_step, stop) -> SweepDone:
-        return SweepDone(sweep_starts(pipe, settings, starts, on_step=on_step, stop=stop))
+    def work(pipe, emit, stop) -> SweepDone:
+        return SweepDone(sweep_starts(pipe, settings, starts, on_step=step_reporter(emit), stop=stop))
 
     yield from _events_of(model, run_id, work)
 
 
+@on_accelerator
+def seeds_on_device(
+    model: str, settings: CompareSettings, count: int, phrased: bool | None, run_id: str = ""
+) -> Iterator[Step | SeedRows | SeedsDone | Failed]:
+    """The many-seeds view (`many_seeds.sample_grid`): each chunk of seeds is sent as it finishes, then SeedsDone
+    with an empty grid that carries the timing (the images were sent once, in the rows)."""
+
+    def work(pipe, emit, stop) -> SeedsDone:
+        grid = new_grid(settings, model_label(pipe), phrased)
+        on_rows = lambda seeds, images: emit(SeedRows(seeds, images))  # noqa: E731
+        sample_grid(pipe, grid, count, on_rows=on_rows, on_step=step_reporter(emit), stop=stop)
+        timing = new_grid(settings, grid.model, phrased)
+        timing.seconds = grid.seconds
+        return SeedsDone(timing)
+
+    yield from _events_of(model, run_id, work)
+
+
+def step_reporter(emit):
+    """An engine step callback that sends each step as a Step event."""
+
+    def on_step(done: int, total: int, record: StepRecord | None) -> None:
+        emit(Step(done, total, [] if record is None else [record]))
+
+    return on_step
+
+
 def _events_of(model: str, run_id: str, work) -> Iterator:
-    """Run `work(pipe, on_step, stop)` on a thread of this process and yield a Step per denoising step, then
-    what `work` returned, or Failed. Closing this generator sets the stop flag and waits for the pipeline."""
+    """Run `work(pipe, emit, stop)` on a thread of this process and yield each event it emits (a Step per
+    denoising step, seed rows), then what it returned, or Failed. Closing this generator sets the stop flag and
+    waits for the pipeline."""
     try:
         pipe = load_pipeline(model)
     except Exception as error:
@@ -150,12 +193,9 @@ def _events_of(model: str, run_id: str, work) -> Iterator:
     events: queue.SimpleQueue = queue.SimpleQueue()
     stop = _stop_flags.get(run_id) or threading.Event()
 
-    def on_step(done: int, total: int, record: StepRecord | None) -> None:
-        events.put(Step(done, total, [] if record is None else [record]))
-
     def run() -> None:
         try:
-            events.put(work(pipe, on_step, stop))
+            events.put(work(pipe, events.put, stop))
         except Exception as error:
             events.put(Failed.of(error))
 
@@ -165,7 +205,7 @@ def _events_of(model: str, run_id: str, work) -> Iterator:
         while True:
             event = events.get()
             yield event
-            if not isinstance(event, Step):
+            if not isinstance(event, (Step, SeedRows)):
                 return
     finally:
         stop.set()
@@ -173,10 +213,15 @@ def _events_of(model: str, run_id: str, work) -> Iterator:
 
 
 def stream(
-    model: str, settings: CompareSettings, stop: threading.Event | None = None, sweep: tuple[float, ...] | None = None
+    model: str,
+    settings: CompareSettings,
+    stop: threading.Event | None = None,
+    sweep: tuple[float, ...] | None = None,
+    seeds: tuple[int, bool | None] | None = None,
 ) -> Iterator[Event]:
     """Load the model, check the settings, then sample on the device, yielding Ready, Steps and Done (or, with
-    `sweep` starts, SweepDone).
+    `sweep` starts, SweepDone; or, with `seeds` = (count, phrased) from `settings.resolve_grid`, SeedRows per
+    chunk and SeedsDone with the whole grid).
 
     Errors are raised as the engine's own classes. When `stop` is set, the run ends after the step it is on and
     the iterator ends without Done."""
@@ -185,18 +230,26 @@ def stream(
     yield Ready(resolved, warnings, model_label(pipe))
     run_id = uuid.uuid4().hex
     _stop_flags[run_id] = stop or threading.Event()
-    if sweep is None:
-        device = sample_on_device(model, resolved, run_id)
-    else:
+    if sweep is not None:
         device = sweep_on_device(model, resolved, tuple(sweep), run_id)
+    elif seeds is not None:
+        device = seeds_on_device(model, resolved, *seeds, run_id)
+        grid = new_grid(resolved, model_label(pipe), seeds[1])
+    else:
+        device = sample_on_device(model, resolved, run_id)
     try:
         for event in device:
             if isinstance(event, Failed):
                 raise event.exception()
             if isinstance(event, Done):
                 event.comparison.warnings[:0] = warnings
+            if isinstance(event, SeedRows):
+                grid.add(event.seeds, event.images)
+            if isinstance(event, SeedsDone):
+                grid.seconds = event.grid.seconds
+                event = SeedsDone(grid)
             yield event
-            if not isinstance(event, Step) or (stop is not None and stop.is_set()):
+            if not isinstance(event, (Step, SeedRows)) or (stop is not None and stop.is_set()):
                 return
     finally:
         device.close()
@@ -204,7 +257,10 @@ def stream(
 
 
 async def astream(
-    model: str, settings: CompareSettings, sweep: tuple[float, ...] | None = None
+    model: str,
+    settings: CompareSettings,
+    sweep: tuple[float, ...] | None = None,
+    seeds: tuple[int, bool | None] | None = None,
 ) -> AsyncIterator[Event]:
     """`stream` on a worker thread, for an event loop. When the page falls behind, waiting Steps are merged into
     one (records concatenated), so it always draws the newest. If the consumer stops (Stop button, a cancelled
@@ -216,7 +272,7 @@ async def astream(
 
     def pump() -> None:
         try:
-            for event in stream(model, settings, stop, sweep):
+            for event in stream(model, settings, stop, sweep, seeds):
                 loop.call_soon_threadsafe(updates.put_nowait, event)
         except BaseException as error:  # handed to the event loop, raised there
             loop.call_soon_threadsafe(updates.put_nowait, error)

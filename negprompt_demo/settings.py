@@ -15,6 +15,7 @@ import math
 import random
 import unicodedata
 from dataclasses import dataclass
+from pathlib import PurePath
 
 # The short list of samplers users know by their A1111 names (the engine maps them to diffusers schedulers).
 SCHEDULER_NAMES = ("Euler", "Euler a", "DPM++ 2M Karras", "DDIM", "UniPC")
@@ -23,7 +24,9 @@ MAX_GUIDANCE = 30.0
 MAX_SEED = 2**32 - 1
 MAX_PROMPT_CHARS = 2000
 MAX_STRENGTH = 10.0
+MIN_GRID_SEEDS, MAX_GRID_SEEDS, DEFAULT_GRID_SEEDS = 4, 64, 16
 MAX_ECHO_CHARS = 40  # a message quotes at most this much of a bad value
+MAX_PATH_CHARS = 1024
 
 
 class InputError(ValueError):
@@ -34,7 +37,7 @@ class InputError(ValueError):
 class Field:
     """How one input is typed, bounded and explained; page, API, CLI and examples are built from it."""
 
-    kind: str  # "text", "int", "float", "choice" or "flag"
+    kind: str  # "text", "int", "float", "choice", "flag" or "file" (a path, or a file on the Hub)
     label: str
     help: str
     minimum: float | None = None
@@ -104,13 +107,23 @@ class CompareSettings:
         Field("flag", "Perp-Neg", "remove only the part of the negative's push perpendicular to the prompt's"),
     )
     push_map: bool = setting(
-        False,
-        Field("flag", "record the negative-push map", "one extra UNet item per step: where the negative itself pushes"),
+        True,
+        Field(
+            "flag",
+            "record what the empty prompt predicts",
+            "one extra UNet item per step: the negative-push map and each branch's prediction in the step view",
+        ),
     )
     empty_as_text: bool = setting(
         False,
         Field("flag", 'baseline: encode ""', 'SDXL: the run without a negative uses the encoded "" (as A1111 and '
               "ComfyUI do), not diffusers' zero embeddings; the same on other models"),
+    )  # fmt: skip
+    negative_embedding: str = setting(
+        "",
+        Field("file", "negative embedding", "a textual-inversion .safetensors file (EasyNegative, badhandv4…) or "
+              "owner/name/file.safetensors on the Hub; its file name is the trigger word to write in the negative "
+              "prompt"),
     )  # fmt: skip
 
     def replace(self, **changes) -> CompareSettings:
@@ -129,6 +142,7 @@ class CompareSettings:
             negative = f"[{negative}::{self.negative_end:g}]"
         extra = "" if self.negative_strength == 1 else f", Negative strength: {self.negative_strength:g}"
         extra += ", Perp-Neg: True" if self.perp_neg else ""
+        extra += f", Negative embedding: {embedding_name(self.negative_embedding)}" if self.negative_embedding else ""
         return (
             f"{self.prompt}\nNegative prompt: {negative}\n"
             f"Steps: {self.steps}, Sampler: {self.scheduler}, CFG scale: {self.guidance:g}, Seed: {self.seed}, "
@@ -136,8 +150,31 @@ class CompareSettings:
         )
 
 
+def embedding_name(path: str) -> str:
+    """An embedding's trigger word: its file name without the extension, as A1111 names embeddings."""
+    return PurePath(path).stem
+
+
 FIELDS: dict[str, Field] = {f.name: f.metadata["field"] for f in dataclasses.fields(CompareSettings)}
 DEFAULTS: dict = {f.name: f.default for f in dataclasses.fields(CompareSettings)}
+
+
+# The many-seeds view's own inputs, beside a comparison's (its `seed` is the first seed).
+GRID_FIELDS: dict[str, Field] = {
+    "seed_count": Field("int", "seeds", "how many seeds, from the seed on", MIN_GRID_SEEDS, MAX_GRID_SEEDS, 1),
+    "phrased": Field(
+        "flag",
+        "third column: the negative phrased in the prompt",
+        'the prompt + " without <negative>" with an empty negative; blank: on when the negative is short',
+    ),
+}
+GRID_DEFAULTS = {"seed_count": DEFAULT_GRID_SEEDS, "phrased": None}
+
+
+def resolve_grid(seed_count, phrased) -> tuple[int, bool | None]:
+    """The many-seeds inputs checked like every other input; `phrased` None means "on when the negative is short"."""
+    count = DEFAULT_GRID_SEEDS if seed_count is None else _parse(seed_count, "seeds", GRID_FIELDS["seed_count"])
+    return count, None if phrased is None else _parse(phrased, "phrased", GRID_FIELDS["phrased"])
 
 
 def size_limits(native: int) -> tuple[int, int]:
@@ -184,6 +221,8 @@ def _parse(value, name: str, field: Field):
     """One value by its declared kind and range."""
     if field.kind == "text":
         return _clean_text(value, field.label, int(field.maximum or MAX_PROMPT_CHARS))
+    if field.kind == "file":
+        return _clean_path(value, field.label)
     if field.kind == "flag":
         if not isinstance(value, bool):
             raise InputError(f"{name} must be true or false, got {_echo(value)}.")
@@ -221,6 +260,20 @@ def _clean_text(text, field: str, limit: int) -> str:
     # Control characters (NUL, escape sequences) mean nothing to a text encoder; newlines become spaces.
     kept = "".join(" " if ch in "\n\r\t" else ch for ch in text if unicodedata.category(ch) != "Cc" or ch in "\n\r\t")
     return " ".join(kept.split())
+
+
+def _clean_path(path, field: str) -> str:
+    """A file name as given (spaces kept), without the characters no file name of a user's has."""
+    if path is None:
+        return ""
+    if not isinstance(path, str):
+        raise InputError(f"The {field} must be a file name (text), got {type(path).__name__}.")
+    path = path.strip()
+    if len(path) > MAX_PATH_CHARS:
+        raise InputError(f"The {field} is {len(path)} characters long; the limit is {MAX_PATH_CHARS}.")
+    if any(unicodedata.category(ch) in ("Cc", "Cs") for ch in path):
+        raise InputError(f"The {field} {_echo(path)} contains a control character.")
+    return path
 
 
 def _as_int(value, field: str) -> int:

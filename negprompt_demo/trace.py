@@ -28,6 +28,8 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 
 RUNS = ("without", "with")  # index 0: empty negative prompt; index 1: the user's negative prompt
+# What each guidance branch alone predicts from the with-run's latents (x0_latents[2:5] when recorded)
+BRANCHES = ("prompt", "empty", "negative")
 
 
 @dataclass
@@ -43,12 +45,14 @@ class StepRecord:
     guidance_peak: float  # largest value of both maps (one colour scale for all steps needs every step's peak)
     guidance_cosine: float  # cosine between the two runs' guidance vectors (1 = same direction)
     divergence: float  # ‖x_with − x_without‖ / ‖x_without‖ of the latents after this step
-    x0_latents: torch.Tensor | None  # [2, c, h, w] float16: predicted clean sample of each run
+    # [2, c, h, w] float16: predicted clean sample of each run; with the push map, 3 more: what the with-run's
+    # prompt branch, empty-prompt branch and negative branch each predict alone (BRANCHES)
+    x0_latents: torch.Tensor | None
     negative_active: bool = True  # whether the with-run's negative prompt acted at this step (its window)
     push_map: torch.Tensor | None = None  # [h, w] float16: ‖ε_empty − ε_neg‖ on the with-run's latents
     push_mean: float | None = None
     push_peak: float | None = None
-    previews: np.ndarray | None = None  # [2, H, W, 3] uint8 pictures of x0, by previews.fill_previews
+    previews: np.ndarray | None = None  # [2 or 5, H, W, 3] uint8 pictures of x0_latents, by previews.fill_previews
 
     def __getstate__(self) -> dict:
         """Pickled with numpy arrays: torch pickles tensors between processes as file descriptors of the sender,
@@ -149,6 +153,10 @@ class GuidanceTracer:
         cosine = torch.nn.functional.cosine_similarity(flat[0:1], flat[1:2], eps=1e-12).item()
 
         x0 = self.predict_x0(sample, guided, sigma)
+        empty = self.empty_branch(branches)
+        if empty is not None:  # each branch alone, from the with-run's latents (the article's "step 4")
+            alone = torch.stack([text[1], empty.float(), neg[1]])
+            x0 = torch.cat([x0, self.predict_x0(sample[1:2].expand_as(alone), alone, sigma)])
         stepped = latents.float()
         divergence = ((stepped[1] - stepped[0]).norm() / stepped[0].norm().clamp_min(1e-12)).item()
 
@@ -167,11 +175,7 @@ class GuidanceTracer:
         if self.push_map:
             # ε_∅ − ε_neg on the with-run's latents: where (and how hard) the negative prompt itself pushes. Zero
             # where the with-run's negative branch is the empty prompt's (outside its window).
-            empty = branches.empty.get(1)
-            if empty is not None:
-                push = (self.spatial(empty[None]).float()[0] - neg[1]).norm(dim=0)
-            else:
-                push = torch.zeros_like(guidance_map[1])
+            push = (empty.float() - neg[1]).norm(dim=0)
             record.push_map = push.half().cpu()
             record.push_mean = push.mean().item()
             record.push_peak = push.max().item()
@@ -186,6 +190,15 @@ class GuidanceTracer:
             return float(scheduler.timesteps[index]), float(scheduler.sigmas[index])
         t = float(timestep.flatten()[0]) if torch.is_tensor(timestep) else float(timestep)
         return t, self.sigma_at(t)
+
+    def empty_branch(self, branches) -> torch.Tensor | None:
+        """ε_∅ on the with-run's latents when the push map asked for it: the extra item, or, where the with-run's
+        negative does not act (before its window it is even the same run as the without-run), its negative
+        branch, which is then the empty prompt's. Spatial, as [c, h, w] (FLUX.1's patches unpacked)."""
+        if not self.push_map:
+            return None
+        empty = branches.empty.get(1)
+        return self.spatial((empty if empty is not None else branches.negative[1])[None])[0]
 
     def sigma_at(self, timestep: float) -> float:
         """Noise level of a training timestep, interpolating log-sigma for the fractional ones Karras uses."""

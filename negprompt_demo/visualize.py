@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from PIL import Image, ImageDraw, ImageFont
 
-from negprompt_demo.trace import GuidanceTrace
+from negprompt_demo.trace import BRANCHES, GuidanceTrace
 
 GUIDANCE_COLORMAP = "inferno"
 PUSH_COLORMAP = "viridis"
@@ -111,7 +111,8 @@ def push_vmax(trace: GuidanceTrace) -> float | None:
 
 def step_views(trace: GuidanceTrace, index: int, min_side: int = 256) -> dict[str, Image.Image]:
     """Pictures of one step: each run's x0 preview, the same with its guidance map overlaid, and the negative-push
-    map when it was recorded. Keys: x0_without, x0_with, guidance_without, guidance_with, push (optional)."""
+    map and what each guidance branch alone predicts when they were recorded. Keys: x0_without, x0_with,
+    guidance_without, guidance_with; push, branch_prompt, branch_empty, branch_negative (optional)."""
     step = trace.steps[index]
     vmax = guidance_vmax(trace)
     views = {}
@@ -123,6 +124,8 @@ def step_views(trace: GuidanceTrace, index: int, min_side: int = 256) -> dict[st
     if step.push_map is not None:
         push = step.push_map.float().numpy()
         views["push"] = enlarge(overlay_map(step.previews[1], push, push_vmax(trace), PUSH_COLORMAP), min_side)
+    for branch, preview in zip(BRANCHES, step.previews[2:]):  # recorded with the push map
+        views[f"branch_{branch}"] = enlarge(Image.fromarray(preview), min_side)
     return views
 
 

@@ -28,6 +28,8 @@ def field_widget(name: str, field: Field, value, bounds: tuple | None = None) ->
         return gr.Dropdown(list(field.choices), value=value, label=field.label)
     if field.kind == "flag":
         return gr.Checkbox(value=bool(value), label=f"{field.label} ({field.help})")
+    if field.kind == "file":
+        return embedding_upload(field, visible=True)
     if low is not None and high is not None and name != "seed":
         return gr.Slider(low, high, value=value, step=field.step, label=field.label, elem_id=name)
     return gr.Number(label=field.label, value=value, precision=0 if field.kind == "int" else None)
@@ -36,13 +38,27 @@ def field_widget(name: str, field: Field, value, bounds: tuple | None = None) ->
 def api_widget(name: str, field: Field | None, default) -> gr.components.Component:
     """The public API's input for one field: plain types and no bounds (the server checks every value); `default`
     is what an API call that leaves the input out gets (the default model's value)."""
-    if field is None or field.kind == "text":  # the model, prompts
+    if field is None or field.kind in ("text", "file"):  # the model, prompts, a file's path or Hub name
         return gr.Textbox(label=name, value=default)
     if field.kind == "choice":
         return gr.Dropdown(list(field.choices), value=default, label=name, info=field.help)
     if field.kind == "flag":
         return gr.Checkbox(label=name, value=default, info=field.help)
     return gr.Number(label=name, value=default, info=field.help)
+
+
+def embedding_upload(field: Field, visible: bool) -> gr.File:
+    """The negative embedding's upload: a .safetensors file (Gradio keeps it in its cache and hands over the path,
+    its original file name kept, which is the trigger word). Hidden where the deployment takes none."""
+    return gr.File(
+        label=f"{field.label} (optional; its file name is the trigger word)",
+        file_types=[".safetensors"],
+        type="filepath",
+        file_count="single",
+        visible=visible,
+        height=90,
+        elem_id="negative-embedding",
+    )
 
 
 def result_image(label: str, elem_id: str) -> gr.Image:
@@ -60,6 +76,9 @@ def result_image(label: str, elem_id: str) -> gr.Image:
     )
 
 
+RECORDED = ("push", "branch-prompt", "branch-empty", "branch-negative", "branch-guided")  # need the ε_∅ item
+
+
 def step_image(label: str, elem_id: str) -> gr.Image:
     """One picture of the step view; captions are Markdown above it (Gradio's own label covers a small image)."""
     return gr.Image(
@@ -73,5 +92,41 @@ def step_image(label: str, elem_id: str) -> gr.Image:
         height=180,
         min_width=120,
         buttons=["download"],
-        placeholder="tick “record the negative-push map” to see it" if elem_id == "push" else None,
+        placeholder="tick “record what the empty prompt predicts” to see it" if elem_id in RECORDED else None,
     )
+
+
+# A link's query (`links.link_query`) is relative; the browser completes it from the page's own address, which is
+# the right one behind a share link and inside a Space's iframe.
+ABSOLUTE_LINK_JS = "(query) => [query ? new URL(query, window.location.href).href : '', '']"  # and clear the note
+COPY_LINK_JS = """async (query) => {
+  if (!query) return "Run a comparison first: the link is made when it is done.";
+  try {
+    await navigator.clipboard.writeText(new URL(query, window.location.href).href);
+    return "Link copied.";
+  } catch (error) {
+    return "This browser blocked the clipboard here: select the link above and copy it.";
+  }
+}"""
+
+
+def link_row() -> dict:
+    """The shown comparison's link with a "copy link" button, and the hidden values behind it: `link` (the query
+    the server built), `link_run` and `link_example` (set by opening a link: start it, or show a cached example)."""
+    with gr.Row(equal_height=True):
+        row = {
+            "link_url": gr.Textbox(
+                label="link to this comparison (reopens the page with the same inputs and runs it)",
+                placeholder="made when a comparison is done",
+                interactive=True,  # a disabled box's text cannot be selected, to copy by hand
+                elem_id="link",
+                scale=4,
+            ),
+            "copy_link": gr.Button("copy link", size="sm", scale=0, min_width=100, elem_id="copy-link"),
+        }
+    row["link_note"] = gr.Markdown(elem_id="link-note")
+    for name in ("link", "link_run", "link_example"):
+        row[name] = gr.Textbox(visible="hidden", elem_id=name.replace("_", "-"))
+    row["link"].change(None, row["link"], [row["link_url"], row["link_note"]], js=ABSOLUTE_LINK_JS)  # browser only
+    row["copy_link"].click(None, row["link"], row["link_note"], js=COPY_LINK_JS)
+    return row

@@ -52,6 +52,21 @@ def test_compare_returns_both_images_the_seed_and_the_trace(client, tiny_sd_fold
     assert trace["cfg_active"] is True and "guidance_mean" in trace["steps"][0]
 
 
+def test_negative_embedding_by_path_and_the_reading_in_the_trace(client, tiny_sd_folder, tmp_path):
+    """Unlocked (this server), the API names an embedding file like the CLI; the trace says how the negative was
+    read (the locked refusal is in test_app)."""
+    import torch
+    from safetensors.torch import save_file
+
+    path = tmp_path / "badhand.safetensors"
+    save_file({"emb_params": torch.randn(2, 32)}, str(path))
+    job = call(client, tiny_sd_folder, negative="(badhand:1.3), blue", negative_embedding=str(path))
+    _, _, _, trace = job.result(timeout=120)
+    first = trace["negative_reading"]["chunks"][0][0]
+    assert first == {"text": "badhand: 2 vectors", "weight": 1.3, "embedding": True}
+    assert trace["settings"]["negative_embedding"] == str(path)
+
+
 def test_random_seed_and_native_size_are_the_defaults(client, tiny_sd_folder):
     job = client.submit(prompt="a red hat", negative="blue", steps=1, api_name="/compare")
     without_path, _, seed, trace = job.result(timeout=120)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
+from urllib.parse import parse_qsl
 
 import gradio as gr
 import numpy as np
@@ -14,16 +15,18 @@ import torch
 from conftest import EMBEDDED_PRESENT
 from PIL import Image
 
-from negprompt_demo import app, handlers
-from negprompt_demo.app import EXAMPLES_FILE, build_app, example_cache_folder, example_rows
+from negprompt_demo import examples as example_module
+from negprompt_demo import handlers
+from negprompt_demo.app import build_app
 from negprompt_demo.app_config import AppConfig, config_from_args
 from negprompt_demo.engine import compare
-from negprompt_demo.handlers import INPUT_NAMES, STEP_OUTPUTS, UI_OUTPUTS
+from negprompt_demo.examples import EXAMPLES_FILE, example_cache_folder, example_rows
+from negprompt_demo.handlers import INPUT_NAMES, LINK_OUTPUTS, STEP_OUTPUTS, UI_OUTPUTS
 from negprompt_demo.launch import build_parser
 from negprompt_demo.loading import load_pipeline, pipeline_lock
 from negprompt_demo.previews import fill_previews
 from negprompt_demo.runner import Step, astream
-from negprompt_demo.settings import CompareSettings, InputError
+from negprompt_demo.settings import DEFAULTS, CompareSettings, InputError
 from negprompt_demo.tracefile import TraceNotFound, TraceStore
 from negprompt_demo.visualize import curves_picture
 
@@ -249,14 +252,15 @@ def test_examples_file_starts_with_the_articles_case():
     assert len(rows) == len(labels) >= 4 and all(row[INPUT_NAMES.index("model")] == "embedded" for row in rows)
 
 
-def test_only_compare_and_sweep_are_public_api(config):
+def test_only_compare_sweep_and_seeds_are_public_api(config):
     demo = build_app(config)
     api = demo.get_api_info()
-    assert set(api["named_endpoints"]) == {"/compare", "/sweep"}
+    assert set(api["named_endpoints"]) == {"/compare", "/sweep", "/seeds"}
     assert not api.get("unnamed_endpoints")
-    for endpoint in ("/compare", "/sweep"):  # named like the settings fields, declared once
+    for endpoint in ("/compare", "/sweep", "/seeds"):  # named like the settings fields, declared once
         parameters = [parameter["parameter_name"] for parameter in api["named_endpoints"][endpoint]["parameters"]]
-        assert parameters == list(INPUT_NAMES)
+        extra = ["seed_count", "phrased"] if endpoint == "/seeds" else []
+        assert parameters == [*INPUT_NAMES, *extra]
 
 
 def test_sweep_shows_each_start_with_a_reading(events, tiny_sd_folder):
@@ -308,7 +312,46 @@ def test_warnings_are_shown_in_the_status(events, tiny_sd_folder):
     changes = {"guidance": 1, "steps": 1, "prompt": long_prompt}
     updates = [named(values) for values in collect(events.compare_ui(Session(), **inputs(tiny_sd_folder, **changes)))]
     for status in (updates[0]["status"], updates[-1]["status"]):
-        assert "⚠️ Guidance scale 1 ≤ 1" in status and "these words were cut" in status
+        assert "⚠️ Guidance scale 1 ≤ 1" in status and "The prompt is 84 tokens: read in 2 chunks of 75" in status
+
+
+def embedding_upload(demo: gr.Blocks) -> gr.File:
+    (upload,) = [block for block in demo.blocks.values() if getattr(block, "elem_id", None) == "negative-embedding"]
+    return upload
+
+
+def test_negative_embedding_on_the_page_and_how_the_negative_was_read(events, config, tiny_sd_folder, tmp_path):
+    from safetensors.torch import save_file
+
+    path = tmp_path / "badhand.safetensors"
+    save_file({"emb_params": torch.randn(2, 32)}, str(path))
+    upload = embedding_upload(build_app(config))
+    assert upload.visible and upload.file_types == [".safetensors"]
+    changes = {"negative": "(badhand:1.2), blue", "negative_embedding": str(path), "steps": 2}
+    updates = [named(values) for values in collect(events.compare_ui(Session(), **inputs(tiny_sd_folder, **changes)))]
+    assert updates[0]["negative_reading"] == ""  # the last result's reading goes while this one runs
+    reading = updates[-1]["negative_reading"]
+    assert reading.startswith("**How the negative prompt was read:** read A1111-style: 7 tokens in 1 chunk of 75")
+    assert "**(`⟨badhand: 2 vectors⟩` ×1.2)**" in reading
+    plain = [named(values) for values in collect(events.compare_ui(Session(), **inputs(tiny_sd_folder, steps=1)))]
+    assert "read as plain text: 4 tokens, no weights" in plain[-1]["negative_reading"]
+
+
+def test_locked_deployment_takes_no_embedding(tiny_sd_folder, tmp_path_factory):
+    """A shared instance never opens a file a client names: no upload on the page, and the API refuses a path."""
+    locked = AppConfig(default_model=str(tiny_sd_folder), models=[], lock_models=True)
+    assert not embedding_upload(build_app(locked)).visible
+    events = make(locked, tmp_path_factory)
+    with pytest.raises(gr.Error, match="does not take negative embeddings"):
+        asyncio.run(events.compare_api(**inputs(tiny_sd_folder, negative_embedding="/etc/passwd.safetensors")))
+    (only,) = [
+        named(values)
+        for values in collect(
+            events.compare_ui(Session(), **inputs(tiny_sd_folder, negative_embedding="x.safetensors"))
+        )
+    ]
+    assert "does not take negative embeddings" in only["status"]
+    assert asyncio.run(events.compare_api(**inputs(tiny_sd_folder, steps=1, negative_embedding="")))[2] == 7
 
 
 def test_example_cache_folder_follows_the_weights_and_the_examples_file(sd_pipe, tmp_path, monkeypatch):
@@ -316,7 +359,7 @@ def test_example_cache_folder_follows_the_weights_and_the_examples_file(sd_pipe,
     monkeypatch.setenv("GRADIO_EXAMPLES_CACHE", str(tmp_path / "cache"))
     examples = tmp_path / "examples.json"
     examples.write_bytes(EXAMPLES_FILE.read_bytes())
-    monkeypatch.setattr(app, "EXAMPLES_FILE", examples)
+    monkeypatch.setattr(example_module, "EXAMPLES_FILE", examples)
     pipe = copy.deepcopy(sd_pipe)
     original = example_cache_folder(pipe)
     assert original.parent == tmp_path / "cache"
@@ -362,3 +405,67 @@ def test_sdxl_model_through_the_page(tiny_sdxl_folder, tmp_path_factory):
     assert final["trace_id"].startswith("run-") and "48×24 px" in final["status"]
     step_view = named(page.show_step(final["trace_id"], 1, Session()), STEP_OUTPUTS)
     assert set(step_view) == set(STEP_OUTPUTS) and step_view["push"] is not None
+
+
+class LinkVisit(Session):
+    """What gr.Request gives the page-load event: the session and the page URL's query parameters."""
+
+    def __init__(self, query: str, session_hash: str = "session-a"):
+        super().__init__(session_hash)
+        self.query_params = dict(parse_qsl(query.lstrip("?"), keep_blank_values=True))
+
+
+def test_a_link_fills_the_inputs_and_runs_the_same_comparison(events, ui_run, config):
+    link = ui_run[-1]["link"]
+    assert link.startswith("?prompt=a+red+hat&negative=blue&seed=7&steps=4&") and "push_map" not in link
+    assert "model=" not in link  # the page's default model
+    opened = named(events.open_link(LinkVisit(link, "session-b")), LINK_OUTPUTS)
+    assert opened["link_run"] == "1" and "link_example" not in opened  # starts the Compare button's event
+    filled = {name: opened[name] for name in INPUT_NAMES if name not in ("width", "height")}
+    filled |= {name: opened[name]["value"] for name in ("width", "height")}
+    assert filled["model"] == config.default_model and filled["seed"] == 7 and filled["push_map"] is True
+    assert opened["width"]["maximum"] == 64 and "Native size 32 px" in opened["model_info"]
+    # What that event then gets from the filled inputs: the same comparison, pixel for pixel, and the same link.
+    final = named(collect(events.compare_ui(LinkVisit(link, "session-b"), **filled))[-1])
+    assert final["link"] == link
+    assert np.array_equal(pixels(final["image_with"]), pixels(ui_run[-1]["image_with"]))
+
+
+def test_a_plain_visit_changes_nothing(events):
+    for query in ("", "?__theme=dark&view=api"):
+        assert named(events.open_link(LinkVisit(query)), LINK_OUTPUTS) == {}
+
+
+BAD_LINKS = {
+    "out of range": ("?prompt=a+cat&steps=0", "steps must be between 1 and 150, got 0."),
+    "html": (
+        "?prompt=a+cat&scheduler=%3Cimg+src%3Dx+onerror%3Dalert(1)%3E",
+        "Unknown scheduler '&lt;img src=x onerror",
+    ),
+    "huge number": ("?prompt=a+cat&seed=" + "9" * 6000, "seed must be a whole number, got inf."),
+    "long text": ("?prompt=" + "x" * 50_000, "The prompt is 50000 characters long; the limit is 2000."),
+    "control characters": ("?prompt=%00%1b%07&negative=a", "The prompt is empty"),
+    "no prompt": ("?negative=javascript:alert(1)", "The prompt is empty"),
+    "unlisted model": ("?prompt=a+cat&model=someone/any-model", "only offers these models"),
+    "folder as model": ("?prompt=a+cat&model=../..", "only offers these models"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_LINKS)
+def test_a_bad_link_shows_the_typed_input_message_and_changes_nothing_else(case, tiny_sd_folder, tmp_path_factory):
+    query, message = BAD_LINKS[case]
+    locked = make(AppConfig(default_model=str(tiny_sd_folder), models=[], lock_models=True), tmp_path_factory)
+    opened = named(locked.open_link(LinkVisit(query)), LINK_OUTPUTS)
+    assert set(opened) == {"status"}  # no input filled, nothing started: the page is as it was
+    assert opened["status"].startswith("❌ **Could not open the link.** ") and message in opened["status"]
+
+
+def test_a_link_to_an_example_shows_its_cached_result(events, tiny_sd_folder, config):
+    example = {"prompt": "a red hat", "negative": "blue", "seed": 3, "steps": 4, "guidance": 7.5, "width": 32}
+    events.examples = [{**DEFAULTS, "model": str(tiny_sd_folder), "scheduler": "Euler", "height": 32, **example}]
+    try:
+        opened = named(events.open_link(LinkVisit("?prompt=a+red+hat&negative=blue&seed=3&steps=4")), LINK_OUTPUTS)
+        assert opened["link_example"] == "0" and "link_run" not in opened
+        assert "link_run" in named(events.open_link(LinkVisit("?prompt=a+red+hat&seed=3&steps=4")), LINK_OUTPUTS)
+    finally:
+        events.examples = []

@@ -170,6 +170,67 @@ def test_stop_ends_the_run_and_the_page_stays_usable(app_server):
             browser.close()
 
 
+def test_a_link_fills_the_inputs_runs_and_gives_its_own_link(app_server):
+    from playwright.sync_api import sync_playwright
+
+    url, _ = app_server
+    query = "?prompt=a+red+hat&negative=blue+%26+%3Cb%3Egreen%3C%2Fb%3E&seed=5&steps=3&perp_neg=true"
+    with sync_playwright() as playwright:
+        browser, page = open_page(playwright, url + query)
+        try:
+            page.context.grant_permissions(["clipboard-read", "clipboard-write"])
+            page.wait_for_function("document.querySelector('#status').innerText.includes('Done in')")
+            assert page.get_by_label("prompt", exact=True).input_value() == "a red hat"
+            assert page.get_by_label("negative prompt", exact=True).input_value() == "blue & <b>green</b>"
+            assert page.input_value("#seed input") == "5" and "seed 5 · 3 steps" in status(page)
+            assert "negative: blue & <b>green</b>" in page.inner_text("#caption-with")  # text, not markup
+            without, with_negative = shown_image(page, "#image-without"), shown_image(page, "#image-with")
+            assert not np.array_equal(np.asarray(without), np.asarray(with_negative))
+
+            page.wait_for_function("document.querySelector('#link textarea').value.includes('seed=5')")
+            link = page.input_value("#link textarea")
+            assert link.startswith(url + "?prompt=a+red+hat&negative=blue+%26+%3Cb%3Egreen%3C%2Fb%3E&seed=5&steps=3&")
+            assert "perp_neg=true" in link
+            page.click("#copy-link")
+            page.wait_for_function("document.querySelector('#link-note').innerText.includes('copied')")
+            assert page.evaluate("navigator.clipboard.readText()") == link
+            page.evaluate("() => { navigator.clipboard.writeText = async () => { throw new Error('blocked'); }; }")
+            page.click("#copy-link")
+            page.wait_for_function("document.querySelector('#link-note').innerText.includes('select the link')")
+            assert not page.eval_on_selector("#link textarea", "e => e.disabled")  # selectable, to copy by hand
+
+            page.goto(url + "?prompt=a+cat&steps=999&scheduler=%3Cscript%3Ealert(1)%3C%2Fscript%3E")
+            page.wait_for_selector("#status")
+            page.wait_for_function("document.querySelector('#status').innerText.includes('Could not open')")
+            assert "steps must be between 1 and 150, got 999." in status(page)
+            assert page.get_by_label("prompt", exact=True).input_value() == ""  # nothing filled, nothing run
+            compare(page, "a red hat", "blue")  # the page works as usual
+        finally:
+            browser.close()
+
+
+def test_a_link_to_an_example_shows_its_cached_result(app_server):
+    from playwright.sync_api import sync_playwright
+
+    url, _ = app_server
+    with sync_playwright() as playwright:
+        browser, page = open_page(playwright, url)
+        try:
+            click_first_example(page)
+            page.wait_for_function("document.querySelector('#link textarea').value.includes('seed=3')")
+            link, shown = page.input_value("#link textarea"), page.get_attribute("#image-with img", "src")
+            page.goto(link)
+            page.wait_for_selector("#status")
+            page.wait_for_function("document.querySelector('#status').innerText.includes('Done in')")
+            assert page.input_value("#link-example textarea") == "0"  # served from Gradio's example cache
+            assert page.get_attribute("#image-with img", "src") == shown  # the cached file itself
+            assert page.get_by_label("negative prompt", exact=True).input_value() == "mustache"
+            page.wait_for_function("document.querySelector('#link textarea').value.includes('seed=3')")
+            assert page.input_value("#link textarea") == link
+        finally:
+            browser.close()
+
+
 if __name__ == "__main__":
     from playwright.sync_api import sync_playwright
 

@@ -69,6 +69,28 @@ def test_bad_input_exits_2_with_one_line(tiny_sd_folder, tmp_path, capsys, extra
     assert error.startswith("error: ") and message in error
 
 
+def test_negative_embedding_from_a_path(tiny_sd_folder, tmp_path, capsys):
+    import torch
+    from safetensors.torch import save_file
+
+    embedding = tmp_path / "EasyNegative.safetensors"
+    save_file({"emb_params": torch.randn(3, 32)}, str(embedding))
+    out = tmp_path / "out"
+    common = ["compare", "--prompt", "a man", "--steps", "2", "--model", str(tiny_sd_folder)]
+    arguments = common + ["--negative", "EasyNegative", "--negative-embedding", str(embedding), "--out", str(out)]
+    assert main(arguments) == 0
+    with Image.open(out / "with_negative.png") as image:
+        assert "Negative embedding: EasyNegative, Model:" in image.text["parameters"]
+    trace = json.loads((out / "trace.json").read_text())
+    assert trace["negative_reading"]["chunks"] == [
+        [{"text": "EasyNegative: 3 vectors", "weight": 1.0, "embedding": True}]
+    ]
+    pickle_file = tmp_path / "EasyNegative.pt"
+    pickle_file.write_bytes(b"not even read")
+    assert main(common + ["--negative-embedding", str(pickle_file), "--out", str(out)]) == 2
+    assert "pickle files are refused" in capsys.readouterr().err
+
+
 def test_bad_model_exits_2(tmp_path, capsys):
     assert main(["compare", "--prompt", "a man", "--model", "../no-such-folder/model", "--out", str(tmp_path)]) == 2
     assert "neither an existing local folder nor a Hugging Face model id" in capsys.readouterr().err

@@ -101,14 +101,16 @@ def test_empty_negative_warns(sd_pipe):
     assert np.array_equal(pixels(result.with_negative), pixels(result.without_negative))
 
 
-def test_truncated_words_are_named(sd_pipe):
-    # the tiny tokenizer is character-level: 77 tokens = start + 75 characters + end
+def test_long_prompts_are_read_in_chunks_not_cut(sd_pipe):
+    # the tiny tokenizer is character-level: 75 characters fill one chunk
     prompt = "a" * 75 + "zebra"
     result = compare(sd_pipe, CompareSettings(prompt, "x" * 74 + "yq", seed=SEED, steps=2), trace=False)
-    cut = [warning for warning in result.warnings if "were cut" in warning]
-    assert len(cut) == 2
-    assert "zebra" in cut[0].replace(" ", "") and cut[0].startswith("The prompt")
-    assert "q" in cut[1] and cut[1].startswith("The negative prompt")
+    notes = [warning for warning in result.warnings if "chunks of 75" in warning]
+    assert notes == [
+        "The prompt is 80 tokens: read in 2 chunks of 75 (A1111 style), none cut.",
+        "The negative prompt is 76 tokens: read in 2 chunks of 75 (A1111 style), none cut.",
+    ]
+    assert not any("cut:" in warning for warning in result.warnings)
 
 
 def test_stop_flag_ends_between_steps_and_pipeline_stays_usable(sd_pipe):
@@ -136,7 +138,8 @@ def test_on_step_streams_every_step_with_its_record(sd_pipe):
         on_step=lambda done, total, record: updates.append((done, total, record.index, record.x0_latents.shape)),
     )
     assert [update[:3] for update in updates] == [(i, STEPS, i - 1) for i in range(1, STEPS + 1)]
-    assert all(shape == (2, 4, 16, 16) for *_, shape in updates)
+    # both runs' x0, then what the with-run's prompt, empty and negative branches predict (push map, on by default)
+    assert all(shape == (5, 4, 16, 16) for *_, shape in updates)
 
 
 def test_concurrent_compares_do_not_mix(sd_pipe):

@@ -115,14 +115,17 @@ def test_a_late_negative_shares_the_steps_before_it(sd_pipe, monkeypatch):
         return original(sample, *args, **kwargs)
 
     monkeypatch.setattr(sd_pipe.unet, "forward", counting)
-    run(sd_pipe, negative_start=0.5)
+    run(sd_pipe, negative_start=0.5, push_map=False)
     assert sizes == [2] * 5 + [4] * 5
     sizes.clear()
-    run(sd_pipe, negative_strength=1.5, negative_start=0.3)
+    run(sd_pipe, negative_strength=1.5, negative_start=0.3, push_map=False)
     assert sizes == [2] * 3 + [5] * 7  # one UNet call per step, ε_∅ of the with-run as a fifth item
     sizes.clear()
+    run(sd_pipe, push_map=False)
+    assert sizes == [4] * STEPS  # a plain negative, nothing recorded: exactly the pipeline's own batch
+    sizes.clear()
     run(sd_pipe)
-    assert sizes == [4] * STEPS  # the defaults: exactly the pipeline's own batch
+    assert sizes == [5] * STEPS  # the page's default records ε_∅ (push map, branch predictions): one more item
 
 
 def test_the_trace_records_the_window(sd_pipe):

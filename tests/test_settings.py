@@ -69,6 +69,9 @@ def resolve(**fields):
         ({"width": 60}, "width must be a multiple of 8"),
         ({"height": 136}, "height must be between 32 and 128 px"),
         ({"width": 16}, "width must be between 32 and 128 px"),
+        ({"negative_embedding": 3}, "negative embedding must be a file name (text), got int"),
+        ({"negative_embedding": "bad\x00.safetensors"}, "contains a control character"),
+        ({"negative_embedding": "x" * 1025}, "negative embedding is 1025 characters long; the limit is 1024"),
     ],
 )
 def test_bad_input_gets_a_specific_message(fields, message):
@@ -90,17 +93,18 @@ def test_blank_fields_take_the_models_defaults():
     )
     assert (resolved.steps, resolved.guidance, resolved.scheduler) == (12, 3.0, "DDIM")
     assert resolve(steps=7, guidance=0).steps == 7 and resolve(guidance=0).guidance == 0  # 0 is a value here
-    assert resolve(push_map=True).push_map is True and resolve().push_map is False
+    assert resolve(push_map=False).push_map is False and resolve().push_map is True
 
 
 def test_every_input_is_declared_once_with_label_and_help():
     assert list(FIELDS) == [
         *("prompt", "negative", "seed", "steps", "guidance", "scheduler", "width", "height"),
         *("negative_start", "negative_end", "negative_strength", "perp_neg", "push_map", "empty_as_text"),
+        "negative_embedding",
     ]
     for name, field in FIELDS.items():
         assert field.label and field.help, name
-        assert field.kind in ("text", "int", "float", "choice", "flag"), name
+        assert field.kind in ("text", "int", "float", "choice", "flag", "file"), name
 
 
 def test_text_is_cleaned_not_rejected():
@@ -134,3 +138,10 @@ def test_parameters_text_is_a1111_style():
         "a man\nNegative prompt: mustache\nSteps: 25, Sampler: Euler, CFG scale: 7.5, Seed: 3, Size: 64x64, "
         "Model: embedded"
     )
+
+
+def test_embedding_path_is_kept_as_given_and_named_in_the_parameters_text():
+    resolved = resolve(seed=3, negative="EasyNegative", negative_embedding="  my files/EasyNegative.safetensors ")
+    assert resolved.negative_embedding == "my files/EasyNegative.safetensors"
+    assert "Size: 64x64, Negative embedding: EasyNegative, Model: m" in resolved.parameters_text("m")
+    assert resolve(negative_embedding=None).negative_embedding == ""

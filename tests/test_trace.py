@@ -34,9 +34,9 @@ def test_trace_shapes(traced):
     for index, step in enumerate(trace.steps):
         assert step.index == index
         assert step.guidance_map.shape == (2, 16, 16) and step.guidance_map.dtype == torch.float16
-        assert step.x0_latents.shape == (2, 4, 16, 16)
+        assert step.x0_latents.shape == (5, 4, 16, 16)  # both runs, then the with-run's three branches alone
         assert step.push_map.shape == (16, 16)
-        assert step.previews.shape == (2, 32, 32, 3) and step.previews.dtype == np.uint8
+        assert step.previews.shape == (5, 32, 32, 3) and step.previews.dtype == np.uint8
         assert step.guidance_mean[0] == pytest.approx(step.guidance_map[0].float().mean().item(), rel=1e-2)
         assert -1 <= step.guidance_cosine <= 1
     timesteps = [step.timestep for step in trace.steps]
@@ -81,7 +81,23 @@ def test_last_x0_equals_the_final_latents_for_euler(sd_pipe, traced):
         height=32,
         output_type="latent",
     ).images
-    torch.testing.assert_close(traced.trace.steps[-1].x0_latents.float(), final, rtol=1e-2, atol=1e-2)
+    torch.testing.assert_close(traced.trace.steps[-1].x0_latents[:2].float(), final, rtol=1e-2, atol=1e-2)
+
+
+def test_the_guided_x0_is_the_branches_mixed_by_the_guidance_scale(traced):
+    """x0 is affine in ε, so the with-run's x0 is its negative branch's plus s × (prompt's − negative's); and at
+    the first step, where both runs share their sample, the without-run's is the empty prompt's mixed the same
+    way (its negative branch is the empty prompt)."""
+    s = traced.trace.guidance_scale
+    for step in traced.trace.steps:
+        x0 = step.x0_latents.float()
+        prompt, negative = x0[2], x0[4]
+        rounding = 2 * s * 2**-10 * x0.abs().max()  # stored in float16: s times its rounding of the largest value
+        torch.testing.assert_close(x0[1], negative + s * (prompt - negative), rtol=0, atol=rounding)
+    first = traced.trace.steps[0].x0_latents.float()
+    rounding = 2 * s * 2**-10 * first.abs().max()
+    torch.testing.assert_close(first[0], first[3] + s * (first[2] - first[3]), rtol=0, atol=rounding)
+    assert (first[4] - first[3]).abs().max() > 0.01  # the negative's prediction is not the empty prompt's
 
 
 def test_identical_runs_have_zero_divergence(sd_pipe):
@@ -187,7 +203,7 @@ def test_last_x0_equals_the_final_latents_for_euler_with_v_prediction(sd_pipe):
         height=32,
         output_type="latent",
     ).images
-    torch.testing.assert_close(result.trace.steps[-1].x0_latents.float(), final, rtol=1e-2, atol=1e-2)
+    torch.testing.assert_close(result.trace.steps[-1].x0_latents[:2].float(), final, rtol=1e-2, atol=1e-2)
 
 
 @pytest.mark.parametrize("scheduler", ["DDIM", "UniPC"])

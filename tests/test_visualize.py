@@ -29,7 +29,8 @@ def test_enlarge_keeps_pixels_crisp():
 
 def test_step_views_and_legend(comparison):
     views = visualize.step_views(comparison.trace, 3)
-    assert set(views) == {"x0_without", "x0_with", "guidance_without", "guidance_with", "push"}
+    branches = {"branch_prompt", "branch_empty", "branch_negative"}  # recorded with the push map
+    assert set(views) == {"x0_without", "x0_with", "guidance_without", "guidance_with", "push", *branches}
     assert all(min(view.size) >= 256 for view in views.values())
     assert np.asarray(views["guidance_with"]).std() > 0
     legend = step_legend(comparison.trace)  # guidance scale and, as the push map was recorded, the push scale

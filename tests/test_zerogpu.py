@@ -27,7 +27,7 @@ def zerogpu_runner(monkeypatch):
     re-imported: the handlers hold its event classes."""
     monkeypatch.setitem(sys.modules, "spaces", spaces_standin)
     spaces_standin.calls.clear()
-    for name in ("sample_on_device", "sweep_on_device"):
+    for name in ("sample_on_device", "sweep_on_device", "seeds_on_device"):
         monkeypatch.setattr(plain_runner, name, plain_runner.on_accelerator(getattr(plain_runner, name)))
     return plain_runner
 
@@ -99,3 +99,14 @@ def test_the_sweep_crosses_the_process_boundary_too(zerogpu_runner, tiny_sd_fold
     assert spaces_standin.calls == ["sweep_on_device"]
     sweep = events[-1].sweep
     assert len(sweep.with_negative) == 2 and sweep.start_steps == [0, 3]
+
+
+def test_the_many_seeds_rows_cross_the_process_boundary_as_they_finish(zerogpu_runner, tiny_sd_folder):
+    events = list(zerogpu_runner.stream(str(tiny_sd_folder), SETTINGS, seeds=(4, True)))
+    assert spaces_standin.calls == ["seeds_on_device"]
+    rows = [event for event in events if isinstance(event, zerogpu_runner.SeedRows)]
+    assert [row.seeds for row in rows] == [[3], [4, 5, 6]]  # the first seed alone, then the rest
+    grid = events[-1].grid
+    assert grid.seeds == [3, 4, 5, 6] and grid.columns == ("without", "with", "phrased") and grid.seconds > 0
+    in_process = compare(load_pipeline(str(tiny_sd_folder)), SETTINGS.replace(seed=5), trace=False)
+    assert np.abs(np.asarray(grid.images["with"][2], int) - np.asarray(in_process.with_negative, int)).max() <= 2

@@ -54,6 +54,10 @@ class Probe:
         self.net.eval()
 
     @torch.no_grad()
-    def predict(self, images: list[Image.Image] | np.ndarray) -> dict[str, np.ndarray]:
+    def scores(self, images: list[Image.Image] | np.ndarray) -> dict[str, np.ndarray]:
+        """The probe's logit per output and image: > 0 means "present"; how far from 0, how sure."""
         logits = torch.cat([self.net(to_input(images[i : i + 256])) for i in range(0, len(images), 256)])
-        return {name: (logits[:, k] > 0).numpy() for k, name in enumerate(OUTPUTS)}
+        return {name: logits[:, k].numpy() for k, name in enumerate(OUTPUTS)}
+
+    def predict(self, images: list[Image.Image] | np.ndarray) -> dict[str, np.ndarray]:
+        return {name: score > 0 for name, score in self.scores(images).items()}

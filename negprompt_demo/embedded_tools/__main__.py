@@ -6,6 +6,7 @@ python -m negprompt_demo.embedded_tools probe-train | probe-accuracy
 python -m negprompt_demo.embedded_tools evaluate --prompt P --negative N --attribute A [--seeds 0:64]
 python -m negprompt_demo.embedded_tools table [--seeds 0:256] | grid
 python -m negprompt_demo.embedded_tools delayed [--seeds 0:256] [--threads 1]
+python -m negprompt_demo.embedded_tools side-effects [--first-seed 5000 --count 96]
 
 Settings not given (guidance, steps, scheduler) are the loaded model's defaults, as in the app.
 """
@@ -160,6 +161,16 @@ def delayed_command(args: argparse.Namespace) -> None:
     print(delayed_markdown(res))
 
 
+def side_effects_command(args: argparse.Namespace) -> None:
+    """`side-effects`: every attribute's rate without and with each negative, written as OUT.json and OUT.md."""
+    from negprompt_demo.embedded_tools.side_effects import side_effects_tables, write_side_effects
+    from negprompt_demo.loading import load_pipeline
+
+    _set_threads(args.threads)
+    results = side_effects_tables(load_pipeline(None), args.first_seed, args.count, args.negatives.split(","))
+    write_side_effects(results, args.out)
+
+
 def _add_training_commands(sub: argparse._SubParsersAction) -> None:
     """train, tokenizer, probe-train, probe-accuracy: they write model and probe files."""
     p = sub.add_parser("train", help="train VAE, UNet and text encoder from scratch; write the model folder")
@@ -234,6 +245,14 @@ def _add_measuring_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, default=DOCS / "delayed_effect", help="writes OUT.json and OUT.md")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 on a busy shared machine)")
     p.set_defaults(func=delayed_command)
+
+    p = sub.add_parser("side-effects", help="every attribute's rate without and with each attribute as the negative")
+    p.add_argument("--first-seed", type=int, default=5000, help="held out: the model and probe never saw these")
+    p.add_argument("--count", type=int, default=96)
+    p.add_argument("--negatives", default="mustache,beard,glasses,hat,earrings,smile")
+    p.add_argument("--out", type=Path, default=DOCS / "side_effects", help="writes OUT.json and OUT.md")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 on a busy shared machine)")
+    p.set_defaults(func=side_effects_command)
 
 
 def build_parser() -> argparse.ArgumentParser:
