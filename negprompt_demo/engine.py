@@ -31,6 +31,7 @@ from diffusers import (
 )
 from PIL import Image
 
+from negprompt_demo.diagnostics import negative_diagnostics
 from negprompt_demo.embeddings import read_embedding
 from negprompt_demo.guidance import NO_NEGATIVE, BranchHook, NegativePlan, window_steps
 from negprompt_demo.loading import (
@@ -121,7 +122,7 @@ def _prepare_unlocked(pipe, settings: CompareSettings) -> tuple[CompareSettings,
     for text, field_name in ((resolved.prompt, "prompt"), (resolved.negative, "negative prompt")):
         message = chunk_message(read_prompt(pipe, text, embedding), field_name)
         warnings += [message] if message else []
-    return resolved, warnings
+    return resolved, warnings + negative_diagnostics(pipe, resolved)
 
 
 def negative_reading(pipe, resolved: CompareSettings) -> PromptReading | None:
