@@ -39,6 +39,7 @@ from diffusers import (
 from PIL import Image
 
 from negprompt_demo import flow_models
+from negprompt_demo.diagnostics import negative_diagnostics
 from negprompt_demo.embeddings import read_embedding
 from negprompt_demo.flow_models import guidance_arguments, spatial_latents
 from negprompt_demo.guidance import NO_NEGATIVE, BranchHook, NegativePlan, window_steps
@@ -141,7 +142,7 @@ def _prepare_unlocked(pipe, settings: CompareSettings) -> tuple[CompareSettings,
         elif resolved.negative_strength == 0:
             warnings.append("Negative strength 0 turns the negative prompt off: both images are the same.")
     if family in FLOW_MATCHING_FAMILIES:  # the text as written, T5 reading the long ones up to its limit
-        return resolved, warnings + flow_models.text_warnings(pipe, resolved)
+        return resolved, warnings + flow_models.text_warnings(pipe, resolved) + negative_diagnostics(pipe, resolved)
     embedding = read_embedding(pipe, resolved.negative_embedding)
     if embedding is not None:
         resolved = resolved.replace(negative_embedding=str(embedding.path))  # a Hub file: its downloaded copy
@@ -153,7 +154,7 @@ def _prepare_unlocked(pipe, settings: CompareSettings) -> tuple[CompareSettings,
     for text, field_name in ((resolved.prompt, "prompt"), (resolved.negative, "negative prompt")):
         message = chunk_message(read_prompt(pipe, text, embedding), field_name)
         warnings += [message] if message else []
-    return resolved, warnings
+    return resolved, warnings + negative_diagnostics(pipe, resolved)
 
 
 def negative_reading(pipe, resolved: CompareSettings) -> PromptReading | None:

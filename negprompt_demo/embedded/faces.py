@@ -278,6 +278,19 @@ def caption(p: Portrait, rng: random.Random, mention_p: float = MENTION_P) -> st
     return text
 
 
+def caption_vocabulary() -> frozenset[str]:
+    """Every word `caption` can write: the only words the embedded model's text encoder was trained to mean. Its
+    tokenizer is CLIP's, so any other word tokenizes fine but was never paired with an image."""
+    texts = [*_SUBJECTS, *_SHORT, *_FILLER_WORDS, *ATTRIBUTES, *BACKGROUNDS, *HAT_COLOURS, *HAIR]
+    texts += ["with and without a background hair smiling frowning smile frown hat"]
+    return frozenset(word for text in texts for word in caption_words(text))
+
+
+def caption_words(text: str) -> list[str]:
+    """A text's words as `caption_vocabulary` counts them: lower case, punctuation dropped."""
+    return "".join(ch if ch.isalnum() or ch == "-" else " " for ch in text.lower()).split()
+
+
 def make_dataset(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, list[Portrait]]:
     """n portraits as (uint8 images N x 64 x 64 x 3, bool labels N x len(ATTRIBUTES), portraits)."""
     rng = random.Random(seed)

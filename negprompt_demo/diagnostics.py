@@ -1,0 +1,99 @@
+"""Why might my negative prompt do nothing? Plain sentences for the run's status and trace, found before sampling.
+
+Each check is a cause users report in other tools' trackers: a guidance-distilled model that ignores the negative
+branch, words the model never learned (the embedded model's text encoder only ever saw its captions' words), a
+negative that repeats the prompt's words (the two branches then pull the same way and cancel), and, on SDXL, which
+baseline the run "without" a negative prompt used. (Guidance ≤ 1, an empty window and text past the encoder's
+length are checked where the settings are: `engine.prepare`.)
+"""
+
+from __future__ import annotations
+
+from negprompt_demo.loading import EMBEDDED, model_family, model_label
+from negprompt_demo.settings import CompareSettings
+
+# Words too common to say a negative "repeats" the prompt.
+FUNCTION_WORDS = frozenset(
+    "a an the of in on at to and or with without no not by for from photo picture image portrait".split()
+)
+
+
+def negative_diagnostics(pipe, settings: CompareSettings) -> list[str]:
+    """Everything that makes this run's negative prompt weak or idle, one sentence each (none when all is well)."""
+    notes = []
+    reason = distilled_reason(pipe)
+    if reason and (takes_guidance_as_input(pipe) or settings.guidance <= 1):
+        notes.append(
+            f"This model is guidance-distilled ({reason}): it samples without classifier-free guidance, so there "
+            "is no negative branch and the negative prompt is not used at all."
+        )
+    elif reason:
+        notes.append(
+            f"This model is guidance-distilled ({reason}): at guidance {settings.guidance:g} classifier-free "
+            "guidance runs and the negative acts, but the model was made for a scale of 0–1 and images often burn."
+        )
+    if not settings.negative:
+        return notes
+    unseen = unseen_words(pipe, settings.negative)
+    if unseen:
+        notes.append(
+            f"The embedded model never saw {_quoted(unseen)} in training (its captions use a small vocabulary): the "
+            "words tokenize fine but mean nothing to it, so they push nowhere in particular."
+        )
+    shared = repeated_words(settings.prompt, settings.negative)
+    if shared:
+        notes.append(
+            f"The negative repeats {_quoted(shared)} from the prompt: the prompt pulls toward it and the negative "
+            "pushes away from it, so those words largely cancel."
+        )
+    if model_family(pipe) == "sdxl" and not settings.empty_as_text and pipe.config.get("force_zeros_for_empty_prompt"):
+        notes.append(
+            "The run without a negative used SDXL's zero embeddings (diffusers' default), not the encoded \"\" that "
+            'A1111 and ComfyUI use; tick "baseline: encode \\"\\"" to compare against that.'
+        )
+    return notes
+
+
+DISTILLED_NAMES = ("turbo", "lcm", "lightning")  # SDXL-Turbo / SD-Turbo (ADD), LCM, SDXL-Lightning
+
+
+def takes_guidance_as_input(pipe) -> bool:
+    """An LCM UNet is conditioned on the guidance scale instead of running CFG (the engine then runs none)."""
+    unet = getattr(pipe, "unet", None)
+    return unet is not None and unet.config.get("time_cond_proj_dim") is not None
+
+
+def distilled_reason(pipe) -> str | None:
+    """Why a model samples without CFG, if it does: an LCM UNet takes the guidance scale as an input; Turbo, LCM
+    and Lightning checkpoints say so in their names (they were trained to sample in 1–8 steps with no CFG)."""
+    if takes_guidance_as_input(pipe):
+        return "its UNet takes the guidance scale as an input, as LCM models do"
+    name = model_label(pipe).lower()
+    found = next((word for word in DISTILLED_NAMES if word in name), None)
+    return f"a {found} model, trained to sample without classifier-free guidance" if found else None
+
+
+def unseen_words(pipe, negative: str) -> list[str]:
+    """For the embedded model: the negative's words that no training caption contains."""
+    if model_label(pipe) != EMBEDDED:
+        return []
+    from negprompt_demo.embedded.faces import caption_vocabulary, caption_words
+
+    vocabulary = caption_vocabulary()
+    return list(dict.fromkeys(word for word in caption_words(negative) if word not in vocabulary))
+
+
+def repeated_words(prompt: str, negative: str) -> list[str]:
+    """Content words that are in both the prompt and the negative."""
+    prompt_words = set(_words(prompt))
+    return list(dict.fromkeys(word for word in _words(negative) if word in prompt_words))
+
+
+def _words(text: str) -> list[str]:
+    cleaned = "".join(ch if ch.isalnum() else " " for ch in text.lower()).split()
+    return [word for word in cleaned if word not in FUNCTION_WORDS and not word.isdigit()]
+
+
+def _quoted(words: list[str]) -> str:
+    shown = ", ".join(f'"{word}"' for word in words[:6])
+    return shown + (f" and {len(words) - 6} more" if len(words) > 6 else "")
