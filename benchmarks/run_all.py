@@ -19,6 +19,7 @@ from benchmarks import (
     bench_paired,
     bench_scaling,
     bench_scrub,
+    bench_seeds,
     bench_trace,
 )
 from benchmarks.common import (
@@ -30,7 +31,7 @@ from benchmarks.common import (
     write_json,
 )
 
-ALL = ("paired", "trace", "embedded", "cold_start", "scaling", "memory", "scrub")
+ALL = ("paired", "trace", "embedded", "cold_start", "scaling", "memory", "scrub", "seeds")
 
 
 def main() -> None:
@@ -44,7 +45,12 @@ def main() -> None:
     pipe = load_model(args.model, args.device, args.threads)
 
     rows = []
-    for name, module in (("paired", bench_paired), ("trace", bench_trace), ("scaling", bench_scaling)):
+    for name, module in (
+        ("paired", bench_paired),
+        ("trace", bench_trace),
+        ("scaling", bench_scaling),
+        ("seeds", bench_seeds),
+    ):
         if name in chosen:
             rows += module.run(args, pipe)
             print(f"{name}: done", flush=True)

@@ -231,10 +231,10 @@ def step_panel(steps: int) -> dict:
 
 
 BRANCH_CAPTIONS = {
-    "prompt": "the prompt alone (conditional)",
-    "empty": "the empty prompt alone (unconditional: could be anything)",
-    "negative": "the negative prompt alone",
-    "guided": "the guided step (what the sampler took)",
+    "prompt": "the prompt alone",
+    "empty": "the empty prompt alone",
+    "negative": "the negative alone",
+    "guided": "the guided step",
 }
 
 

@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from negprompt_demo.settings import FIELDS, Field
+from negprompt_demo.settings import FIELDS, GRID_FIELDS, Field
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
@@ -45,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     compare = commands.add_parser("compare", help="run one paired comparison and write its files")
     sweep = commands.add_parser("sweep", help="when does it act? the negative started at several steps, one call")
-    for command in (compare, sweep):
+    seeds = commands.add_parser("seeds", help="many seeds: no negative, the negative in the prompt, the negative")
+    for command in (compare, sweep, seeds):
         for name, field in FIELDS.items():
             add_field_flag(command, name, field)
         command.add_argument(
@@ -61,12 +62,16 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="fractions of the steps at which the negative starts, comma-separated (default 0,0.1,0.2,0.3,0.5,0.7)",
     )
+    seeds.add_argument("--out", required=True, type=Path, help="folder for seeds.png, space.png, seeds.json, images")
+    for name, field in GRID_FIELDS.items():
+        add_field_flag(seeds, name, field)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return run_sweep(args) if args.command == "sweep" else run_compare(args)
+    commands = {"compare": run_compare, "sweep": run_sweep, "seeds": run_seeds}
+    return commands[args.command](args)
 
 
 def run_compare(args: argparse.Namespace) -> int:
@@ -147,4 +152,46 @@ def run_sweep(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     print(f"model {sweep.model} · seed {sweep.settings.seed} · {sweep.seconds:.2f} s · {info['reading']}")
     print(f"wrote sweep.png, sweep.json and {len(sweep.with_negative) + 1} images to {args.out}")
+    return 0
+
+
+def run_seeds(args: argparse.Namespace) -> int:
+    """The `seeds` command: the grids with the probe's marks (seeds.png), the sampling space where the probe knows
+    the attribute (space.png), every image and seeds.json (rates with intervals, side effects)."""
+    import json
+
+    from negprompt_demo.attributes import grid_document, grid_reading
+    from negprompt_demo.engine import NonFiniteError
+    from negprompt_demo.loading import ModelLoadError
+    from negprompt_demo.runner import SeedsDone, stream
+    from negprompt_demo.seed_pictures import figure_image, marked_grid_picture, sampling_space_figure
+    from negprompt_demo.settings import CompareSettings, InputError, resolve_grid
+
+    settings = CompareSettings(**{name: getattr(args, name) for name in FIELDS})
+    try:
+        grid_inputs = resolve_grid(args.seed_count, args.phrased)
+        grid = next(e.grid for e in stream(args.model, settings, seeds=grid_inputs) if isinstance(e, SeedsDone))
+        args.out.mkdir(parents=True, exist_ok=True)
+        reading = grid_reading(grid)
+        marked_grid_picture(grid).save(args.out / "seeds.png")
+        if reading is not None and reading.attribute is not None:
+            space = sampling_space_figure(reading, reading.attribute, grid.settings.negative, grid.columns)
+            figure_image(space).save(args.out / "space.png")
+        for column in grid.columns:
+            for seed, image in zip(grid.seeds, grid.images[column]):
+                image.save(args.out / f"{column}_{seed}.png")
+        document = grid_document(grid, reading)
+        (args.out / "seeds.json").write_text(json.dumps(document, indent=1, ensure_ascii=False), encoding="utf-8")
+    except (InputError, ModelLoadError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except (NonFiniteError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    rates = document.get("rates", {})
+    attribute = document.get("attribute")
+    if attribute:
+        line = " → ".join(f"{c} {rates[c][attribute]['present']}/{rates[c][attribute]['total']}" for c in rates)
+        print(f"{attribute}: {line}")
+    print(f"model {grid.model} · seeds {grid.seeds[0]}–{grid.seeds[-1]} · {grid.seconds:.2f} s · wrote {args.out}")
     return 0

@@ -50,22 +50,21 @@ def seeds_panel() -> dict:
     panel["seeds_status"] = gr.Markdown(
         "The grids use the prompt, negative and settings above.", elem_id="seeds-status"
     )
-    with gr.Row(equal_height=False):
-        for column, title in (
-            ("without", "no negative prompt"),
-            ("phrased", "…without X in the prompt"),
-            ("with", "negative prompt"),
-        ):
-            panel[f"grid_{column}"] = gr.Gallery(
-                label=title,
-                columns=4,
-                height="auto",
-                format="png",
-                allow_preview=False,
-                elem_id=f"grid-{column}",
-                elem_classes=["pixelated"],
-                buttons=["download"],
-            )
+    for column, title in (
+        ("without", "no negative prompt"),
+        ("phrased", "…without X in the prompt"),
+        ("with", "negative prompt"),
+    ):  # one above the other: the same seed sits at the same place in each grid
+        panel[f"grid_{column}"] = gr.Gallery(
+            label=title,
+            columns=8,
+            height="auto",
+            format="png",
+            allow_preview=False,
+            elem_id=f"grid-{column}",
+            elem_classes=["pixelated"],
+            buttons=["download"],
+        )
     panel["space"] = gr.Image(
         show_label=False, format="png", type="filepath", interactive=False, elem_id="space", buttons=["download"]
     )
@@ -155,11 +154,11 @@ class SeedsHandlers:
             shown["marks"] = {c: [bool(v > 0) for v in reading.scores[c][reading.attribute]] for c in grid.columns}
             space = sampling_space_figure(reading, reading.attribute, negative, grid.columns)
             updates["space"] = files.png(figure_image(space), "sampling-space")
-            how = "The probe marked every image; click one to correct it."
+            how = f"The probe marked every image (✓ {html.escape(reading.attribute)}, ✗ none); click one to correct it."
         else:
             shown["name"] = negative
             shown["marks"] = {column: [False] * len(grid.seeds) for column in grid.columns}
-            how = f"Click each image that has {html.escape(negative, quote=False)} to count it."
+            how = f"Click each image that has {html.escape(negative, quote=False)} to count it (✓)."
         if reading is not None:
             updates["effects"] = (
                 "**What else the negative moved** (every attribute the probe knows; bold: the 95 % "
@@ -186,7 +185,7 @@ class SeedsHandlers:
                 continue
             marks = shown.get("marks", {}).get(column)
             captions = [
-                f"seed {seed}" + ("" if marks is None else f" · {shown['name']}: {'yes' if marks[i] else 'no'}")
+                f"seed {seed}" + ("" if marks is None else " ✓" if marks[i] else " ✗")
                 for i, seed in enumerate(shown["seeds"])
             ]
             updates[f"grid_{column}"] = gr.update(value=list(zip(paths, captions)), label=titles[column])

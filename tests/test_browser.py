@@ -102,6 +102,53 @@ def test_compare_and_scrub_the_steps(app_server, tmp_path):
             browser.close()
 
 
+def run_many_seeds(page, count: int | None = None) -> None:
+    """Press "Run many seeds" (after setting the number of seeds) and wait until the rates are read."""
+    if count is not None:
+        page.fill("#seed_count input[type=number]", str(count))
+        page.press("#seed_count input[type=number]", "Enter")
+    page.click("#seeds-button")
+    page.wait_for_function("document.querySelector('#seeds-status').innerText.includes('columns in')")
+
+
+def gallery_images(page, selector: str) -> list[str]:
+    return page.eval_on_selector_all(f"{selector} img", "images => images.map(image => image.src)")
+
+
+def test_branch_predictions_and_the_many_seeds_grids(app_server):
+    """The article's argument on the page: what each branch predicts at a step, then three grids over seeds, their
+    rate line, and a click that counts an image."""
+    from playwright.sync_api import sync_playwright
+
+    url, _ = app_server
+    with sync_playwright() as playwright:
+        browser, page = open_page(playwright, url)
+        try:
+            compare(page, "a red hat", "blue")
+            branches = ("#branch-prompt", "#branch-empty", "#branch-negative", "#branch-guided")
+            last = [np.asarray(shown_image(page, selector).convert("RGB")) for selector in branches]
+            assert all(np.ptp(image) > 0 for image in last)
+            assert "guided step" in page.inner_text("#branch-note")
+            set_step(page, 1)  # the noisiest step: there the branches' predictions differ most
+            page.wait_for_function(
+                "src => document.querySelector('#branch-empty img').src !== src",
+                arg=page.get_attribute("#branch-empty img", "src"),
+            )
+            first = [np.asarray(shown_image(page, selector).convert("RGB")) for selector in branches]
+            assert not np.array_equal(first[0], first[1]), "the prompt's and the empty prompt's predictions"
+            assert not np.array_equal(first[1], last[1])
+
+            run_many_seeds(page, 4)
+            for grid in ("#grid-without", "#grid-phrased", "#grid-with"):
+                assert len(gallery_images(page, grid)) == 4, grid
+            line = page.inner_text("#seeds-status")
+            assert 'negative "blue" 0/4' in line and "without blue" in line
+            page.locator("#grid-with img").nth(1).click()
+            page.wait_for_function("document.querySelector('#seeds-status').innerText.includes('1/4')")
+        finally:
+            browser.close()
+
+
 def click_first_example(page) -> None:
     page.click("text=Portrait photo of a man. | negative: mustache")
     page.wait_for_function("document.querySelector('#status').innerText.includes('Done in')")
@@ -238,5 +285,6 @@ if __name__ == "__main__":
     with sync_playwright() as playwright:
         browser, page = open_page(playwright, target_url)
         click_first_example(page)
+        run_many_seeds(page)
         page.screenshot(path=out, full_page=True)
         browser.close()

@@ -131,3 +131,27 @@ def test_unknown_scheduler_is_a_usage_error(tmp_path):
         timeout=120,
     )
     assert result.returncode == 2 and "invalid choice: 'Heun'" in result.stderr
+
+
+def test_seeds_writes_the_grids_and_their_document(tiny_sd_folder, tmp_path, capsys):
+    out = tmp_path / "seeds"
+    code = main(
+        ["seeds", "--prompt", "a red hat", "--negative", "blue", "--seed", "3", "--steps", "2", "--seed-count", "4"]
+        + ["--model", str(tiny_sd_folder), "--out", str(out)]
+    )
+    assert code == 0
+    document = json.loads((out / "seeds.json").read_text())
+    assert document["seeds"] == [3, 4, 5, 6] and list(document["columns"]) == ["without", "with", "phrased"]
+    assert document["columns"]["phrased"]["prompt"] == "a red hat without blue"
+    assert (out / "seeds.png").is_file() and (out / "phrased_6.png").is_file()
+    assert not (out / "space.png").exists()  # no probe for this model
+    assert "seeds 3–6" in capsys.readouterr().out
+    assert (
+        main(["seeds", "--prompt", "a", "--seed-count", "99", "--model", str(tiny_sd_folder), "--out", str(out)]) == 2
+    )
+    assert "between 4 and 64, got 99" in capsys.readouterr().err
+    code = main(
+        ["seeds", "--prompt", "a", "--negative", "b", "--no-phrased", "--seed-count", "4", "--steps", "1"]
+        + ["--model", str(tiny_sd_folder), "--out", str(out / "two")]
+    )
+    assert code == 0 and list(json.loads((out / "two" / "seeds.json").read_text())["columns"]) == ["without", "with"]
