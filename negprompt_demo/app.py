@@ -24,7 +24,7 @@ from negprompt_demo.handlers import INPUT_NAMES, STEP_OUTPUTS, UI_OUTPUTS
 from negprompt_demo.loading import EMBEDDED, ModelLoadError, load_pipeline, model_defaults, model_label, native_size
 from negprompt_demo.settings import DEFAULTS, FIELDS, MAX_SEED, size_limits
 from negprompt_demo.tracefile import TraceStore, private_folder
-from negprompt_demo.widgets import CSS, api_widget, field_widget, result_image, step_image
+from negprompt_demo.widgets import CSS, api_widget, attention_row, field_widget, result_image, step_image
 
 EXAMPLES_FILE = Path(__file__).resolve().parents[1] / "examples" / "examples.json"
 
@@ -49,7 +49,9 @@ So the negative prompt is the point guidance pushes *away from*. With s ≤ 1 it
 - **negative push** (when recorded): ‖ε_empty − ε_neg‖ on the with-negative run: where the negative prompt itself
   changes the prediction.
 - **curves**: mean guidance of each run, how far the two runs have parted (% of the latent norm), and the cosine
-  between the two runs' guidance directions (1 = same direction)."""
+  between the two runs' guidance directions (1 = same direction).
+- **where each word looks** (when recorded): a word's cross-attention map, on the negative branch for the
+  negative's words and on the text branch for the prompt's, over the run with the negative prompt."""
 
 
 def example_rows(path: Path, defaults: dict, model: str) -> tuple[list[list], list[str]]:
@@ -255,6 +257,7 @@ def step_panel(steps: int) -> dict:
                 buttons=["download"],
             )
             shown["reading"] = gr.Markdown(elem_id="reading")
+    shown |= attention_row()
     # The shown result's trace id (server-chosen; the step slider reads the trace by it). Not a file path.
     shown["trace_id"] = gr.Textbox(visible=False)
     return shown
@@ -318,9 +321,9 @@ def wire_page(demo, config: AppConfig, events, inputs: dict, buttons: dict, show
         concurrency_limit=config.concurrency,
     )
     gr.on(
-        [shown["step"].input, shown["step"].release],
+        [shown["step"].input, shown["step"].release, shown["attention_word"].input],
         events.show_step,
-        [shown["trace_id"], shown["step"]],
+        [shown["trace_id"], shown["step"], shown["attention_word"]],
         [shown[name] for name in STEP_OUTPUTS],
         api_visibility="private",
         trigger_mode="always_last",

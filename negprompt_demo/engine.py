@@ -14,6 +14,7 @@ and for SDXL models with `force_zeros_for_empty_prompt` (the base model) all-zer
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable
@@ -30,6 +31,7 @@ from diffusers import (
 )
 from PIL import Image
 
+from negprompt_demo.attention import AttentionRecorder, plan_attention, recording
 from negprompt_demo.guidance import NO_NEGATIVE, BranchHook, NegativePlan, window_steps
 from negprompt_demo.loading import (
     base_scheduler_config,
@@ -158,7 +160,8 @@ def run_paired(
     started = time.perf_counter()
     with pipeline_lock(pipe):
         cfg_active = resolved.guidance > 1 and pipe.unet.config.time_cond_proj_dim is None
-        tracer = GuidanceTracer(pipe, resolved.guidance, cfg_active, resolved.push_map) if trace else None
+        attention = plan_attention(pipe, resolved) if trace and resolved.attention_maps else None
+        tracer = GuidanceTracer(pipe, resolved.guidance, cfg_active, resolved.push_map, attention) if trace else None
         images, nsfw = _sample(pipe, resolved, [resolved.seed], [negative_plan(resolved)], tracer, on_step, stop)
     warnings = [
         f"The model's safety checker blanked the image {run} the negative prompt."
@@ -257,6 +260,8 @@ def _sample(pipe, settings: CompareSettings, seeds: list[int], with_plans: list[
         capture=tracer is not None,
     )
     total = settings.steps
+    # Cross-attention maps of the with-run (run 1) of a single-seed traced call, when its tracer asks for them.
+    attention = AttentionRecorder(tracer.attention, hook) if tracer is not None and tracer.attention else None
 
     def on_step_end(pipeline, index: int, timestep, callback_kwargs: dict) -> dict:
         latents = callback_kwargs["latents"]
@@ -265,7 +270,8 @@ def _sample(pipe, settings: CompareSettings, seeds: list[int], with_plans: list[
                 f"The sample became NaN/inf at step {index + 1} of {total}; the model or its precision (fp16) "
                 "broke down. Try another scheduler, fewer steps or a lower guidance scale."
             )
-        record = tracer.record_step(index, latents, hook.captured) if tracer is not None else None
+        maps = attention.take() if attention is not None else None
+        record = tracer.record_step(index, latents, hook.captured, maps) if tracer is not None else None
         hook.step_done()
         if on_step is not None:
             on_step(index + 1, total, record)
@@ -273,7 +279,7 @@ def _sample(pipe, settings: CompareSettings, seeds: list[int], with_plans: list[
             raise GenerationCancelled(f"Stopped after step {index + 1} of {total}.")
         return callback_kwargs
 
-    with hook:
+    with hook, recording(pipe.unet, attention) if attention is not None else contextlib.nullcontext():
         output = pipe(
             **embeddings,
             num_inference_steps=settings.steps,

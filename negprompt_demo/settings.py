@@ -106,6 +106,11 @@ class CompareSettings:
         False,
         Field("flag", "record the negative-push map", "one extra UNet item per step: where the negative itself pushes"),
     )
+    attention_maps: bool = setting(
+        False,
+        Field("flag", "record attention maps", "where each word of the negative and the prompt looks, per step "
+              "(costs memory: up to 32 MiB per run)"),
+    )  # fmt: skip
 
     def replace(self, **changes) -> CompareSettings:
         return dataclasses.replace(self, **changes)

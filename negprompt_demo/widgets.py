@@ -1,4 +1,5 @@
-"""The page's widget factories: a settings field's widget (page and API) and the result and step images.
+"""The page's widget factories: a settings field's widget (page and API), the result and step images, and the step
+view's attention row.
 
 Small images (the embedded model makes 64 px ones) fill their box with crisp pixels (`CSS`) instead of a
 thumbnail; the files, and their downloads, keep the true size.
@@ -17,6 +18,12 @@ CSS = """
 .result-image .image-frame img { width: 100% !important; height: 100% !important; object-fit: contain !important; }
 .caption p { margin: 0; text-align: center; }
 """
+
+
+PLACEHOLDERS = {
+    "push": "tick “record the negative-push map” to see it",
+    "attention": "tick “record attention maps” to see it",
+}
 
 
 def field_widget(name: str, field: Field, value, bounds: tuple | None = None) -> gr.components.Component:
@@ -73,5 +80,29 @@ def step_image(label: str, elem_id: str) -> gr.Image:
         height=180,
         min_width=120,
         buttons=["download"],
-        placeholder="tick “record the negative-push map” to see it" if elem_id == "push" else None,
+        placeholder=PLACEHOLDERS.get(elem_id),
     )
+
+
+def attention_row() -> dict:
+    """The step view's attention maps: the words of the negative and the prompt as chips, the chosen word's map
+    over the with-run's x0 at the chosen step, and its strip over the steps."""
+    gr.Markdown(
+        "**Where each word looks** (cross-attention maps, when *record attention maps* is ticked): "
+        "− words of the negative prompt, + words of the prompt"
+    )
+    row = {"attention_word": gr.Radio([], label="word", show_label=False, elem_id="attention-word")}
+    with gr.Row(equal_height=False):
+        with gr.Column(min_width=130, scale=1):
+            row["attention"] = step_image("attention map of the chosen word", "attention")
+        with gr.Column(scale=3):
+            row["attention_strip"] = gr.Image(
+                label="the word's map over the steps (the framed one is shown left)",
+                format="png",
+                type="filepath",
+                interactive=False,
+                elem_id="attention-strip",
+                buttons=["download"],
+            )
+            row["attention_reading"] = gr.Markdown(elem_id="attention-reading")
+    return row

@@ -96,7 +96,7 @@ def test_blank_fields_take_the_models_defaults():
 def test_every_input_is_declared_once_with_label_and_help():
     assert list(FIELDS) == [
         *("prompt", "negative", "seed", "steps", "guidance", "scheduler", "width", "height"),
-        *("negative_start", "negative_end", "negative_strength", "perp_neg", "push_map"),
+        *("negative_start", "negative_end", "negative_strength", "perp_neg", "push_map", "attention_maps"),
     ]
     for name, field in FIELDS.items():
         assert field.label and field.help, name
