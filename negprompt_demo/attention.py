@@ -139,14 +139,14 @@ def attention_note(pipe) -> str:
     )
 
 
-def plan_attention(pipe, settings, budget: int = MAX_MAP_BYTES) -> AttentionPlan:
-    """The maps one run of `settings` (checked) will record on `pipe`."""
+def plan_attention(pipe, settings, budget: int | None = None) -> AttentionPlan:
+    """The maps one run of `settings` (checked) will record on `pipe`, within `budget` bytes (MAX_MAP_BYTES)."""
     tokenizer = pipe.tokenizer if pipe.tokenizer is not None else pipe.tokenizer_2
     words = text_words(tokenizer, settings.negative, "negative") + text_words(tokenizer, settings.prompt, "prompt")
     scale = pipe.vae_scale_factor
     latent_size = (settings.height // scale, settings.width // scale)
     map_size = map_size_for(latent_size)
-    stride = map_stride(len(words), map_size, settings.steps, budget)
+    stride = map_stride(len(words), map_size, settings.steps, MAX_MAP_BYTES if budget is None else budget)
     return AttentionPlan(words, map_size, latent_size, stride, attention_note(pipe))
 
 

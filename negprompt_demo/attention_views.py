@@ -31,7 +31,8 @@ def chosen_word(trace: GuidanceTrace, word) -> int | None:
     """The word index a chip value names, or the first word when the value is missing or not one of them."""
     if trace.attention is None or not trace.attention.words:
         return None
-    if isinstance(word, (int, float)) and not isinstance(word, bool) and 0 <= word < len(trace.attention.words):
+    is_number = isinstance(word, (int, float)) and not isinstance(word, bool)
+    if is_number and float(word).is_integer() and 0 <= word < len(trace.attention.words):
         return int(word)
     return 0
 
