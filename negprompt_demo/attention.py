@@ -220,7 +220,8 @@ def attention_probabilities(attn, hidden_states: torch.Tensor, context: torch.Te
         query = attn.norm_q(query)
     if attn.norm_k is not None:
         key = attn.norm_k(key)
-    scores = (query @ key.transpose(-1, -2)).float() * attn.scale
+    # in float32: q·kᵀ overflows float16 on some models (SD 2.x sets `upcast_attention` for that reason)
+    scores = (query.float() @ key.float().transpose(-1, -2)) * attn.scale
     return scores.softmax(dim=-1).sum(dim=1)
 
 

@@ -154,7 +154,7 @@ def study_figure(runs: dict[str, list[SeedMaps]], results: dict, examples: int =
     over the steps over it, then the concentration per step."""
     columns = 2 * examples + 1
     figure = Figure(figsize=(1.45 * columns + 1.6, 1.75 * len(runs)), dpi=100)
-    figure.subplots_adjust(left=0.02, right=0.98, top=0.9, bottom=0.08, wspace=0.08, hspace=0.35)
+    figure.subplots_adjust(left=0.02, right=0.98, top=0.93, bottom=0.07, wspace=0.08, hspace=0.55)
     grid = figure.add_gridspec(len(runs), columns, width_ratios=[1] * (2 * examples) + [2.4])
     for row, (attribute, seeds) in enumerate(runs.items()):
         x0, y0, x1, y1 = ATTRIBUTE_REGIONS[attribute]
