@@ -230,6 +230,9 @@ class Handlers:
                             "seed_used": settings.seed,
                             "caption_with": caption_for(settings.negative),
                             "trace_id": "",  # the scrubber rests until this run's trace exists
+                            # the last run's word maps go; this run's are drawn when it is done
+                            "attention_word": gr.update(choices=[], value=None),
+                            **dict.fromkeys(("attention", "attention_strip", "attention_reading"), None),
                         }
                     )
                 elif isinstance(event, Step):
