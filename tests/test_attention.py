@@ -126,6 +126,9 @@ def test_negative_words_read_the_negative_branch_and_prompt_words_the_text_branc
         negative_mass = step.attention_maps[:2].float().sum().item()
         assert (negative_mass > 0) == step.negative_active, step.index
         assert step.attention_maps[2:].float().sum() > 0  # the prompt's words are mapped at every step
+    no_cfg = compare(sd_pipe, ON.replace(guidance=1.0, steps=2))  # no negative branch at all: the batch is text only
+    for step in no_cfg.trace.steps:
+        assert step.attention_maps[:2].float().sum() == 0 and (step.attention_maps[2:].float() > 0).all()
 
 
 def test_processors_are_restored_after_a_run_and_after_an_error(sd_pipe):
