@@ -2,7 +2,8 @@
 
     python -m benchmarks.run_all                     # CPU, embedded model: all rows
     python -m benchmarks.run_all --model sd15-random --device cuda --size 512
-                                                     # GPU, SD-1.5 architecture, fp16: paired, trace, scaling
+                                                     # GPU, SD-1.5 architecture, fp16: paired, trace, attention,
+                                                     # scaling
 
 The model is loaded once for the in-process rows (paired, trace, scaling, memory); the embedded-model and
 cold-start rows start fresh processes of their own.
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 
 from benchmarks import (
+    bench_attention,
     bench_cold_start,
     bench_embedded,
     bench_memory,
@@ -31,7 +33,7 @@ from benchmarks.common import (
     write_json,
 )
 
-ALL = ("paired", "trace", "embedded", "cold_start", "scaling", "memory", "scrub", "seeds")
+ALL = ("paired", "trace", "attention", "embedded", "cold_start", "scaling", "memory", "scrub", "seeds")
 
 
 def main() -> None:
@@ -45,12 +47,8 @@ def main() -> None:
     pipe = load_model(args.model, args.device, args.threads)
 
     rows = []
-    for name, module in (
-        ("paired", bench_paired),
-        ("trace", bench_trace),
-        ("scaling", bench_scaling),
-        ("seeds", bench_seeds),
-    ):
+    in_process = (("paired", bench_paired), ("trace", bench_trace), ("attention", bench_attention))
+    for name, module in (*in_process, ("scaling", bench_scaling), ("seeds", bench_seeds)):
         if name in chosen:
             rows += module.run(args, pipe)
             print(f"{name}: done", flush=True)

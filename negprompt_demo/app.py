@@ -21,7 +21,16 @@ from negprompt_demo.loading import EMBEDDED, ModelLoadError, load_pipeline, mode
 from negprompt_demo.seeds_view import SEEDS_API_INPUTS, SeedsHandlers, seeds_panel, wire_seeds
 from negprompt_demo.settings import DEFAULTS, FIELDS, GRID_DEFAULTS, GRID_FIELDS, MAX_SEED, size_limits
 from negprompt_demo.tracefile import TraceStore, private_folder
-from negprompt_demo.widgets import CSS, api_widget, embedding_upload, field_widget, link_row, result_image, step_image
+from negprompt_demo.widgets import (
+    CSS,
+    api_widget,
+    attention_row,
+    embedding_upload,
+    field_widget,
+    link_row,
+    result_image,
+    step_image,
+)
 
 INTRO = """# What does a negative prompt do?
 One seed, generated twice: once with an **empty** negative prompt, once with **yours**. Everything else is the
@@ -44,7 +53,9 @@ So the negative prompt is the point guidance pushes *away from*. With s ≤ 1 it
 - **negative push** (when recorded): ‖ε_empty − ε_neg‖ on the with-negative run: where the negative prompt itself
   changes the prediction.
 - **curves**: mean guidance of each run, how far the two runs have parted (% of the latent norm), and the cosine
-  between the two runs' guidance directions (1 = same direction)."""
+  between the two runs' guidance directions (1 = same direction).
+- **where each word looks** (when recorded): a word's cross-attention map, on the negative branch for the
+  negative's words and on the text branch for the prompt's, over the run with the negative prompt."""
 
 
 def model_choices(config: AppConfig) -> list[tuple[str, str]]:
@@ -225,6 +236,7 @@ def step_panel(steps: int) -> dict:
                 gr.Markdown(caption, elem_classes="caption")
                 shown[f"branch_{name}"] = step_image(caption, f"branch-{name}")
     shown["branch_note"] = gr.Markdown(elem_id="branch-note")
+    shown |= attention_row()
     # The shown result's trace id (server-chosen; the step slider reads the trace by it). Not a file path.
     shown["trace_id"] = gr.Textbox(visible=False)
     return shown
@@ -279,9 +291,9 @@ def wire_page(demo, config: AppConfig, events, inputs: dict, buttons: dict, show
         concurrency_limit=config.concurrency,
     )
     gr.on(
-        [shown["step"].input, shown["step"].release],
+        [shown["step"].input, shown["step"].release, shown["attention_word"].input],
         events.show_step,
-        [shown["trace_id"], shown["step"]],
+        [shown["trace_id"], shown["step"], shown["attention_word"]],
         [shown[name] for name in STEP_OUTPUTS],
         api_visibility="private",
         trigger_mode="always_last",

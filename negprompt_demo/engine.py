@@ -22,6 +22,7 @@ FLUX.1 gives by default) differs from it, and comes as a third image of the same
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable
@@ -39,6 +40,7 @@ from diffusers import (
 from PIL import Image
 
 from negprompt_demo import flow_models
+from negprompt_demo.attention import AttentionRecorder, plan_attention, recording
 from negprompt_demo.diagnostics import negative_diagnostics
 from negprompt_demo.embeddings import read_embedding
 from negprompt_demo.flow_models import guidance_arguments, spatial_latents
@@ -196,7 +198,9 @@ def run_paired(
         active = cfg_active(pipe, resolved.guidance)
         tracer = None
         if trace:
-            tracer = GuidanceTracer(pipe, resolved.guidance, active, resolved.push_map, spatial_latents(pipe, resolved))
+            attention = plan_attention(pipe, resolved) if resolved.attention_maps else None
+            spatial = spatial_latents(pipe, resolved)
+            tracer = GuidanceTracer(pipe, resolved.guidance, active, resolved.push_map, spatial, attention)
         runs = paired_runs(resolved, [negative_plan(resolved)])
         if model_family(pipe) == "flux" and active:  # the plain distilled run, third (see the module docstring)
             runs.append(Run(RunText(resolved.prompt, None), unguided=True))
@@ -331,6 +335,8 @@ def sample_runs(pipe, settings: CompareSettings, seeds: list[int], runs: list[Ru
         unguided=tuple(item for item in range(len(plans)) if runs[item % len(runs)].unguided),
     )
     total = settings.steps
+    # Cross-attention maps of the with-run (run 1) of a single-seed traced call, when its tracer asks for them.
+    attention = AttentionRecorder(tracer.attention, hook) if tracer is not None and tracer.attention else None
 
     def on_step_end(pipeline, index: int, timestep, callback_kwargs: dict) -> dict:
         latents = callback_kwargs["latents"]
@@ -339,7 +345,8 @@ def sample_runs(pipe, settings: CompareSettings, seeds: list[int], runs: list[Ru
                 f"The sample became NaN/inf at step {index + 1} of {total}; the model or its precision (fp16) "
                 "broke down. Try another scheduler, fewer steps or a lower guidance scale."
             )
-        record = tracer.record_step(index, latents, hook.captured) if tracer is not None else None
+        maps = attention.take() if attention is not None else None
+        record = tracer.record_step(index, latents, hook.captured, maps) if tracer is not None else None
         hook.step_done()
         if on_step is not None:
             on_step(index + 1, total, record)
@@ -347,7 +354,7 @@ def sample_runs(pipe, settings: CompareSettings, seeds: list[int], runs: list[Ru
             raise GenerationCancelled(f"Stopped after step {index + 1} of {total}.")
         return callback_kwargs
 
-    with hook:
+    with hook, recording(pipe.unet, attention) if attention is not None else contextlib.nullcontext():
         output = pipe(
             **embeddings,
             **guidance_arguments(family, settings.guidance),

@@ -68,6 +68,11 @@ def check_settings(pipe, resolved: CompareSettings) -> tuple[CompareSettings, li
                 f"The {field_name} uses A1111 syntax (brackets, weights such as (word:1.3), BREAK or \\ escapes): "
                 f"{refused.format(name)}. Write it without brackets."
             )
+    if resolved.attention_maps:
+        raise InputError(
+            f"Attention maps are read from a UNet's cross-attention (SD 1.x/2.x, SDXL); {name} attends jointly to "
+            "text and image in a transformer, which this app does not map. Untick “record attention maps”."
+        )
     warnings = []
     if resolved.scheduler != FLOW_MATCHING_SCHEDULER:
         warnings.append(

@@ -155,6 +155,17 @@ class BranchHook:
         ]
         return negative, runs, empty
 
+    def rows_of(self, run: int) -> tuple[int | None, int]:
+        """Where run `run` is in the UNet batch of the step being computed: (row of its negative-branch item, row
+        of its text item). None: it has no negative item of its own (classifier-free guidance is off, or its
+        window is closed and its negative branch is ε_∅). Read during the UNet call, e.g. by attention maps."""
+        if self._layout is None:  # no CFG: the batch is one text item per run
+            return None, run
+        negative, text, _ = self._layout
+        shared = run if self.distinct(run) else self.source[run]  # a with-run before its window is its source
+        negative_row = negative.index(run) if run in negative else None
+        return negative_row, len(negative) + text.index(shared)
+
     # --- hooks -----------------------------------------------------------------------------------------------
 
     def _before(self, module, args, kwargs):

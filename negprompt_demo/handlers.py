@@ -26,6 +26,7 @@ import numpy as np
 from PIL import Image
 
 from negprompt_demo.app_config import AppConfig
+from negprompt_demo.attention_views import chosen_word, step_attention, word_choices
 from negprompt_demo.attributes import sweep_reading
 from negprompt_demo.engine import SWEEP_STARTS, GenerationCancelled, NonFiniteError, Sweep
 from negprompt_demo.export import trace_document, write_outputs
@@ -54,10 +55,11 @@ INPUT_NAMES = ("model", *FIELDS)
 STEP_OUTPUTS = (
     *("x0_without", "guidance_without", "x0_with", "guidance_with", "push", "legend", "curves", "reading"),
     *("branch_prompt", "branch_empty", "branch_negative", "branch_guided", "branch_note"),
+    *("attention", "attention_strip", "attention_reading"),
 )
 UI_OUTPUTS = (
     *("image_without", "image_with", "caption_with", "slider", "difference", "status", "negative_reading", "seed_used"),
-    *("downloads", "trace_id", "step", "link"),
+    *("downloads", "trace_id", "step", "link", "attention_word"),
     *STEP_OUTPUTS,
 )
 # What opening a link fills in: the inputs, then the model's size note, the status and the two hidden triggers
@@ -113,9 +115,19 @@ class JobFiles:
         return str(path)
 
 
-def step_outputs(trace: GuidanceTrace, index: int, files: JobFiles, curves: CurvesPicture | None) -> dict:
+def step_outputs(
+    trace: GuidanceTrace,
+    index: int,
+    files: JobFiles,
+    curves: CurvesPicture | None,
+    word=None,
+    strip: np.ndarray | None = None,
+    attention: bool = True,
+) -> dict:
     """The step view for step `index` (0-based): both runs' x0 with and without the guidance overlay, the push
-    map, the legend and, when given the run's curves, the curves with that step marked and their reading."""
+    map, the legend, when given the run's curves, the curves with that step marked and their reading, and the
+    chosen word's attention map with its strip over the steps (`strip`: that word's maps at the kept steps, read
+    from the trace in memory when not given; `attention=False` leaves those outputs as they are)."""
     views = step_views(trace, index)
     updates = {name: files.png(views.get(name), name) for name in ("x0_without", "guidance_without", "x0_with")}
     updates["guidance_with"] = files.png(views["guidance_with"], "guidance_with")
@@ -128,6 +140,8 @@ def step_outputs(trace: GuidanceTrace, index: int, files: JobFiles, curves: Curv
     if curves is not None:
         updates["curves"] = files.png(curves.marked(index), "curves")
         updates["reading"] = describe(trace)
+    if attention:
+        updates.update(attention_outputs(trace, index, files, word, strip))
     return updates
 
 
@@ -147,6 +161,16 @@ def branch_note(trace: GuidanceTrace, index: int, recorded: bool) -> str:
     if not step.negative_active:
         note += " At this step the negative does not act (outside its window): its branch is the empty prompt's."
     return note
+
+
+def attention_outputs(trace: GuidanceTrace, index: int, files: JobFiles, word, strip: np.ndarray | None) -> dict:
+    """The chosen word's map over the with-run's x0 at step `index`, its strip over the kept steps and a reading."""
+    overlay, picture, reading = step_attention(trace, index, word, strip)
+    return {
+        "attention": files.png(overlay, "attention"),
+        "attention_strip": files.png(picture, "attention_strip"),
+        "attention_reading": reading,
+    }
 
 
 def status_text(settings: CompareSettings, model: str, warnings: list[str], note: str) -> str:
@@ -225,6 +249,7 @@ class Handlers:
             "trace_id": trace_id,
             "step": gr.update(maximum=max(1, len(trace.steps)), value=len(trace.steps)),
             "link": link_query(model or comparison.model, settings, self.config.default_model),
+            "attention_word": gr.update(choices=word_choices(trace), value=chosen_word(trace, None)),
             **step_outputs(trace, last, files, curves),
         }
 
@@ -247,6 +272,9 @@ class Handlers:
                             "caption_with": caption_for(settings.negative),
                             "trace_id": "",  # the scrubber rests until this run's trace exists
                             "link": "",  # a link is for a finished comparison
+                            # the last run's word maps go; this run's are drawn when it is done
+                            "attention_word": gr.update(choices=[], value=None),
+                            **dict.fromkeys(("attention", "attention_strip", "attention_reading"), None),
                         }
                     )
                 elif isinstance(event, Step):
@@ -257,7 +285,10 @@ class Handlers:
                     draw_curves = time.monotonic() - last_curves > CURVE_INTERVAL_S  # Done draws the final ones
                     trace = live_trace(records, settings.guidance)
                     curves = await asyncio.to_thread(curves_picture, trace) if draw_curves else None
-                    updates = await asyncio.to_thread(step_outputs, trace, event.done - 1, files, curves)
+                    # attention maps are drawn once the run is done (the live trace does not know its words yet)
+                    updates = await asyncio.to_thread(
+                        step_outputs, trace, event.done - 1, files, curves, attention=False
+                    )
                     last_curves = time.monotonic() if draw_curves else last_curves
                     updates.update(
                         image_without=files.png(records[-1].previews[0], "live_without"),
@@ -399,14 +430,17 @@ class Handlers:
             return (f"⚠️ {html.escape(str(error), quote=False)}", *(gr.skip(),) * 5)
         return model_widgets(pipe)
 
-    def show_step(self, trace_id: str | None, step: float, request: gr.Request) -> tuple:
-        """Redraw the step view for the step the slider points at, from the stored trace of the shown result."""
+    def show_step(self, trace_id: str | None, step: float, word, request: gr.Request) -> tuple:
+        """Redraw the step view for the step the slider points at and the chosen word's attention map, from the
+        stored trace of the shown result."""
         if not trace_id:
             return ordered({}, STEP_OUTPUTS)  # nothing compared yet (or a run is still streaming)
         try:
             index = int(step) - 1 if isinstance(step, (int, float)) and math.isfinite(step) else 0
             owner = request.session_hash if request is not None else None
             trace, curves = self.traces.load(trace_id, index, owner)
+            word = chosen_word(trace, word)
+            strip = self.traces.word_maps(trace_id, word, owner) if word is not None else None
         except (TraceNotFound, OSError, ValueError):
             raise gr.Error(
                 "This result is no longer stored on the server; run Compare again.", print_exception=False
@@ -414,7 +448,7 @@ class Handlers:
         if not trace.steps:
             return ordered({}, STEP_OUTPUTS)
         index = min(max(index, 0), len(trace.steps) - 1)
-        return ordered(step_outputs(trace, index, self.new_job(), curves), STEP_OUTPUTS)
+        return ordered(step_outputs(trace, index, self.new_job(), curves, word, strip), STEP_OUTPUTS)
 
 
 def model_widgets(pipe) -> tuple:

@@ -119,6 +119,11 @@ class CompareSettings:
         Field("flag", 'baseline: encode ""', 'SDXL: the run without a negative uses the encoded "" (as A1111 and '
               "ComfyUI do), not diffusers' zero embeddings; the same on other models"),
     )  # fmt: skip
+    attention_maps: bool = setting(
+        False,
+        Field("flag", "record attention maps", "where each word of the negative and the prompt looks, per step "
+              "(costs memory: up to 32 MiB per run)"),
+    )  # fmt: skip
     negative_embedding: str = setting(
         "",
         Field("file", "negative embedding", "a textual-inversion .safetensors file (EasyNegative, badhandv4…) or "

@@ -15,6 +15,7 @@ Optionally the hook adds one batch item — the with-negative run's latents unde
 ε_empty − ε_neg shows where the negative prompt itself pushes ("negative push" map).
 
 Everything kept is small, on the CPU, at latent resolution and in float16: about 25 MB for 50 SDXL steps at 1024 px.
+With attention maps on (`attention.py`), each kept step also holds one map per word, at most 32 MiB per run.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
+
+from negprompt_demo.attention import AttentionPlan
 
 RUNS = ("without", "with")  # index 0: empty negative prompt; index 1: the user's negative prompt
 # What each guidance branch alone predicts from the with-run's latents (x0_latents[2:5] when recorded)
@@ -53,6 +56,9 @@ class StepRecord:
     push_mean: float | None = None
     push_peak: float | None = None
     previews: np.ndarray | None = None  # [2 or 5, H, W, 3] uint8 pictures of x0_latents, by previews.fill_previews
+    # [words, h, w] float16: each word's cross-attention map (GuidanceTrace.attention says which words), on the
+    # steps the attention plan keeps
+    attention_maps: torch.Tensor | None = None
 
     def __getstate__(self) -> dict:
         """Pickled with numpy arrays: torch pickles tensors between processes as file descriptors of the sender,
@@ -60,7 +66,7 @@ class StepRecord:
         return {name: value.numpy() if torch.is_tensor(value) else value for name, value in vars(self).items()}
 
     def __setstate__(self, state: dict) -> None:
-        tensors = ("guidance_map", "x0_latents", "push_map")
+        tensors = ("guidance_map", "x0_latents", "push_map", "attention_maps")
         self.__dict__.update(
             {
                 name: torch.from_numpy(value) if name in tensors and value is not None else value
@@ -91,16 +97,25 @@ class GuidanceTrace:
     cfg_active: bool
     prediction_type: str
     steps: list[StepRecord] = field(default_factory=list)
+    attention: AttentionPlan | None = None  # the words mapped, when attention maps were recorded
 
     def to_json(self) -> dict:
-        """Scalars only (maps and previews stay in the PNG/GIF outputs)."""
-        return {
+        """Scalars, plus the attention maps when recorded (the only maps kept in the JSON: they are what a user
+        asks for with the option; the guidance maps stay in the PNG/GIF outputs)."""
+        document = {
             "guidance_scale": self.guidance_scale,
             "cfg_active": self.cfg_active,
             "prediction_type": self.prediction_type,
             "runs": list(RUNS),
             "steps": [step.scalars() for step in self.steps],
         }
+        if self.attention is not None:
+            kept = [step.attention_maps for step in self.steps if step.attention_maps is not None]
+            document["attention"] = {
+                **self.attention.to_json(),
+                "maps": [np.round(maps.float().numpy(), 4).tolist() for maps in kept],  # [step][word][h][w]
+            }
+        return document
 
     def series(self, name: str) -> np.ndarray:
         """One scalar over all steps: 'guidance_without', 'guidance_with', 'divergence', 'guidance_cosine', 'push'."""
@@ -125,11 +140,13 @@ class GuidanceTracer:
         cfg_active: bool,
         push_map: bool,
         spatial: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        attention: AttentionPlan | None = None,
     ):
         self.pipe = pipe
         self.cfg_active = cfg_active
         self.push_map = push_map and cfg_active
         self.guidance_scale = guidance_scale
+        self.attention = attention
         self.spatial = spatial or (lambda latents: latents)
         self.flow_matching = isinstance(pipe.scheduler, FlowMatchEulerDiscreteScheduler)
         if self.flow_matching:
@@ -139,10 +156,13 @@ class GuidanceTracer:
             # log(sigma) at each integer training timestep, to find the noise level of any (fractional) timestep
             alphas_cumprod = pipe.scheduler.alphas_cumprod.double()
             self._log_sigmas = 0.5 * torch.log((1 - alphas_cumprod) / alphas_cumprod)
-        self.trace = GuidanceTrace(guidance_scale, cfg_active, self.prediction_type)
+        self.trace = GuidanceTrace(guidance_scale, cfg_active, self.prediction_type, attention=attention)
 
-    def record_step(self, index: int, latents: torch.Tensor, branches) -> StepRecord:
-        """One StepRecord from the step's branches (`guidance.Branches`) and the stepped latents."""
+    def record_step(
+        self, index: int, latents: torch.Tensor, branches, attention_maps: torch.Tensor | None = None
+    ) -> StepRecord:
+        """One StepRecord from the step's branches (`guidance.Branches`), the stepped latents and, when recorded,
+        the step's attention maps (`attention.AttentionRecorder.take`)."""
         sample = self.spatial(branches.sample[0:2]).float()
         t, sigma = self.noise_level(index, branches.timestep)
         neg, text = self.spatial(branches.negative[0:2]).float(), self.spatial(branches.text[0:2]).float()
@@ -171,6 +191,7 @@ class GuidanceTracer:
             divergence=divergence,
             x0_latents=x0.half().cpu(),
             negative_active=bool(branches.active[1]),
+            attention_maps=attention_maps,
         )
         if self.push_map:
             # ε_∅ − ε_neg on the with-run's latents: where (and how hard) the negative prompt itself pushes. Zero

@@ -1,7 +1,8 @@
 """The stored runs that the page's step scrubber reads: written by the server, found by an id, read one step at a time.
 
 A finished comparison's trace is written to a folder of its own: the per-step scalars as JSON, each per-step
-array (previews, guidance maps, push maps) as an uncompressed `.npy` file and the curves as a picture. Moving the
+array (previews, guidance maps, push maps, attention maps) as an uncompressed `.npy` file and the curves as a
+picture. Moving the
 slider reads the scalars and memory-maps the arrays to copy out the one step shown, and marks the step on the
 stored curves, so a scrub costs the same for a 150-step SDXL run as for a 5-step one and no trace is kept in
 server memory between events.
@@ -13,6 +14,7 @@ stored with the example cache, answer everyone).
 
 from __future__ import annotations
 
+import bisect
 import json
 import re
 import secrets
@@ -25,13 +27,14 @@ import numpy as np
 import torch
 from PIL import Image
 
+from negprompt_demo.attention import AttentionPlan
 from negprompt_demo.trace import GuidanceTrace, StepRecord
 from negprompt_demo.visualize import CurvesPicture
 
 FORMAT_VERSION = 2
 TRACE_ID = re.compile(r"^(run|example)-([0-9a-f]{32})$")
 RUN_MAX_AGE_S = 3600  # a run's files are kept this long (Gradio has copied what it serves into its cache by then)
-ARRAYS = ("previews", "guidance_map", "push_map")
+ARRAYS = ("previews", "guidance_map", "push_map", "attention_maps")
 
 
 class TraceNotFound(LookupError):
@@ -69,6 +72,7 @@ class TraceStore:
             "prediction_type": trace.prediction_type,
             "steps": [scalar_fields(step) for step in trace.steps],
             "curves": {"step_x": curves.step_x, "spans": curves.spans},
+            "attention": trace.attention.to_json() if trace.attention is not None else None,
         }
         (folder / "trace.json").write_text(json.dumps(header), encoding="utf-8")
         curves.image.save(folder / "curves.png", format="PNG")
@@ -77,11 +81,49 @@ class TraceStore:
             np.save(folder / "guidance_map.npy", np.stack([step.guidance_map.numpy() for step in trace.steps]))
             if trace.steps[0].push_map is not None:
                 np.save(folder / "push_map.npy", np.stack([step.push_map.numpy() for step in trace.steps]))
+            kept = [step.attention_maps.numpy() for step in trace.steps if step.attention_maps is not None]
+            if trace.attention is not None and kept:  # [kept steps, words, h, w]
+                np.save(folder / "attention_maps.npy", np.stack(kept))
         return f"{kind}-{name}"
 
     def load(self, trace_id: str, index: int, owner: str | None = None) -> tuple[GuidanceTrace, CurvesPicture]:
-        """Every step's scalars and the arrays of step `index` only (clamped to the run; other steps carry none),
+        """Every step's scalars and the arrays of step `index` only (clamped to the run; other steps carry none;
+        its attention maps are those of the last step at or before it that kept them, on that step's record),
         with the run's curves picture."""
+        folder, header = self._open(trace_id, owner)
+        trace = GuidanceTrace(header["guidance_scale"], header["cfg_active"], header["prediction_type"])
+        if header.get("attention"):
+            trace.attention = AttentionPlan.from_json(header["attention"])
+        trace.steps = [record_from_scalars(fields) for fields in header["steps"]]
+        if trace.steps:
+            index = min(max(int(index), 0), len(trace.steps) - 1)
+            step = trace.steps[index]
+            step.previews = one_step(folder / "previews.npy", index, len(trace.steps))
+            step.guidance_map = torch.from_numpy(one_step(folder / "guidance_map.npy", index, len(trace.steps)))
+            if step.push_mean is not None:
+                step.push_map = torch.from_numpy(one_step(folder / "push_map.npy", index, len(trace.steps)))
+            kept = trace.attention.recorded_steps if trace.attention is not None else []
+            row = bisect.bisect_right(kept, index) - 1
+            if row >= 0:
+                maps = one_step(folder / "attention_maps.npy", row, len(kept))
+                trace.steps[kept[row]].attention_maps = torch.from_numpy(maps)
+        with Image.open(folder / "curves.png") as picture:
+            curves = CurvesPicture(picture.convert("RGB"), header["curves"]["step_x"], header["curves"]["spans"])
+        return trace, curves
+
+    def word_maps(self, trace_id: str, word: int, owner: str | None = None) -> np.ndarray:
+        """One word's attention map at every kept step, [kept steps, h, w] float16 (the step view's strip)."""
+        folder, header = self._open(trace_id, owner)
+        plan = AttentionPlan.from_json(header["attention"]) if header.get("attention") else None
+        if plan is None or not 0 <= word < len(plan.words):
+            raise TraceNotFound(trace_id)
+        array = np.load(folder / "attention_maps.npy", mmap_mode="r", allow_pickle=False)
+        if array.shape[0] != len(plan.recorded_steps):
+            raise TraceNotFound(trace_id)
+        return np.array(array[:, word])
+
+    def _open(self, trace_id: str, owner: str | None) -> tuple[Path, dict]:
+        """The folder and header of a trace this session may read."""
         match = TRACE_ID.match(trace_id) if isinstance(trace_id, str) else None
         root = self.roots[match.group(1)] if match else None
         if root is None:
@@ -93,18 +135,7 @@ class TraceStore:
             raise TraceNotFound(trace_id) from None
         if header.get("format") != FORMAT_VERSION or header.get("owner") not in (None, owner):
             raise TraceNotFound(trace_id)
-        trace = GuidanceTrace(header["guidance_scale"], header["cfg_active"], header["prediction_type"])
-        trace.steps = [record_from_scalars(fields) for fields in header["steps"]]
-        if trace.steps:
-            index = min(max(int(index), 0), len(trace.steps) - 1)
-            step = trace.steps[index]
-            step.previews = one_step(folder / "previews.npy", index, len(trace.steps))
-            step.guidance_map = torch.from_numpy(one_step(folder / "guidance_map.npy", index, len(trace.steps)))
-            if step.push_mean is not None:
-                step.push_map = torch.from_numpy(one_step(folder / "push_map.npy", index, len(trace.steps)))
-        with Image.open(folder / "curves.png") as picture:
-            curves = CurvesPicture(picture.convert("RGB"), header["curves"]["step_x"], header["curves"]["spans"])
-        return trace, curves
+        return folder, header
 
 
 def one_step(path: Path, index: int, steps: int) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""The page's widget factories: a settings field's widget (page and API) and the result and step images.
+"""The page's widget factories: a settings field's widget (page and API), the result and step images, and the step
+view's attention row.
 
 Small images (the embedded model makes 64 px ones) fill their box with crisp pixels (`CSS`) instead of a
 thumbnail; the files, and their downloads, keep the true size.
@@ -17,6 +18,13 @@ CSS = """
 .result-image .image-frame img { width: 100% !important; height: 100% !important; object-fit: contain !important; }
 .caption p { margin: 0; text-align: center; }
 """
+
+
+RECORDED = "tick “record what the empty prompt predicts” to see it"  # these need the ε_∅ item
+PLACEHOLDERS = {
+    **dict.fromkeys(("push", "branch-prompt", "branch-empty", "branch-negative", "branch-guided"), RECORDED),
+    "attention": "tick “record attention maps” to see it",
+}
 
 
 def field_widget(name: str, field: Field, value, bounds: tuple | None = None) -> gr.components.Component:
@@ -76,9 +84,6 @@ def result_image(label: str, elem_id: str) -> gr.Image:
     )
 
 
-RECORDED = ("push", "branch-prompt", "branch-empty", "branch-negative", "branch-guided")  # need the ε_∅ item
-
-
 def step_image(label: str, elem_id: str) -> gr.Image:
     """One picture of the step view; captions are Markdown above it (Gradio's own label covers a small image)."""
     return gr.Image(
@@ -92,7 +97,7 @@ def step_image(label: str, elem_id: str) -> gr.Image:
         height=180,
         min_width=120,
         buttons=["download"],
-        placeholder="tick “record what the empty prompt predicts” to see it" if elem_id in RECORDED else None,
+        placeholder=PLACEHOLDERS.get(elem_id),
     )
 
 
@@ -129,4 +134,28 @@ def link_row() -> dict:
         row[name] = gr.Textbox(visible="hidden", elem_id=name.replace("_", "-"))
     row["link"].change(None, row["link"], [row["link_url"], row["link_note"]], js=ABSOLUTE_LINK_JS)  # browser only
     row["copy_link"].click(None, row["link"], row["link_note"], js=COPY_LINK_JS)
+    return row
+
+
+def attention_row() -> dict:
+    """The step view's attention maps: the words of the negative and the prompt as chips, the chosen word's map
+    over the with-run's x0 at the chosen step, and its strip over the steps."""
+    gr.Markdown(
+        "**Where each word looks** (cross-attention maps, when *record attention maps* is ticked): "
+        "− words of the negative prompt, + words of the prompt"
+    )
+    row = {"attention_word": gr.Radio([], label="word", show_label=False, elem_id="attention-word")}
+    with gr.Row(equal_height=False):
+        with gr.Column(min_width=130, scale=1):
+            row["attention"] = step_image("attention map of the chosen word", "attention")
+        with gr.Column(scale=3):
+            row["attention_strip"] = gr.Image(
+                label="the word's map over the steps (the framed one is shown left)",
+                format="png",
+                type="filepath",
+                interactive=False,
+                elem_id="attention-strip",
+                buttons=["download"],
+            )
+            row["attention_reading"] = gr.Markdown(elem_id="attention-reading")
     return row

@@ -186,3 +186,13 @@ def test_equal_results_of_two_jobs_never_rewrite_a_file_being_served(client, tin
     after = os.stat(first)
     assert (after.st_ino, after.st_size) == (stat.st_ino, stat.st_size)  # same file; Gradio only touches its time
     assert not pil_writes, "a result went through Gradio's in-place PIL cache write"
+
+
+def test_attention_maps_option_through_the_client(client, tiny_sd_folder):
+    *_, trace = call(client, tiny_sd_folder, attention_maps=True).result(timeout=120)
+    assert [(word["word"], word["source"]) for word in trace["attention"]["words"]] == [
+        *(("blue", "negative"), ("a", "prompt"), ("red", "prompt"), ("hat", "prompt")),
+    ]
+    assert np.array(trace["attention"]["maps"]).shape == (4, 4, 16, 16) and trace["attention"]["steps"] == [1, 2, 3, 4]
+    *_, plain = call(client, tiny_sd_folder).result(timeout=120)
+    assert "attention" not in plain  # off by default

@@ -137,12 +137,16 @@ def test_every_picture_is_a_file_of_this_job_with_parameters_on_the_images(ui_ru
 
 def test_step_scrubber_redraws_any_step_from_the_stored_trace(events, ui_run):
     trace_id = ui_run[-1]["trace_id"]
-    first = named(events.show_step(trace_id, 1, Session()), STEP_OUTPUTS)
-    last = named(events.show_step(trace_id, STEPS, Session()), STEP_OUTPUTS)
+    first = named(events.show_step(trace_id, 1, None, Session()), STEP_OUTPUTS)
+    last = named(events.show_step(trace_id, STEPS, None, Session()), STEP_OUTPUTS)
     assert set(first) == set(STEP_OUTPUTS)
     assert pixels(first["x0_with"]).tolist() != pixels(last["x0_with"]).tolist()
-    assert pixels(named(events.show_step(trace_id, 99, Session()), STEP_OUTPUTS)["x0_with"]).shape == (256, 256, 3)
-    assert named(events.show_step(None, 1, Session()), STEP_OUTPUTS) == {}  # nothing compared yet
+    assert pixels(named(events.show_step(trace_id, 99, None, Session()), STEP_OUTPUTS)["x0_with"]).shape == (
+        256,
+        256,
+        3,
+    )
+    assert named(events.show_step(None, 1, None, Session()), STEP_OUTPUTS) == {}  # nothing compared yet
 
 
 @pytest.mark.parametrize(
@@ -156,7 +160,7 @@ def test_step_scrubber_redraws_any_step_from_the_stored_trace(events, ui_run):
 )
 def test_step_scrubber_reads_only_traces_the_server_wrote_for_this_session(events, ui_run, trace_id, session):
     with pytest.raises(gr.Error, match="no longer stored"):
-        events.show_step(trace_id or ui_run[-1]["trace_id"], 1, Session(session))
+        events.show_step(trace_id or ui_run[-1]["trace_id"], 1, None, Session(session))
 
 
 def test_stored_trace_reads_one_step_and_every_scalar(sd_pipe, tmp_path):
@@ -403,7 +407,7 @@ def test_sdxl_model_through_the_page(tiny_sdxl_folder, tmp_path_factory):
     assert without.shape == with_negative.shape == (24, 48, 3)  # the requested size, not the native 32 px
     assert not np.array_equal(without, with_negative)
     assert final["trace_id"].startswith("run-") and "48×24 px" in final["status"]
-    step_view = named(page.show_step(final["trace_id"], 1, Session()), STEP_OUTPUTS)
+    step_view = named(page.show_step(final["trace_id"], 1, None, Session()), STEP_OUTPUTS)
     assert set(step_view) == set(STEP_OUTPUTS) and step_view["push"] is not None
 
 

@@ -172,6 +172,15 @@ def test_first_example_shows_two_different_images_and_the_step_view(app_server):
                 assert np.ptp(np.asarray(shown_image(page, selector).convert("RGB"))) > 0, selector
             page.wait_for_selector("#curves img")
             assert "step" in page.inner_text("#reading")
+            # the first example records attention maps: chips of both prompts' words, the chosen word's map
+            page.wait_for_selector("#attention img")
+            assert "− mustache" in page.inner_text("#attention-word") and "+ man" in page.inner_text("#attention-word")
+            assert "mustache" in page.inner_text("#attention-reading")
+            before = page.get_attribute("#attention img", "src")
+            page.locator("#attention-word label", has_text="+ man").click()
+            page.wait_for_function("src => document.querySelector('#attention img').src !== src", arg=before)
+            assert "man (prompt" in page.inner_text("#attention-reading")
+            assert shown_image(page, "#attention-strip").width > shown_image(page, "#attention").width
         finally:
             browser.close()
 

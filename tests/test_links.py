@@ -41,6 +41,7 @@ CHANGED = {
     "perp_neg": True,
     "push_map": False,
     "empty_as_text": True,
+    "attention_maps": True,
 }
 
 

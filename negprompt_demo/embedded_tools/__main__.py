@@ -7,6 +7,7 @@ python -m negprompt_demo.embedded_tools evaluate --prompt P --negative N --attri
 python -m negprompt_demo.embedded_tools table [--seeds 0:256] | grid
 python -m negprompt_demo.embedded_tools delayed [--seeds 0:256] [--threads 1]
 python -m negprompt_demo.embedded_tools side-effects [--first-seed 5000 --count 96]
+python -m negprompt_demo.embedded_tools attention [--seeds-per-attribute 64] [--threads 1]
 
 Settings not given (guidance, steps, scheduler) are the loaded model's defaults, as in the app.
 """
@@ -171,6 +172,19 @@ def side_effects_command(args: argparse.Namespace) -> None:
     write_side_effects(results, args.out)
 
 
+def attention_command(args: argparse.Namespace) -> None:
+    """`attention`: where the negative word's cross-attention map lands vs where the attribute is drawn."""
+    from negprompt_demo.embedded_tools.attention_study import attention_study, study_markdown, write_study
+    from negprompt_demo.embedded_tools.evaluate import sampling_settings
+    from negprompt_demo.loading import load_pipeline
+
+    _set_threads(args.threads)
+    pipe = load_pipeline(None)
+    res, runs = attention_study(pipe, args.seeds_per_attribute, sampling_settings(pipe))
+    write_study(res, runs, args.out)
+    print(study_markdown(res))
+
+
 def _add_training_commands(sub: argparse._SubParsersAction) -> None:
     """train, tokenizer, probe-train, probe-accuracy: they write model and probe files."""
     p = sub.add_parser("train", help="train VAE, UNet and text encoder from scratch; write the model folder")
@@ -253,6 +267,12 @@ def _add_measuring_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, default=DOCS / "side_effects", help="writes OUT.json and OUT.md")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 on a busy shared machine)")
     p.set_defaults(func=side_effects_command)
+
+    p = sub.add_parser("attention", help="concentration of negative words' attention maps on their attribute's box")
+    p.add_argument("--seeds-per-attribute", type=int, default=64, help="seeds (from 7000) showing the attribute")
+    p.add_argument("--out", type=Path, default=DOCS / "attention_study", help="writes OUT.json, OUT.md, OUT.png")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 on a busy shared machine)")
+    p.set_defaults(func=attention_command)
 
 
 def build_parser() -> argparse.ArgumentParser:

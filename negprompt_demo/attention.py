@@ -1,0 +1,258 @@
+"""Where each word looks: cross-attention maps of the negative prompt's and the prompt's words, per step, recorded
+during the same single pipeline call.
+
+At every cross-attention layer of the UNet each latent pixel attends over the 77 token embeddings of its text:
+softmax(q·kᵀ/√d) over the tokens. DAAM (Tang et al. 2023, castorini/daam) turns these probabilities into a heat
+map per word: upsample each layer's map to one size, sum over heads and layers, per token, and sum the tokens of a
+word. DAAM keeps only the conditional half of the batch; here the with-run's *negative* branch is mapped too, so a
+negative prompt's words get maps of their own ("mustache" on the upper lip).
+
+Recorded, per step, for the run with the negative prompt (batch run 1):
+- each word of the negative prompt, from the with-run's negative-branch item (none while its window is closed:
+  that branch is then the empty prompt's);
+- each word of the prompt, from the with-run's conditional (text) item.
+`guidance.BranchHook.rows_of` says which rows of the UNet batch those are at the current step.
+
+How: `recording(unet, recorder)` swaps every cross-attention layer's (`attn2`) processor for one that first calls
+the original processor (so the UNet computes exactly what it computed before: the images are bit-identical) and
+then recomputes the attention probabilities for those two rows only; self-attention keeps its processor, and the
+originals are put back when the block ends, also on error.
+
+SDXL: its UNet's cross-attention keys come from both text encoders' hidden states concatenated per token (CLIP
+ViT-L and OpenCLIP bigG). Both tokenizers split text the same way, so token position i is the same word piece in
+both, and the maps show the UNet's attention to that joint token: one map per word, not one per encoder.
+
+Memory: maps are kept at latent resolution, at most MAX_MAP_SIDE per side (SDXL's largest cross-attention layer
+at 1024 px is 64×64, so nothing is lost there), in float16 on the CPU, and at most MAX_MAP_BYTES per run: when all
+words at every step would exceed it, only every k-th step is kept (`AttentionPlan.stride`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+MAX_MAP_SIDE = 64
+MAX_MAP_BYTES = 32 * 2**20  # per run; 150 words (two texts of 75 tokens) × 64×64 × 50 steps is 60 MB before striding
+SOURCES = ("negative", "prompt")
+
+
+@dataclass(frozen=True)
+class Word:
+    """A word as the user typed it and the token positions that spell it in the text encoder's sequence (the
+    start token is position 0; punctuation tokens are left out)."""
+
+    text: str
+    source: str  # "negative" or "prompt"
+    positions: tuple[int, ...]
+
+
+@dataclass
+class AttentionPlan:
+    """What one run maps: its words, at what size, on which steps, and a sentence saying which attention it is."""
+
+    words: list[Word]
+    map_size: tuple[int, int]  # (h, w) of every stored map
+    latent_size: tuple[int, int]
+    stride: int  # maps are kept at steps 0, stride, 2·stride, ... (1: every step)
+    note: str
+    recorded_steps: list[int] = field(default_factory=list)  # 0-based; filled as sampling goes
+
+    def records(self, step: int) -> bool:
+        return step % self.stride == 0
+
+    def to_json(self) -> dict:
+        return {
+            "words": [{"word": w.text, "source": w.source, "token_positions": list(w.positions)} for w in self.words],
+            "map_size": list(self.map_size),
+            "latent_size": list(self.latent_size),
+            "stride": self.stride,
+            "steps": [step + 1 for step in self.recorded_steps],
+            "note": self.note,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict) -> AttentionPlan:
+        words = [Word(w["word"], w["source"], tuple(w["token_positions"])) for w in data["words"]]
+        steps = [step - 1 for step in data["steps"]]
+        return cls(words, tuple(data["map_size"]), tuple(data["latent_size"]), data["stride"], data["note"], steps)
+
+
+def text_words(tokenizer, text: str, source: str) -> list[Word]:
+    """The words of `text` (split at whitespace, as typed, edge punctuation trimmed) with the positions of their
+    tokens in what the text encoder reads: a word may be several tokens; tokens cut by the 77-token limit, the
+    start/end tokens, padding and punctuation-only tokens belong to no word."""
+    if not text:
+        return []
+    encoded = tokenizer(text, truncation=True, max_length=tokenizer.model_max_length, return_offsets_mapping=True)
+    spans = [(match.start(), match.end(), match.group()) for match in re.finditer(r"\S+", text)]
+    positions: dict[int, list[int]] = {}
+    for position, (start, end) in enumerate(encoded["offset_mapping"]):
+        piece = text[start:end]
+        if end <= start or not any(ch.isalnum() for ch in piece):  # special token or punctuation
+            continue
+        index = next((i for i, (low, high, _) in enumerate(spans) if low <= start < high), None)
+        if index is not None:
+            positions.setdefault(index, []).append(position)
+    words = []
+    for index, found in sorted(positions.items()):
+        typed = spans[index][2]
+        label = re.sub(r"^\W+|\W+$", "", typed) or typed
+        words.append(Word(label, source, tuple(found)))
+    return words
+
+
+def map_size_for(latent_size: tuple[int, int]) -> tuple[int, int]:
+    """The latent size, halved while its longer side exceeds MAX_MAP_SIDE."""
+    height, width = latent_size
+    while max(height, width) > MAX_MAP_SIDE:
+        height, width = math.ceil(height / 2), math.ceil(width / 2)
+    return height, width
+
+
+def map_stride(word_count: int, map_size: tuple[int, int], steps: int, budget: int = MAX_MAP_BYTES) -> int:
+    """The smallest k such that keeping every k-th step's float16 maps of all words stays within `budget` bytes."""
+    per_step = word_count * map_size[0] * map_size[1] * 2
+    stride = 1
+    while stride < steps and math.ceil(steps / stride) * per_step > budget:
+        stride += 1
+    return stride
+
+
+def attention_note(pipe) -> str:
+    """Which attention the maps show, for the page and the trace file."""
+    if getattr(pipe, "text_encoder_2", None) is not None:
+        return (
+            "SDXL: the UNet's cross-attention over both text encoders' token embeddings, joined per token "
+            "(CLIP ViT-L and OpenCLIP bigG split text alike), so each map covers a word in both encoders. "
+            "Negative words: the with-run's negative branch; prompt words: its text branch."
+        )
+    return (
+        "The UNet's cross-attention over the CLIP text encoder's tokens. Negative words: the with-run's negative "
+        "branch; prompt words: its text branch."
+    )
+
+
+def plan_attention(pipe, settings, budget: int | None = None) -> AttentionPlan:
+    """The maps one run of `settings` (checked) will record on `pipe`, within `budget` bytes (MAX_MAP_BYTES)."""
+    tokenizer = pipe.tokenizer if pipe.tokenizer is not None else pipe.tokenizer_2
+    words = text_words(tokenizer, settings.negative, "negative") + text_words(tokenizer, settings.prompt, "prompt")
+    scale = pipe.vae_scale_factor
+    latent_size = (settings.height // scale, settings.width // scale)
+    map_size = map_size_for(latent_size)
+    stride = map_stride(len(words), map_size, settings.steps, MAX_MAP_BYTES if budget is None else budget)
+    return AttentionPlan(words, map_size, latent_size, stride, attention_note(pipe))
+
+
+class AttentionRecorder:
+    """Sums, during one UNet call, every cross-attention layer's maps of the plan's words for one run, and hands
+    them over at the step's end (`take`). `hook` is the call's `guidance.BranchHook` (which rows hold the run)."""
+
+    def __init__(self, plan: AttentionPlan, hook, run: int = 1):
+        self.plan, self.hook, self.run = plan, hook, run
+        # per branch: token positions to read and the word each belongs to
+        self.tokens: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        for source in SOURCES:
+            pairs = [(pos, i) for i, word in enumerate(plan.words) if word.source == source for pos in word.positions]
+            self.tokens[source] = (torch.tensor([p for p, _ in pairs]), torch.tensor([i for _, i in pairs]))
+        self.sums: torch.Tensor | None = None  # [words, h, w] float32, on the UNet's device
+
+    def add(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor) -> None:
+        """One cross-attention layer's contribution (called by the recording processor)."""
+        if not self.plan.words or hidden_states.ndim != 3 or not self.plan.records(self.hook.step):
+            return
+        negative_row, text_row = self.hook.rows_of(self.run)
+        wanted = [
+            (row, self.tokens[source])
+            for row, source in ((negative_row, "negative"), (text_row, "prompt"))
+            if row is not None and self.tokens[source][0].numel()
+        ]
+        if not wanted:
+            return
+        rows = [row for row, _ in wanted]
+        probabilities = attention_probabilities(attn, hidden_states[rows], encoder_hidden_states[rows])
+        layer_size = self.layer_size(probabilities.shape[1])
+        if self.sums is None:
+            self.sums = torch.zeros(len(self.plan.words), *self.plan.map_size, device=hidden_states.device)
+        for branch, (_, (positions, owners)) in enumerate(wanted):
+            positions, owners = positions.to(hidden_states.device), owners.to(hidden_states.device)
+            maps = probabilities[branch][:, positions].T.reshape(-1, 1, *layer_size)  # [tokens, 1, h, w]
+            if layer_size != self.plan.map_size:
+                down = layer_size[0] > self.plan.map_size[0]
+                maps = F.interpolate(maps, self.plan.map_size, mode="bilinear", align_corners=False, antialias=down)
+            self.sums.index_add_(0, owners, maps[:, 0])
+
+    def take(self) -> torch.Tensor | None:
+        """This step's maps [words, h, w] float16 on the CPU, or None on a step the plan does not keep."""
+        if not self.plan.records(self.hook.step):
+            return None
+        maps = self.sums if self.sums is not None else torch.zeros(len(self.plan.words), *self.plan.map_size)
+        self.sums = None
+        self.plan.recorded_steps.append(self.hook.step)
+        return maps.half().cpu()
+
+    def layer_size(self, pixels: int) -> tuple[int, int]:
+        """The (h, w) of a layer with `pixels` query positions: the latent size halved (rounding up, as the
+        UNet's stride-2 convolutions do) until it matches."""
+        height, width = self.plan.latent_size
+        while height * width > pixels:
+            height, width = math.ceil(height / 2), math.ceil(width / 2)
+        if height * width != pixels:
+            raise ValueError(f"a cross-attention layer of {pixels} positions fits no size of the latents")
+        return height, width
+
+
+def attention_probabilities(attn, hidden_states: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    """softmax(q·kᵀ·scale) of a diffusers `Attention` layer, summed over its heads: [rows, queries, tokens]."""
+    if attn.norm_cross:
+        context = attn.norm_encoder_hidden_states(context)
+    query, key = attn.to_q(hidden_states), attn.to_k(context)
+    rows, heads = query.shape[0], attn.heads
+    query = query.view(rows, -1, heads, query.shape[-1] // heads).transpose(1, 2)
+    key = key.view(rows, -1, heads, key.shape[-1] // heads).transpose(1, 2)
+    if attn.norm_q is not None:
+        query = attn.norm_q(query)
+    if attn.norm_k is not None:
+        key = attn.norm_k(key)
+    # in float32: q·kᵀ overflows float16 on some models (SD 2.x sets `upcast_attention` for that reason)
+    scores = (query.float() @ key.float().transpose(-1, -2)) * attn.scale
+    return scores.softmax(dim=-1).sum(dim=1)
+
+
+class RecordingProcessor:
+    """A cross-attention layer's processor that answers exactly as the original does and reports the layer's
+    attention to the recorder."""
+
+    def __init__(self, original, recorder: AttentionRecorder):
+        self.original, self.recorder = original, recorder
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, **kwargs):
+        output = self.original(
+            attn, hidden_states, encoder_hidden_states=encoder_hidden_states, attention_mask=attention_mask, **kwargs
+        )
+        if encoder_hidden_states is not None:
+            self.recorder.add(attn, hidden_states, encoder_hidden_states)
+        return output
+
+
+@contextlib.contextmanager
+def recording(unet, recorder: AttentionRecorder) -> Iterator[None]:
+    """Record the cross-attention (`attn2`) layers while the block runs; every original processor is restored
+    afterwards, also when sampling raises."""
+    originals = unet.attn_processors
+    unet.set_attn_processor(
+        {
+            name: RecordingProcessor(processor, recorder) if name.endswith("attn2.processor") else processor
+            for name, processor in originals.items()
+        }
+    )
+    try:
+        yield
+    finally:
+        unet.set_attn_processor(dict(originals))

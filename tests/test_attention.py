@@ -1,0 +1,239 @@
+"""Attention maps of the negative's and the prompt's words: words from tokens, the recorded probabilities against
+diffusers' own, the rows read, images unchanged, processors restored, the memory bound, store, page and API."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import pickle
+import threading
+
+import gradio as gr
+import numpy as np
+import pytest
+import torch
+from conftest import EMBEDDED_PRESENT
+from test_app import Session, collect, inputs, make, named, pixels
+
+from negprompt_demo import attention
+from negprompt_demo.attention import (
+    MAX_MAP_BYTES,
+    attention_probabilities,
+    map_size_for,
+    map_stride,
+    text_words,
+)
+from negprompt_demo.engine import GenerationCancelled, compare
+from negprompt_demo.handlers import STEP_OUTPUTS
+from negprompt_demo.previews import fill_previews
+from negprompt_demo.settings import CompareSettings
+from negprompt_demo.tracefile import TraceStore
+from negprompt_demo.visualize import curves_picture
+
+PROMPT, NEGATIVE, SEED, STEPS = "portrait photo of a man", "mustache, hat", 5, 4
+ON = CompareSettings(PROMPT, NEGATIVE, seed=SEED, steps=STEPS, attention_maps=True)
+
+
+@pytest.fixture(scope="module")
+def sd_maps(sd_pipe):
+    """The same comparison with the maps off and on."""
+    return compare(sd_pipe, ON.replace(attention_maps=False)), compare(sd_pipe, ON)
+
+
+def words(tokenizer, text: str, source: str = "negative") -> list[tuple[str, tuple[int, ...]]]:
+    return [(word.text, word.positions) for word in text_words(tokenizer, text, source)]
+
+
+def test_words_are_what_the_user_typed_with_all_their_tokens(sd_pipe):
+    """The tiny tokenizer spells every letter as a token: a word is several tokens; punctuation and the start
+    token belong to no word; edge punctuation is trimmed from the label but inner hyphens stay."""
+    tokenizer = sd_pipe.tokenizer
+    assert words(tokenizer, "hat, big-ears") == [("hat", (1, 2, 3)), ("big-ears", (5, 6, 7, 9, 10, 11, 12))]
+    assert words(tokenizer, "a  a") == [("a", (1,)), ("a", (2,))]  # a repeated word is two chips
+    assert words(tokenizer, "") == [] and words(tokenizer, " , ; ") == []
+    long = " ".join(["abcd"] * 30)  # 120 letters: the encoder reads 75 tokens, so words 1-18 and 3 letters of 19
+    found = words(tokenizer, long)
+    assert len(found) == 19 and found[-1][1] == (73, 74, 75) and max(found[-1][1]) < tokenizer.model_max_length - 1
+
+
+@pytest.mark.skipif(not EMBEDDED_PRESENT, reason="the embedded model is not in this checkout")
+def test_words_with_the_real_clip_vocabulary():
+    from transformers import AutoTokenizer
+
+    from negprompt_demo.embedded import MODEL_DIR
+
+    tokenizer = AutoTokenizer.from_pretrained(MODEL_DIR / "tokenizer")
+    assert words(tokenizer, "Portrait photo of a man.", "prompt") == [
+        ("Portrait", (1,)),
+        ("photo", (2,)),
+        ("of", (3,)),
+        ("a", (4,)),
+        ("man", (5,)),
+    ]
+    assert words(tokenizer, "mustache, bad-anatomy über") == [
+        ("mustache", (1,)),
+        ("bad-anatomy", (3, 5)),
+        ("über", (6, 7)),  # two BPE tokens, one word
+    ]
+
+
+def test_probabilities_equal_diffusers_own_attention_scores(sd_pipe):
+    layer = next(module for name, module in sd_pipe.unet.named_modules() if name.endswith("attn2"))
+    generator = torch.Generator().manual_seed(0)
+    hidden = torch.randn(3, 64, layer.to_q.in_features, generator=generator)
+    context = torch.randn(3, 77, layer.to_k.in_features, generator=generator)
+    with torch.no_grad():
+        query = layer.head_to_batch_dim(layer.to_q(hidden))
+        key = layer.head_to_batch_dim(layer.to_k(context))
+        expected = layer.get_attention_scores(query, key).view(3, layer.heads, 64, 77).sum(1)
+        ours = attention_probabilities(layer, hidden, context)
+    torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-6)
+    assert torch.allclose(ours.sum(-1), torch.full((3, 64), float(layer.heads)))  # each head sums to 1
+
+
+@pytest.mark.parametrize("pipe_name", ["sd_pipe", "sdxl_pipe"])
+def test_images_and_trace_are_identical_with_maps_on_and_off(pipe_name, request):
+    pipe = request.getfixturevalue(pipe_name)
+    off = compare(pipe, ON.replace(attention_maps=False, guidance=5.0))
+    on = compare(pipe, ON.replace(guidance=5.0))
+    for name in ("without_negative", "with_negative"):
+        assert np.array_equal(np.asarray(getattr(off, name)), np.asarray(getattr(on, name))), name
+    assert on.trace.to_json()["steps"] == off.trace.to_json()["steps"]
+    assert off.trace.attention is None and all(step.attention_maps is None for step in off.trace.steps)
+    plan = on.trace.attention
+    assert [(word.text, word.source) for word in plan.words] == [
+        *(("mustache", "negative"), ("hat", "negative")),
+        *(("portrait", "prompt"), ("photo", "prompt"), ("of", "prompt"), ("a", "prompt"), ("man", "prompt")),
+    ]
+    assert plan.map_size == (16, 16) and plan.recorded_steps == list(range(STEPS))
+    for step in on.trace.steps:
+        assert step.attention_maps.shape == (7, 16, 16) and step.attention_maps.dtype == torch.float16
+        assert (step.attention_maps.float() > 0).all()
+    if pipe_name == "sdxl_pipe":
+        assert "SDXL" in plan.note and "both text encoders" in plan.note
+
+
+def test_negative_words_read_the_negative_branch_and_prompt_words_the_text_branch(sd_pipe):
+    """With the negative equal to the prompt, the with-run's negative and text items are the same input: each
+    word's map on the negative branch equals its map on the text branch. And while the negative's window is
+    closed, its words get no map at all (that branch is the empty prompt's)."""
+    same = compare(sd_pipe, CompareSettings(PROMPT, PROMPT, seed=SEED, steps=3, attention_maps=True))
+    for step in same.trace.steps:
+        negative, prompt = step.attention_maps[:5], step.attention_maps[5:]
+        torch.testing.assert_close(negative, prompt, rtol=0, atol=0)
+    late = compare(sd_pipe, ON.replace(negative_start=0.5))
+    for step in late.trace.steps:
+        negative_mass = step.attention_maps[:2].float().sum().item()
+        assert (negative_mass > 0) == step.negative_active, step.index
+        assert step.attention_maps[2:].float().sum() > 0  # the prompt's words are mapped at every step
+    no_cfg = compare(sd_pipe, ON.replace(guidance=1.0, steps=2))  # no negative branch at all: the batch is text only
+    for step in no_cfg.trace.steps:
+        assert step.attention_maps[:2].float().sum() == 0 and (step.attention_maps[2:].float() > 0).all()
+
+
+def test_processors_are_restored_after_a_run_and_after_an_error(sd_pipe):
+    originals = sd_pipe.unet.attn_processors
+    compare(sd_pipe, ON.replace(steps=2))
+    assert all(sd_pipe.unet.attn_processors[name] is processor for name, processor in originals.items())
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(GenerationCancelled):
+        compare(sd_pipe, ON, stop=stop)
+    assert all(sd_pipe.unet.attn_processors[name] is processor for name, processor in originals.items())
+
+
+def test_memory_bound_holds_for_sdxl_at_1024_px():
+    """150 words (two texts of 75 one-token words) at SDXL's 1024 px: maps at 64x64 (its largest
+    cross-attention layer), every step kept while the maps fit in MAX_MAP_BYTES, else every k-th."""
+    size = map_size_for((128, 128))
+    assert size == (64, 64) and map_size_for((16, 16)) == (16, 16) and map_size_for((96, 160)) == (24, 40)
+    for steps in (1, 20, 50, 150):
+        stride = map_stride(150, size, steps)
+        kept = len(range(0, steps, stride))
+        assert kept * 150 * 64 * 64 * 2 <= MAX_MAP_BYTES, steps
+        assert stride == 1 or len(range(0, steps, stride - 1)) * 150 * 64 * 64 * 2 > MAX_MAP_BYTES  # smallest
+    assert map_stride(150, size, 20) == 1 and map_stride(150, size, 50) == 2 and map_stride(150, size, 150) == 6
+
+
+def test_a_run_keeps_every_kth_step_within_the_bound(sd_pipe, monkeypatch, tmp_path):
+    budget = 7 * 16 * 16 * 2 * 3  # room for three steps of the seven words' maps
+    monkeypatch.setattr(attention, "MAX_MAP_BYTES", budget)
+    result = compare(sd_pipe, ON.replace(steps=8))
+    plan = result.trace.attention
+    assert plan.stride == 3 and plan.recorded_steps == [0, 3, 6]
+    kept = [step.attention_maps for step in result.trace.steps if step.attention_maps is not None]
+    assert len(kept) == 3 and sum(maps.numel() * maps.element_size() for maps in kept) <= budget
+    fill_previews(sd_pipe, result.trace.steps)
+    store = TraceStore(tmp_path)
+    trace_id = store.save(result.trace, curves_picture(result.trace))
+    trace, _ = store.load(trace_id, 5)  # step 6 shows the map of step 4, the last kept before it
+    assert trace.steps[3].attention_maps is not None and trace.steps[5].attention_maps is None
+    assert np.array_equal(trace.steps[3].attention_maps.numpy(), result.trace.steps[3].attention_maps.numpy())
+    assert np.array_equal(store.word_maps(trace_id, 1), np.stack([maps[1].numpy() for maps in kept]))
+
+
+def test_maps_survive_the_trip_from_a_zerogpu_worker(sd_maps):
+    record = sd_maps[1].trace.steps[0]
+    copied = pickle.loads(pickle.dumps(record))
+    assert torch.equal(copied.attention_maps, record.attention_maps)
+
+
+def test_trace_json_lists_the_words_and_holds_the_maps(sd_maps):
+    off, on = (result.trace.to_json() for result in sd_maps)
+    assert "attention" not in off
+    document = on["attention"]
+    assert [word["word"] for word in document["words"]][:2] == ["mustache", "hat"]
+    assert document["words"][0] == {"word": "mustache", "source": "negative", "token_positions": list(range(1, 9))}
+    assert document["steps"] == [1, 2, 3, 4] and document["map_size"] == [16, 16] and document["stride"] == 1
+    maps = np.array(document["maps"])
+    assert maps.shape == (STEPS, 7, 16, 16)
+    expected = sd_maps[1].trace.steps[2].attention_maps.float().numpy()
+    assert np.allclose(maps[2], expected, atol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def page(tiny_sd_folder, tmp_path_factory):
+    from negprompt_demo.app_config import AppConfig
+
+    config = AppConfig(default_model=str(tiny_sd_folder), models=[str(tiny_sd_folder)])
+    events = make(config, tmp_path_factory)
+    run = [named(v) for v in collect(events.compare_ui(Session(), **inputs(tiny_sd_folder, attention_maps=True)))]
+    return events, run[-1]
+
+
+def test_page_shows_word_chips_the_overlay_and_the_strip(page):
+    events, final = page
+    radio = final["attention_word"]
+    assert radio["choices"] == [("− blue", 0), ("+ a", 1), ("+ red", 2), ("+ hat", 3)] and radio["value"] == 0
+    assert pixels(final["attention"]).shape == (256, 256, 3)
+    assert pixels(final["attention_strip"]).shape[1] > 4 * 40  # one tile per step
+    assert "**blue** (negative" in final["attention_reading"]
+    step_one = named(events.show_step(final["trace_id"], 1, 3, Session()), STEP_OUTPUTS)
+    assert "**hat** (prompt" in step_one["attention_reading"]
+    assert not np.array_equal(pixels(step_one["attention"]), pixels(final["attention"]))
+    for bad in ("hat", 99, -1, None, 2.5, True):  # anything else a client sends: the first word, no error
+        shown = named(events.show_step(final["trace_id"], 1, bad, Session()), STEP_OUTPUTS)
+        assert "**blue**" in shown["attention_reading"], bad
+    with pytest.raises(gr.Error, match="no longer stored"):
+        events.show_step(final["trace_id"], 1, 0, Session("session-b"))
+
+
+def test_page_says_how_to_turn_the_maps_on(tiny_sd_folder, tmp_path_factory):
+    from negprompt_demo.app_config import AppConfig
+
+    events = make(AppConfig(default_model=str(tiny_sd_folder), models=[str(tiny_sd_folder)]), tmp_path_factory)
+    final = named(collect(events.compare_ui(Session(), **inputs(tiny_sd_folder, steps=1, push_map=False)))[-1])
+    assert final["attention_word"]["choices"] == [] and final["attention"] is None
+    assert "record attention maps" in final["attention_reading"]
+
+
+def test_api_option_returns_the_words_and_maps(page, tiny_sd_folder):
+    events, _ = page
+    *_, document = asyncio.run(events.compare_api(**inputs(tiny_sd_folder, attention_maps=True)))
+    assert [word["word"] for word in document["attention"]["words"]] == ["blue", "a", "red", "hat"]
+    assert np.array(document["attention"]["maps"]).shape == (STEPS, 4, 16, 16)
+    json.dumps(document)  # plain JSON
+    *_, plain = asyncio.run(events.compare_api(**inputs(tiny_sd_folder)))
+    assert "attention" not in plain
+    with pytest.raises(gr.Error, match="attention_maps must be true or false"):
+        asyncio.run(events.compare_api(**inputs(tiny_sd_folder, attention_maps="yes")))
