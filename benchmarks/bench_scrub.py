@@ -27,8 +27,9 @@ from benchmarks.common import (
     model_benchmark_main,
     rss_bytes,
 )
-from negprompt_demo.handlers import JobFiles, step_outputs
+from negprompt_demo.jobs import JobFiles
 from negprompt_demo.settings import CompareSettings
+from negprompt_demo.step_view import step_outputs
 from negprompt_demo.tracefile import TraceStore
 from negprompt_demo.visualize import curves_picture
 

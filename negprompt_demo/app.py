@@ -16,10 +16,11 @@ import gradio as gr
 from negprompt_demo import handlers
 from negprompt_demo.app_config import MAX_UPLOAD, AppConfig, config_from_args
 from negprompt_demo.examples import example_cache_folder, examples_section, warm_example
-from negprompt_demo.handlers import INPUT_NAMES, LINK_OUTPUTS, STEP_OUTPUTS, UI_OUTPUTS
+from negprompt_demo.handlers import INPUT_NAMES, LINK_OUTPUTS, UI_OUTPUTS
 from negprompt_demo.loading import EMBEDDED, ModelLoadError, load_pipeline, model_defaults, native_size
 from negprompt_demo.seeds_view import SEEDS_API_INPUTS, SeedsHandlers, seeds_panel, wire_seeds
 from negprompt_demo.settings import DEFAULTS, FIELDS, GRID_DEFAULTS, GRID_FIELDS, MAX_SEED, size_limits
+from negprompt_demo.step_view import STEP_OUTPUTS
 from negprompt_demo.tracefile import TraceStore, private_folder
 from negprompt_demo.widgets import (
     CSS,

@@ -16,34 +16,29 @@ import html
 import logging
 import math
 import random
-import tempfile
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import gradio as gr
-import numpy as np
-from PIL import Image
 
 from negprompt_demo.app_config import AppConfig
-from negprompt_demo.attention_views import chosen_word, step_attention, word_choices
+from negprompt_demo.attention_views import chosen_word, word_choices
 from negprompt_demo.attributes import sweep_reading
 from negprompt_demo.engine import SWEEP_STARTS, GenerationCancelled, NonFiniteError, Sweep
 from negprompt_demo.export import trace_document, write_outputs
 from negprompt_demo.flow_models import DISTILLED_NOTE, FAMILY_NOTES
-from negprompt_demo.legends import difference_with_legend, step_legend
+from negprompt_demo.jobs import JobFiles
+from negprompt_demo.legends import difference_with_legend
 from negprompt_demo.links import link_query, link_values
 from negprompt_demo.loading import ModelLoadError, load_pipeline, model_defaults, model_family, native_size
 from negprompt_demo.runner import Done, Ready, Step, SweepDone, astream
 from negprompt_demo.settings import FIELDS, MAX_SEED, CompareSettings, InputError, resolve_settings, size_limits
-from negprompt_demo.trace import GuidanceTrace
+from negprompt_demo.step_view import STEP_OUTPUTS, live_trace, step_outputs
 from negprompt_demo.tracefile import RUN_MAX_AGE_S, TraceNotFound, TraceStore, remove_old_folders
 from negprompt_demo.visualize import (
-    CurvesPicture,
     curves_picture,
-    describe,
     run_labels,
-    step_views,
     sweep_labels,
     sweep_picture,
 )
@@ -52,11 +47,6 @@ log = logging.getLogger(__name__)
 
 # The inputs of a comparison: the model, then every settings field (declared once, in settings.FIELDS).
 INPUT_NAMES = ("model", *FIELDS)
-STEP_OUTPUTS = (
-    *("x0_without", "guidance_without", "x0_with", "guidance_with", "push", "legend", "curves", "reading"),
-    *("branch_prompt", "branch_empty", "branch_negative", "branch_guided", "branch_note"),
-    *("attention", "attention_strip", "attention_reading"),
-)
 UI_OUTPUTS = (
     *("image_without", "image_with", "caption_with", "slider", "difference", "status", "negative_reading", "seed_used"),
     *("downloads", "trace_id", "step", "link", "attention_word"),
@@ -96,83 +86,6 @@ def input_error(error: BaseException, for_html: bool = True) -> gr.Error:
     return gr.Error(html.escape(message, quote=False) if for_html else message, print_exception=False)
 
 
-class JobFiles:
-    """One job's folder of PNG files, under this process's private output folder."""
-
-    def __init__(self, root: Path):
-        self.folder = Path(tempfile.mkdtemp(prefix="job-", dir=root))
-        self.count = 0
-
-    def png(self, picture: Image.Image | np.ndarray | None, name: str) -> str | None:
-        """Write a picture (PIL or [H, W, 3] uint8) as a new PNG of this job; None stays None."""
-        if picture is None:
-            return None
-        if isinstance(picture, np.ndarray):
-            picture = Image.fromarray(picture)
-        self.count += 1
-        path = self.folder / f"{self.count:04d}-{name}.png"
-        picture.save(path, format="PNG")
-        return str(path)
-
-
-def step_outputs(
-    trace: GuidanceTrace,
-    index: int,
-    files: JobFiles,
-    curves: CurvesPicture | None,
-    word=None,
-    strip: np.ndarray | None = None,
-    attention: bool = True,
-) -> dict:
-    """The step view for step `index` (0-based): both runs' x0 with and without the guidance overlay, the push
-    map, the legend, when given the run's curves, the curves with that step marked and their reading, and the
-    chosen word's attention map with its strip over the steps (`strip`: that word's maps at the kept steps, read
-    from the trace in memory when not given; `attention=False` leaves those outputs as they are)."""
-    views = step_views(trace, index)
-    updates = {name: files.png(views.get(name), name) for name in ("x0_without", "guidance_without", "x0_with")}
-    updates["guidance_with"] = files.png(views["guidance_with"], "guidance_with")
-    updates["push"] = files.png(views.get("push"), "push")
-    for branch in ("prompt", "empty", "negative"):
-        updates[f"branch_{branch}"] = files.png(views.get(f"branch_{branch}"), f"branch_{branch}")
-    updates["branch_guided"] = updates["x0_with"] if "branch_prompt" in views else None
-    updates["branch_note"] = branch_note(trace, index, "branch_prompt" in views)
-    updates["legend"] = files.png(step_legend(trace), "legend")
-    if curves is not None:
-        updates["curves"] = files.png(curves.marked(index), "curves")
-        updates["reading"] = describe(trace)
-    if attention:
-        updates.update(attention_outputs(trace, index, files, word, strip))
-    return updates
-
-
-def branch_note(trace: GuidanceTrace, index: int, recorded: bool) -> str:
-    """What the branch row shows at this step, in the article's words."""
-    if not trace.cfg_active:
-        return "Guidance is off (scale ≤ 1): there is only the prompt's prediction, so no branches to compare."
-    if not recorded:
-        return "Tick “record what the empty prompt predicts” to see what each branch predicts at every step."
-    step = trace.steps[index]
-    note = (
-        f"Step {index + 1}, from the with-negative run's current sample: the **prompt** alone (conditional), the "
-        "**empty prompt** alone (unconditional: it still heads for a decent image, but it could be anything), "
-        f"the **negative prompt** alone, and the **guided step** the sampler took = negative + "
-        f"{trace.guidance_scale:g} × (prompt − negative): the negative took the empty prompt's place."
-    )
-    if not step.negative_active:
-        note += " At this step the negative does not act (outside its window): its branch is the empty prompt's."
-    return note
-
-
-def attention_outputs(trace: GuidanceTrace, index: int, files: JobFiles, word, strip: np.ndarray | None) -> dict:
-    """The chosen word's map over the with-run's x0 at step `index`, its strip over the kept steps and a reading."""
-    overlay, picture, reading = step_attention(trace, index, word, strip)
-    return {
-        "attention": files.png(overlay, "attention"),
-        "attention_strip": files.png(picture, "attention_strip"),
-        "attention_reading": reading,
-    }
-
-
 def status_text(settings: CompareSettings, model: str, warnings: list[str], note: str) -> str:
     lines = [
         f"**{note}** · seed `{settings.seed}` · {settings.steps} steps · guidance {settings.guidance:g} · "
@@ -189,13 +102,6 @@ def reading_text(reading) -> str:
 
 def caption_for(negative: str) -> str:
     return f"**{html.escape(run_labels(negative)[1], quote=False)}**"
-
-
-def live_trace(records: list, guidance: float) -> GuidanceTrace:
-    """The steps recorded so far as a trace, to draw while sampling. The tracer writes a NaN cosine exactly when
-    classifier-free guidance is off, which is how a partial trace knows."""
-    cfg_active = bool(records) and math.isfinite(records[0].guidance_cosine)
-    return GuidanceTrace(guidance, cfg_active, "epsilon", steps=list(records))
 
 
 class Handlers:

@@ -21,12 +21,13 @@ from negprompt_demo.app import build_app
 from negprompt_demo.app_config import AppConfig, config_from_args
 from negprompt_demo.engine import compare
 from negprompt_demo.examples import EXAMPLES_FILE, example_cache_folder, example_rows
-from negprompt_demo.handlers import INPUT_NAMES, LINK_OUTPUTS, STEP_OUTPUTS, UI_OUTPUTS
+from negprompt_demo.handlers import INPUT_NAMES, LINK_OUTPUTS, UI_OUTPUTS
 from negprompt_demo.launch import build_parser
 from negprompt_demo.loading import load_pipeline, pipeline_lock
 from negprompt_demo.previews import fill_previews
 from negprompt_demo.runner import Step, astream
 from negprompt_demo.settings import DEFAULTS, CompareSettings, InputError
+from negprompt_demo.step_view import STEP_OUTPUTS
 from negprompt_demo.tracefile import TraceNotFound, TraceStore
 from negprompt_demo.visualize import curves_picture
 

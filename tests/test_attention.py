@@ -24,9 +24,9 @@ from negprompt_demo.attention import (
     text_words,
 )
 from negprompt_demo.engine import GenerationCancelled, compare
-from negprompt_demo.handlers import STEP_OUTPUTS
 from negprompt_demo.previews import fill_previews
 from negprompt_demo.settings import CompareSettings
+from negprompt_demo.step_view import STEP_OUTPUTS
 from negprompt_demo.tracefile import TraceStore
 from negprompt_demo.visualize import curves_picture
 

@@ -1,0 +1,86 @@
+"""The step view's pictures for one step of a stored or streaming run: each run's x0 with its guidance map, the
+negative push, what each branch predicts, the curves with the step marked, and a chosen word's attention map.
+The page's step slider and the live view during sampling both draw through `step_outputs`."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from negprompt_demo.attention_views import step_attention
+from negprompt_demo.jobs import JobFiles
+from negprompt_demo.legends import step_legend
+from negprompt_demo.trace import GuidanceTrace
+from negprompt_demo.visualize import CurvesPicture, describe, step_views
+
+STEP_OUTPUTS = (
+    *("x0_without", "guidance_without", "x0_with", "guidance_with", "push", "legend", "curves", "reading"),
+    *("branch_prompt", "branch_empty", "branch_negative", "branch_guided", "branch_note"),
+    *("attention", "attention_strip", "attention_reading"),
+)
+
+
+def step_outputs(
+    trace: GuidanceTrace,
+    index: int,
+    files: JobFiles,
+    curves: CurvesPicture | None,
+    word=None,
+    strip: np.ndarray | None = None,
+    attention: bool = True,
+) -> dict:
+    """The step view for step `index` (0-based): both runs' x0 with and without the guidance overlay, the push
+    map, the legend, when given the run's curves, the curves with that step marked and their reading, and the
+    chosen word's attention map with its strip over the steps (`strip`: that word's maps at the kept steps, read
+    from the trace in memory when not given; `attention=False` leaves those outputs as they are)."""
+    views = step_views(trace, index)
+    updates = {name: files.png(views.get(name), name) for name in ("x0_without", "guidance_without", "x0_with")}
+    updates["guidance_with"] = files.png(views["guidance_with"], "guidance_with")
+    updates["push"] = files.png(views.get("push"), "push")
+    for branch in ("prompt", "empty", "negative"):
+        updates[f"branch_{branch}"] = files.png(views.get(f"branch_{branch}"), f"branch_{branch}")
+    updates["branch_guided"] = updates["x0_with"] if "branch_prompt" in views else None
+    updates["branch_note"] = branch_note(trace, index, "branch_prompt" in views)
+    updates["legend"] = files.png(step_legend(trace), "legend")
+    if curves is not None:
+        updates["curves"] = files.png(curves.marked(index), "curves")
+        updates["reading"] = describe(trace)
+    if attention:
+        updates.update(attention_outputs(trace, index, files, word, strip))
+    return updates
+
+
+def branch_note(trace: GuidanceTrace, index: int, recorded: bool) -> str:
+    """What the branch row shows at this step, in the article's words."""
+    if not trace.cfg_active:
+        return "Guidance is off (scale ≤ 1): there is only the prompt's prediction, so no branches to compare."
+    if not recorded:
+        return "Tick “record what the empty prompt predicts” to see what each branch predicts at every step."
+    step = trace.steps[index]
+    note = (
+        f"Step {index + 1}, from the with-negative run's current sample: the **prompt** alone (conditional), the "
+        "**empty prompt** alone (unconditional: it still heads for a decent image, but it could be anything), "
+        f"the **negative prompt** alone, and the **guided step** the sampler took = negative + "
+        f"{trace.guidance_scale:g} × (prompt − negative): the negative took the empty prompt's place."
+    )
+    if not step.negative_active:
+        note += " At this step the negative does not act (outside its window): its branch is the empty prompt's."
+    return note
+
+
+def attention_outputs(trace: GuidanceTrace, index: int, files: JobFiles, word, strip: np.ndarray | None) -> dict:
+    """The chosen word's map over the with-run's x0 at step `index`, its strip over the kept steps and a reading."""
+    overlay, picture, reading = step_attention(trace, index, word, strip)
+    return {
+        "attention": files.png(overlay, "attention"),
+        "attention_strip": files.png(picture, "attention_strip"),
+        "attention_reading": reading,
+    }
+
+
+def live_trace(records: list, guidance: float) -> GuidanceTrace:
+    """The steps recorded so far as a trace, to draw while sampling. The tracer writes a NaN cosine exactly when
+    classifier-free guidance is off, which is how a partial trace knows."""
+    cfg_active = bool(records) and math.isfinite(records[0].guidance_cosine)
+    return GuidanceTrace(guidance, cfg_active, "epsilon", steps=list(records))
