@@ -16,7 +16,7 @@ import gradio as gr
 from negprompt_demo import handlers
 from negprompt_demo.app_config import MAX_UPLOAD, AppConfig, config_from_args
 from negprompt_demo.examples import example_cache_folder, examples_section, warm_example
-from negprompt_demo.handlers import INPUT_NAMES, LINK_OUTPUTS, UI_OUTPUTS
+from negprompt_demo.handlers import EXAMPLE_NAMES, INPUT_NAMES, LINK_OUTPUTS, UI_OUTPUTS
 from negprompt_demo.loading import EMBEDDED, ModelLoadError, load_pipeline, model_defaults, native_size
 from negprompt_demo.seeds_view import SEEDS_API_INPUTS, SeedsHandlers, seeds_panel, wire_seeds
 from negprompt_demo.settings import DEFAULTS, FIELDS, GRID_DEFAULTS, GRID_FIELDS, MAX_SEED, size_limits
@@ -307,7 +307,7 @@ def wire_page(demo, config: AppConfig, events, inputs: dict, buttons: dict, show
 def wire_links(demo, config: AppConfig, events, inputs: dict, shown: dict, model_info, examples) -> None:
     """A page URL with a comparison's inputs as query parameters (`links.py`) fills them on load and runs it
     (`link_run` joins the Compare button's event, so Stop stops it) or, for an example, shows its cached result."""
-    events.examples = [dict(zip(INPUT_NAMES, row, strict=True)) for row in examples.examples]
+    events.examples = [dict(zip(EXAMPLE_NAMES, row, strict=True)) for row in examples.examples]
     targets = {**inputs, "model_info": model_info, **shown}
     demo.load(events.open_link, None, [targets[name] for name in LINK_OUTPUTS], api_visibility="private",
               show_progress="hidden", concurrency_limit=None)  # fmt: skip
@@ -331,6 +331,7 @@ def api_endpoints(config: AppConfig, events, defaults: dict) -> None:
         **GRID_DEFAULTS,
         **defaults,
         "model": config.default_model,
+        "phrased": True,  # an API checkbox has no "blank": the third column unless phrased=False
         "seed": -1,
         "width": 0,
         "height": 0,

@@ -13,7 +13,7 @@ from unittest import mock
 import gradio as gr
 
 from negprompt_demo.app_config import AppConfig
-from negprompt_demo.handlers import INPUT_NAMES, UI_OUTPUTS
+from negprompt_demo.handlers import EXAMPLE_NAMES, UI_OUTPUTS
 from negprompt_demo.loading import model_label
 from negprompt_demo.settings import DEFAULTS
 
@@ -21,11 +21,11 @@ EXAMPLES_FILE = Path(__file__).resolve().parents[1] / "examples" / "examples.jso
 
 
 def example_rows(path: Path, defaults: dict, model: str) -> tuple[list[list], list[str]]:
-    """Example rows in `INPUT_NAMES` order, and their labels. Inputs an example leaves out take the page's
+    """Example rows in `EXAMPLE_NAMES` order, and their labels. Inputs an example leaves out take the page's
     defaults (the model's steps, guidance, scheduler and size), so an example shows what the defaults do."""
     entries = json.loads(path.read_text(encoding="utf-8"))["examples"]
     page_defaults = {**DEFAULTS, "model": model, "seed": 0, "negative_embedding": None, **defaults}
-    rows = [[entry.get(name, page_defaults[name]) for name in INPUT_NAMES] for entry in entries]
+    rows = [[entry.get(name, page_defaults[name]) for name in EXAMPLE_NAMES] for entry in entries]
     return rows, [entry.get("label", entry["prompt"]) for entry in entries]
 
 
@@ -64,7 +64,7 @@ def examples_section(events, inputs: dict, shown: dict, defaults: dict, config: 
     with mock.patch.dict(os.environ, {"GRADIO_EXAMPLES_CACHE": str(cache)}):  # Gradio reads its folder from here
         return gr.Examples(
             rows,
-            list(inputs.values()),
+            [inputs[name] for name in EXAMPLE_NAMES],
             [shown[name] for name in UI_OUTPUTS],
             fn=events.compare_example,
             cache_examples=True,

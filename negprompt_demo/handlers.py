@@ -30,7 +30,7 @@ from negprompt_demo.export import trace_document, write_outputs
 from negprompt_demo.flow_models import DISTILLED_NOTE, FAMILY_NOTES
 from negprompt_demo.jobs import JobFiles
 from negprompt_demo.legends import difference_with_legend
-from negprompt_demo.links import link_query, link_values
+from negprompt_demo.links import NOT_IN_LINKS, link_query, link_values
 from negprompt_demo.loading import ModelLoadError, load_pipeline, model_defaults, model_family, native_size
 from negprompt_demo.runner import Done, Ready, Step, SweepDone, astream
 from negprompt_demo.settings import FIELDS, MAX_SEED, CompareSettings, InputError, resolve_settings, size_limits
@@ -47,6 +47,9 @@ log = logging.getLogger(__name__)
 
 # The inputs of a comparison: the model, then every settings field (declared once, in settings.FIELDS).
 INPUT_NAMES = ("model", *FIELDS)
+# An example's inputs: all but the negative embedding (an example never carries a file, and Gradio 6.31's example
+# loader returns one value too few when an input has no example value in any row: the click then fails).
+EXAMPLE_NAMES = tuple(name for name in INPUT_NAMES if name != "negative_embedding")
 UI_OUTPUTS = (
     *("image_without", "image_with", "caption_with", "slider", "difference", "status", "negative_reading", "seed_used"),
     *("downloads", "trace_id", "step", "link", "attention_word"),
@@ -217,7 +220,7 @@ class Handlers:
     async def compare_example(self, *values) -> tuple:
         """An example's result, computed on its first click and then served from Gradio's example cache."""
         try:
-            model, settings = self.unpack(dict(zip(INPUT_NAMES, values, strict=True)))
+            model, settings = self.unpack(dict(zip(EXAMPLE_NAMES, values, strict=True)))
             async for event in astream(model, settings):
                 if isinstance(event, Done):
                     final = await asyncio.to_thread(self.final_outputs, event.comparison, "example", None, model)
@@ -309,7 +312,7 @@ class Handlers:
         inputs = {"model": model, **settings.as_dict()}
         low, high = size_limits(native)
         updates = {
-            **inputs,
+            **{name: value for name, value in inputs.items() if name not in NOT_IN_LINKS},  # the upload stays as is
             **{name: gr.update(minimum=low, maximum=high, value=inputs[name]) for name in ("width", "height")},
             "model_info": f"Native size {native} px; sizes {low}–{high} px allowed.",
             "status": "Opening the linked comparison…",

@@ -105,10 +105,22 @@ def test_cancel_stops_the_run_within_a_step(client, tiny_sd_folder):
     assert call(client, tiny_sd_folder, steps=1).result(timeout=120)[2] == 11  # and the app still works
 
 
-def test_only_compare_and_sweep_are_listed(client):
+def test_only_compare_sweep_and_seeds_are_listed(client):
     api = client.view_api(print_info=False, return_format="dict")
-    assert sorted(api["named_endpoints"]) == ["/compare", "/sweep"]
+    assert sorted(api["named_endpoints"]) == ["/compare", "/seeds", "/sweep"]
     assert not api["unnamed_endpoints"]
+
+
+def test_seeds_returns_every_image_and_the_document(client, tiny_sd_folder):
+    job = client.submit(
+        prompt="a red hat", negative="blue", seed=4, steps=2, seed_count=4, model=str(tiny_sd_folder), api_name="/seeds"
+    )
+    gallery, document = job.result(timeout=120)
+    assert len(gallery) == 12 and [item["caption"] for item in gallery][:2] == ["without · seed 4", "without · seed 5"]
+    assert gallery[-1]["caption"] == "with · seed 7"  # the article's order: no negative, phrased, negative
+    assert document["seeds"] == [4, 5, 6, 7] and document["columns"]["phrased"]["prompt"] == "a red hat without blue"
+    with pytest.raises(AppError, match="seeds must be between 4 and 64, got 2"):
+        client.predict(prompt="a", seed_count=2, model=str(tiny_sd_folder), api_name="/seeds")
 
 
 def test_sweep_returns_each_start_in_one_call(client, tiny_sd_folder):

@@ -21,7 +21,7 @@ from negprompt_demo.app import build_app
 from negprompt_demo.app_config import AppConfig, config_from_args
 from negprompt_demo.engine import compare
 from negprompt_demo.examples import EXAMPLES_FILE, example_cache_folder, example_rows
-from negprompt_demo.handlers import INPUT_NAMES, LINK_OUTPUTS, UI_OUTPUTS
+from negprompt_demo.handlers import EXAMPLE_NAMES, INPUT_NAMES, LINK_OUTPUTS, UI_OUTPUTS
 from negprompt_demo.launch import build_parser
 from negprompt_demo.loading import load_pipeline, pipeline_lock
 from negprompt_demo.previews import fill_previews
@@ -251,10 +251,10 @@ def test_examples_file_starts_with_the_articles_case():
     rows, labels = example_rows(
         EXAMPLES_FILE, {"steps": 25, "guidance": 7.5, "scheduler": "Euler", "width": 64, "height": 64}, "embedded"
     )
-    first, second = (dict(zip(INPUT_NAMES, row, strict=True)) for row in rows[:2])
+    first, second = (dict(zip(EXAMPLE_NAMES, row, strict=True)) for row in rows[:2])
     assert (first["prompt"], first["negative"]) == ("Portrait photo of a man.", "mustache")
     assert "without mustache" in second["prompt"]
-    assert len(rows) == len(labels) >= 4 and all(row[INPUT_NAMES.index("model")] == "embedded" for row in rows)
+    assert len(rows) == len(labels) >= 4 and all(row[EXAMPLE_NAMES.index("model")] == "embedded" for row in rows)
 
 
 def test_only_compare_sweep_and_seeds_are_public_api(config):
@@ -426,7 +426,8 @@ def test_a_link_fills_the_inputs_and_runs_the_same_comparison(events, ui_run, co
     assert "model=" not in link  # the page's default model
     opened = named(events.open_link(LinkVisit(link, "session-b")), LINK_OUTPUTS)
     assert opened["link_run"] == "1" and "link_example" not in opened  # starts the Compare button's event
-    filled = {name: opened[name] for name in INPUT_NAMES if name not in ("width", "height")}
+    assert "negative_embedding" not in opened  # the upload is left as it is: a link never names a file
+    filled = {name: opened[name] for name in INPUT_NAMES if name not in ("width", "height", "negative_embedding")}
     filled |= {name: opened[name]["value"] for name in ("width", "height")}
     assert filled["model"] == config.default_model and filled["seed"] == 7 and filled["push_map"] is True
     assert opened["width"]["maximum"] == 64 and "Native size 32 px" in opened["model_info"]
