@@ -94,12 +94,11 @@ class PromptReading:
 
     def markdown(self) -> str:
         """One line per chunk; weighted stretches as (text ×w), embeddings as ⟨name: n vectors⟩."""
+        tokens = f"{self.token_count} token{'s' * (self.token_count != 1)}"
         if self.plain:
-            return f"read as plain text: {self.token_count} tokens, no weights"
+            return f"read as plain text: {tokens}, no weights"
         count = len(self.chunks)
-        lines = [
-            f"read A1111-style: {self.token_count} tokens in {count} chunk{'s' * (count > 1)} of {self.chunk_length}"
-        ]
+        lines = [f"read A1111-style: {tokens} in {count} chunk{'s' * (count > 1)} of {self.chunk_length}"]
         for number, chunk in enumerate(self.chunks, 1):
             shown = " ".join(_span_markdown(span) for span in chunk if span.text.strip())
             lines.append(f"{number}. {shown or '(empty)'}")
