@@ -71,34 +71,18 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     commands = {"compare": run_compare, "sweep": run_sweep, "seeds": run_seeds}
-    return commands[args.command](args)
+    return exit_code_of(commands[args.command], args)
 
 
-def run_compare(args: argparse.Namespace) -> int:
-    # Heavy imports after argument parsing, so `--help` and usage errors answer instantly.
-    from tqdm import tqdm
-
+def exit_code_of(command, args: argparse.Namespace) -> int:
+    """Run a command; the errors a user can act on are one line on stderr and an exit code (2: the input, 1: the
+    run or writing its files failed), never a traceback."""
     from negprompt_demo.engine import NonFiniteError
-    from negprompt_demo.export import write_outputs
     from negprompt_demo.loading import ModelLoadError
-    from negprompt_demo.runner import Done, Step, stream
-    from negprompt_demo.settings import CompareSettings, InputError
+    from negprompt_demo.settings import InputError
 
-    settings = CompareSettings(**{name: getattr(args, name) for name in FIELDS})
-    bar = None
     try:
-        try:
-            for event in stream(args.model, settings):
-                if isinstance(event, Step):
-                    if bar is None:  # created on the first step, after the settings were checked
-                        bar = tqdm(total=event.total, desc="sampling both runs", unit="step", file=sys.stderr)
-                    bar.update(event.done - bar.n)
-                elif isinstance(event, Done):
-                    comparison = event.comparison
-        finally:
-            if bar is not None:
-                bar.close()
-        paths = write_outputs(comparison, args.out)
+        return command(args)
     except (InputError, ModelLoadError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -108,6 +92,30 @@ def run_compare(args: argparse.Namespace) -> int:
     except OSError as error:
         print(f"error: could not write the outputs: {error}", file=sys.stderr)
         return EXIT_FAILED
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    # Heavy imports after argument parsing, so `--help` and usage errors answer instantly.
+    from tqdm import tqdm
+
+    from negprompt_demo.export import write_outputs
+    from negprompt_demo.runner import Done, Step, stream
+    from negprompt_demo.settings import CompareSettings
+
+    settings = CompareSettings(**{name: getattr(args, name) for name in FIELDS})
+    bar = None
+    try:
+        for event in stream(args.model, settings):
+            if isinstance(event, Step):
+                if bar is None:  # created on the first step, after the settings were checked
+                    bar = tqdm(total=event.total, desc="sampling both runs", unit="step", file=sys.stderr)
+                bar.update(event.done - bar.n)
+            elif isinstance(event, Done):
+                comparison = event.comparison
+    finally:
+        if bar is not None:
+            bar.close()
+    paths = write_outputs(comparison, args.out)
 
     settings = comparison.settings
     print(f"model {comparison.model} · seed {settings.seed} · {settings.steps} steps · {comparison.seconds:.2f} s")
@@ -122,10 +130,9 @@ def run_sweep(args: argparse.Namespace) -> int:
     import json
 
     from negprompt_demo.attributes import sweep_reading
-    from negprompt_demo.engine import SWEEP_STARTS, NonFiniteError
-    from negprompt_demo.loading import ModelLoadError
+    from negprompt_demo.engine import SWEEP_STARTS
     from negprompt_demo.runner import SweepDone, stream
-    from negprompt_demo.settings import CompareSettings, InputError
+    from negprompt_demo.settings import CompareSettings
     from negprompt_demo.visualize import sweep_labels, sweep_picture
 
     settings = CompareSettings(**{name: getattr(args, name) for name in FIELDS})
@@ -133,23 +140,16 @@ def run_sweep(args: argparse.Namespace) -> int:
     if any(not 0 <= start <= 1 for start in starts):
         print("error: every start must be between 0 and 1.", file=sys.stderr)
         return EXIT_BAD_INPUT
-    try:
-        events = list(stream(args.model, settings, sweep=starts))
-        sweep = next(event.sweep for event in events if isinstance(event, SweepDone))
-        args.out.mkdir(parents=True, exist_ok=True)
-        marks, reading = sweep_reading(sweep)
-        sweep_picture(sweep, marks).save(args.out / "sweep.png")
-        for i, image in enumerate([sweep.without_negative, *sweep.with_negative]):
-            image.save(args.out / f"sweep_{i}.png")
-        info = {"settings": sweep.settings.as_dict(), "model": sweep.model, "labels": sweep_labels(sweep)}
-        info["marks"], info["reading"] = marks, reading
-        (args.out / "sweep.json").write_text(json.dumps(info, indent=1, ensure_ascii=False), encoding="utf-8")
-    except (InputError, ModelLoadError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except (NonFiniteError, OSError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_FAILED
+    events = list(stream(args.model, settings, sweep=starts))
+    sweep = next(event.sweep for event in events if isinstance(event, SweepDone))
+    args.out.mkdir(parents=True, exist_ok=True)
+    marks, reading = sweep_reading(sweep)
+    sweep_picture(sweep, marks).save(args.out / "sweep.png")
+    for i, image in enumerate([sweep.without_negative, *sweep.with_negative]):
+        image.save(args.out / f"sweep_{i}.png")
+    info = {"settings": sweep.settings.as_dict(), "model": sweep.model, "labels": sweep_labels(sweep)}
+    info["marks"], info["reading"] = marks, reading
+    (args.out / "sweep.json").write_text(json.dumps(info, indent=1, ensure_ascii=False), encoding="utf-8")
     print(f"model {sweep.model} · seed {sweep.settings.seed} · {sweep.seconds:.2f} s · {info['reading']}")
     print(f"wrote sweep.png, sweep.json and {len(sweep.with_negative) + 1} images to {args.out}")
     return 0
@@ -161,33 +161,24 @@ def run_seeds(args: argparse.Namespace) -> int:
     import json
 
     from negprompt_demo.attributes import grid_document, grid_reading
-    from negprompt_demo.engine import NonFiniteError
-    from negprompt_demo.loading import ModelLoadError
     from negprompt_demo.runner import SeedsDone, stream
     from negprompt_demo.seed_pictures import figure_image, marked_grid_picture, sampling_space_figure
-    from negprompt_demo.settings import CompareSettings, InputError, resolve_grid
+    from negprompt_demo.settings import CompareSettings, resolve_grid
 
     settings = CompareSettings(**{name: getattr(args, name) for name in FIELDS})
-    try:
-        grid_inputs = resolve_grid(args.seed_count, args.phrased)
-        grid = next(e.grid for e in stream(args.model, settings, seeds=grid_inputs) if isinstance(e, SeedsDone))
-        args.out.mkdir(parents=True, exist_ok=True)
-        reading = grid_reading(grid)
-        marked_grid_picture(grid).save(args.out / "seeds.png")
-        if reading is not None and reading.attribute is not None:
-            space = sampling_space_figure(reading, reading.attribute, grid.settings.negative, grid.columns)
-            figure_image(space).save(args.out / "space.png")
-        for column in grid.columns:
-            for seed, image in zip(grid.seeds, grid.images[column]):
-                image.save(args.out / f"{column}_{seed}.png")
-        document = grid_document(grid, reading)
-        (args.out / "seeds.json").write_text(json.dumps(document, indent=1, ensure_ascii=False), encoding="utf-8")
-    except (InputError, ModelLoadError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except (NonFiniteError, OSError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_FAILED
+    grid_inputs = resolve_grid(args.seed_count, args.phrased)
+    grid = next(e.grid for e in stream(args.model, settings, seeds=grid_inputs) if isinstance(e, SeedsDone))
+    args.out.mkdir(parents=True, exist_ok=True)
+    reading = grid_reading(grid)
+    marked_grid_picture(grid).save(args.out / "seeds.png")
+    if reading is not None and reading.attribute is not None:
+        space = sampling_space_figure(reading, reading.attribute, grid.settings.negative, grid.columns)
+        figure_image(space).save(args.out / "space.png")
+    for column in grid.columns:
+        for seed, image in zip(grid.seeds, grid.images[column]):
+            image.save(args.out / f"{column}_{seed}.png")
+    document = grid_document(grid, reading)
+    (args.out / "seeds.json").write_text(json.dumps(document, indent=1, ensure_ascii=False), encoding="utf-8")
     rates = document.get("rates", {})
     attribute = document.get("attribute")
     if attribute:
