@@ -104,40 +104,33 @@ class SeedsHandlers:
     def __init__(self, events: Handlers):
         self.events = events
 
-    async def run_grid(self, values: dict) -> AsyncIterator[tuple[str, object]]:
-        """("ready", settings) once the input is checked, ("rows", grid so far) per chunk, ("done", grid)."""
+    def run_grid(self, values: dict) -> AsyncIterator:
+        """The runner's events of one many-seeds run, its own inputs checked: Ready, Steps, SeedRows per chunk,
+        then SeedsDone with the whole grid."""
         count, phrased = resolve_grid(values.pop("seed_count", None), values.pop("phrased", None))
         model, settings = self.events.unpack(values)
-        async for event in astream(model, settings, seeds=(count, phrased)):
-            if isinstance(event, Ready):
-                yield "ready", event
-            elif isinstance(event, Step):
-                yield "step", event
-            elif isinstance(event, SeedRows):
-                yield "rows", event
-            elif isinstance(event, SeedsDone):
-                yield "done", event.grid
+        return astream(model, settings, seeds=(count, phrased))
 
     async def seeds_ui(self, progress=gr.Progress(), **values) -> AsyncIterator[tuple]:  # noqa: B008
         """Stream the rows into the three galleries, then the probe's reading (or the click-to-count line)."""
         files, shown = self.events.new_job(), None
         try:
-            async for kind, event in self.run_grid(values):
-                if kind == "ready":
+            async for event in self.run_grid(values):
+                if isinstance(event, Ready):
                     warnings = "".join(f"\n\n⚠️ {html.escape(w, quote=False)}" for w in event.warnings)
                     shown = {"seeds": [], "paths": {}, "negative": event.settings.negative, "warnings": warnings}
                     yield self.outputs({"seeds_status": "Sampling the first seed…" + warnings})
-                elif kind == "step":
+                elif isinstance(event, Step):
                     progress((event.done, event.total), desc="sampling the seeds", unit="steps")
-                elif kind == "rows":
+                elif isinstance(event, SeedRows):
                     shown["seeds"] += event.seeds
                     for column, images in event.images.items():
                         paths = [files.png(image, f"{column}-{seed}") for seed, image in zip(event.seeds, images)]
                         shown["paths"].setdefault(column, []).extend(paths)
                     note = f"{len(shown['seeds'])} seeds done, sampling the rest…" + shown["warnings"]
                     yield self.outputs({**self.galleries(shown), "seeds_status": note})
-                else:
-                    yield self.outputs(await asyncio.to_thread(self.finished, event, shown, files))
+                elif isinstance(event, SeedsDone):
+                    yield self.outputs(await asyncio.to_thread(self.finished, event.grid, shown, files))
         except Exception as error:
             message = html.escape(user_message(error), quote=False)
             gr.Warning(message, title="Could not run the seeds")
@@ -207,11 +200,11 @@ class SeedsHandlers:
     async def seeds_api(self, progress=gr.Progress(), **values) -> tuple:  # noqa: B008
         """Public `/seeds`: (every image, captioned "column · seed", in the article's order; the run as JSON)."""
         try:
-            async for kind, event in self.run_grid(values):
-                if kind == "step":
+            async for event in self.run_grid(values):
+                if isinstance(event, Step):
                     progress((event.done, event.total), desc="sampling the seeds", unit="steps")
-                elif kind == "done":
-                    return await asyncio.to_thread(self.api_result, event)
+                elif isinstance(event, SeedsDone):
+                    return await asyncio.to_thread(self.api_result, event.grid)
         except Exception as error:
             raise input_error(error, for_html=False) from None
         raise gr.Error("The seeds ended without a result.")
