@@ -148,6 +148,7 @@ class CompareSettings:
         extra = "" if self.negative_strength == 1 else f", Negative strength: {self.negative_strength:g}"
         extra += ", Perp-Neg: True" if self.perp_neg else ""
         extra += f", Negative embedding: {embedding_name(self.negative_embedding)}" if self.negative_embedding else ""
+        extra += ', Empty baseline: ""' if self.empty_as_text else ""  # SDXL's run without: "" instead of zeros
         return (
             f"{self.prompt}\nNegative prompt: {negative}\n"
             f"Steps: {self.steps}, Sampler: {self.scheduler}, CFG scale: {self.guidance:g}, Seed: {self.seed}, "

@@ -130,6 +130,8 @@ def test_window_strength_and_perp_neg_in_the_parameters_text():
     assert "Negative prompt: [mustache:0.3]\n" in text.parameters_text("m")
     assert "Negative strength: 2, Perp-Neg: True, Model: m" in text.parameters_text("m")
     assert "Negative prompt: [mustache::0.6]\n" in resolve(negative="mustache", negative_end=0.6).parameters_text("m")
+    assert 'Empty baseline: "", Model: m' in resolve(empty_as_text=True).parameters_text("m")
+    assert "Empty baseline" not in resolve().parameters_text("m")
 
 
 def test_parameters_text_is_a1111_style():
