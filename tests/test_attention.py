@@ -85,10 +85,10 @@ def test_probabilities_equal_diffusers_own_attention_scores(sd_pipe):
     with torch.no_grad():
         query = layer.head_to_batch_dim(layer.to_q(hidden))
         key = layer.head_to_batch_dim(layer.to_k(context))
-        expected = layer.get_attention_scores(query, key).view(3, layer.heads, 64, 77).sum(1)
+        expected = layer.get_attention_scores(query, key).view(3, layer.heads, 64, 77)  # per head
         ours = attention_probabilities(layer, hidden, context)
     torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-6)
-    assert torch.allclose(ours.sum(-1), torch.full((3, 64), float(layer.heads)))  # each head sums to 1
+    assert torch.allclose(ours.sum(-1), torch.ones(3, layer.heads, 64))  # each head's row sums to 1
 
 
 @pytest.mark.parametrize("pipe_name", ["sd_pipe", "sdxl_pipe"])
