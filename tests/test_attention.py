@@ -113,6 +113,105 @@ def test_images_and_trace_are_identical_with_maps_on_and_off(pipe_name, request)
         assert "SDXL" in plan.note and "both text encoders" in plan.note
 
 
+def daam_rule_maps(pipe, settings: CompareSettings, plan, calls: list, mid_block: bool) -> list[torch.Tensor]:
+    """DAAM 0.2.0's aggregation restated (castorini/daam `daam/hook.py`, `daam/trace.py`), per step: the
+    cross-attention layers of the UNet's down and up blocks (the mid block only when asked); the attention
+    probabilities of each head, from diffusers' own `get_attention_scores`; each (layer, head) map of a token
+    upsampled bicubic to the map size and clamped at 0; the mean over all (layer, head) pairs; a word's map the
+    mean over its tokens. With push_map off and the window open the batch is [negative ×2, text ×2], so the
+    with-run's negative item is row 1 and its text item row 3. `calls`: (layer name, hidden, context) in order."""
+    layers = {name for name, module in pipe.unet.named_modules() if name.endswith("attn2")}
+    per_step = len(layers)
+    wanted = ("down_blocks.", "up_blocks.", "mid_block.") if mid_block else ("down_blocks.", "up_blocks.")
+    steps = []
+    for step in range(settings.steps):
+        sums, pairs = torch.zeros(len(plan.words), *plan.map_size), 0
+        for name, hidden, context in calls[step * per_step : (step + 1) * per_step]:
+            if not name.startswith(wanted):
+                continue
+            layer = pipe.unet.get_submodule(name)
+            query = layer.head_to_batch_dim(layer.to_q(hidden))
+            key = layer.head_to_batch_dim(layer.to_k(context))
+            probabilities = layer.get_attention_scores(query, key).view(len(hidden), layer.heads, -1, 77)
+            side = int(probabilities.shape[2] ** 0.5)
+            pairs += layer.heads
+            for index, word in enumerate(plan.words):
+                row = 1 if word.source == "negative" else 3
+                for position in word.positions:
+                    maps = probabilities[row, :, :, position].reshape(layer.heads, 1, side, side)
+                    upsampled = torch.nn.functional.interpolate(maps, plan.map_size, mode="bicubic").clamp(min=0)
+                    sums[index] += upsampled.sum((0, 1)) / len(word.positions)
+        steps.append(sums / pairs)
+    return steps
+
+
+def test_maps_equal_daams_rule_over_the_down_and_up_blocks_and_the_mid_block_is_an_option(sd_pipe):
+    """DAAM leaves the UNet's mid block out: the default maps equal DAAM's aggregation over the down and up
+    blocks' cross-attention; with `attention_mid_block` they equal it over all three, and differ. The images
+    are the same with the maps off, on, and on with the mid block."""
+    settings = ON.replace(steps=2, push_map=False, guidance=5.0)
+    calls = []
+
+    def keep(name):
+        def hook(module, args, kwargs):
+            calls.append((name, args[0].detach().clone(), kwargs["encoder_hidden_states"].detach().clone()))
+
+        return hook
+
+    handles = [
+        module.register_forward_pre_hook(keep(name), with_kwargs=True)
+        for name, module in sd_pipe.unet.named_modules()
+        if name.endswith("attn2")
+    ]
+    try:
+        results = {}
+        for mid_block in (False, True):
+            calls.clear()
+            results[mid_block] = compare(sd_pipe, settings.replace(attention_mid_block=mid_block))
+            plan = results[mid_block].trace.attention
+            assert plan.mid_block is mid_block and plan.layers in plan.note
+            with torch.no_grad():
+                expected = daam_rule_maps(sd_pipe, settings, plan, calls, mid_block)
+            for step, want in zip(results[mid_block].trace.steps, expected):
+                torch.testing.assert_close(step.attention_maps.float(), want, rtol=2e-3, atol=2e-5)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert "down and up blocks (as DAAM)" in results[False].trace.attention.note
+    assert "mid" in results[True].trace.attention.note and results[True].trace.to_json()["attention"]["mid_block"]
+    daam, mid = (results[flag].trace.steps[-1].attention_maps.float() for flag in (False, True))
+    assert (daam - mid).abs().max() > 0.01 * daam.max()  # the mid block changes the maps
+    off = compare(sd_pipe, settings.replace(attention_maps=False))
+    for name in ("without_negative", "with_negative"):
+        for result in results.values():
+            assert np.array_equal(np.asarray(getattr(off, name)), np.asarray(getattr(result, name))), name
+
+
+def test_only_the_mapped_layers_get_the_recording_processor(sd_pipe):
+    from negprompt_demo.attention import AttentionRecorder, RecordingProcessor, plan_attention, recording
+
+    for mid_block, expected in (
+        (False, {"down_blocks", "up_blocks"}),
+        (True, {"down_blocks", "up_blocks", "mid_block"}),
+    ):
+        plan = plan_attention(sd_pipe, compare_settings(sd_pipe, attention_mid_block=mid_block))
+        with recording(sd_pipe.unet, AttentionRecorder(plan, hook=None)):
+            swapped = {
+                name.split(".")[0]
+                for name, processor in sd_pipe.unet.attn_processors.items()
+                if isinstance(processor, RecordingProcessor)
+            }
+            assert all("attn2" in name for name, processor in sd_pipe.unet.attn_processors.items()
+                       if isinstance(processor, RecordingProcessor))  # fmt: skip
+        assert swapped == expected
+
+
+def compare_settings(pipe, **changes) -> CompareSettings:
+    from negprompt_demo.engine import prepare
+
+    return prepare(pipe, ON.replace(**changes))[0]
+
+
 def test_negative_words_read_the_negative_branch_and_prompt_words_the_text_branch(sd_pipe):
     """With the negative equal to the prompt, the with-run's negative and text items are the same input: each
     word's map on the negative branch equals its map on the text branch. And while the negative's window is
@@ -208,6 +307,7 @@ def test_page_shows_word_chips_the_overlay_and_the_strip(page):
     assert pixels(final["attention"]).shape == (256, 256, 3)
     assert pixels(final["attention_strip"]).shape[1] > 4 * 40  # one tile per step
     assert "**blue** (negative" in final["attention_reading"]
+    assert "down and up blocks (as DAAM)" in final["attention_reading"]  # the page says which layers
     step_one = named(events.show_step(final["trace_id"], 1, 3, Session()), STEP_OUTPUTS)
     assert "**hat** (prompt" in step_one["attention_reading"]
     assert not np.array_equal(pixels(step_one["attention"]), pixels(final["attention"]))
