@@ -3,13 +3,16 @@
 Each check is a cause users report in other tools' trackers: a guidance-distilled model that ignores the negative
 branch, words the model never learned (the embedded model's text encoder only ever saw its captions' words), a
 negative that repeats the prompt's words (the two branches then pull the same way and cancel), and, on SDXL, which
-baseline the run "without" a negative prompt used. (Guidance ≤ 1, an empty window and text past the encoder's
-length are checked where the settings are: `engine.prepare`.)
+baseline the run "without" a negative prompt used. Words are those the text encoder reads: A1111's syntax
+(brackets, weights such as "(mustache:1.4)", escapes, BREAK) is taken out by the parser the encoding uses
+(`read_words`), so "1.4" is never taken for words. (Guidance ≤ 1, an empty window and text past an encoder's length
+are checked where the settings are: `engine.prepare`, `flow_models.truncation_warnings`.)
 """
 
 from __future__ import annotations
 
 from negprompt_demo.loading import EMBEDDED, model_family, model_label
+from negprompt_demo.prompt_syntax import parse_weights
 from negprompt_demo.settings import CompareSettings
 
 # Words too common to say a negative "repeats" the prompt.
@@ -34,13 +37,13 @@ def negative_diagnostics(pipe, settings: CompareSettings) -> list[str]:
         )
     if not settings.negative:
         return notes
-    unseen = unseen_words(pipe, settings.negative)
+    unseen = unseen_words(pipe, read_words(settings.negative))
     if unseen:
         notes.append(
             f"The embedded model never saw {_quoted(unseen)} in training (its captions use a small vocabulary): the "
             "words tokenize fine but mean nothing to it, so they push nowhere in particular."
         )
-    shared = repeated_words(settings.prompt, settings.negative)
+    shared = repeated_words(read_words(settings.prompt), read_words(settings.negative))
     if shared:
         notes.append(
             f"The negative repeats {_quoted(shared)} from the prompt: the prompt pulls toward it and the negative "
@@ -52,6 +55,12 @@ def negative_diagnostics(pipe, settings: CompareSettings) -> list[str]:
             'A1111 and ComfyUI use; tick "baseline: encode \\"\\"" to compare against that.'
         )
     return notes
+
+
+def read_words(text: str) -> str:
+    """The text its encoder reads, A1111's syntax taken out (`prompt_syntax.parse_weights`: the weights' numbers,
+    brackets, escapes and BREAK are syntax, not words)."""
+    return " ".join(fragment.text for fragment in parse_weights(text) if fragment.weight is not None)
 
 
 DISTILLED_NAMES = ("turbo", "lcm", "lightning")  # SDXL-Turbo / SD-Turbo (ADD), LCM, SDXL-Lightning
