@@ -49,12 +49,30 @@ def negative_diagnostics(pipe, settings: CompareSettings) -> list[str]:
             f"The negative repeats {_quoted(shared)} from the prompt: the prompt pulls toward it and the negative "
             "pushes away from it, so those words largely cancel."
         )
+    if settings.perp_neg and settings.guidance > 1:
+        notes.append(perp_neg_note(settings))
     if model_family(pipe) == "sdxl" and not settings.empty_as_text and pipe.config.get("force_zeros_for_empty_prompt"):
         notes.append(
             "The run without a negative used SDXL's zero embeddings (diffusers' default), not the encoded \"\" that "
             'A1111 and ComfyUI use; tick "baseline: encode \\"\\"" to compare against that.'
         )
     return notes
+
+
+def comfyui_neg_scale(strength: float, guidance: float) -> float:
+    """ComfyUI's Perp-Neg `neg_scale` for our strength m at guidance g: its result x0_∅ + g·(pos − s·perp) is ours,
+    ε_∅ + g·(ε_text − ε_∅) − m·(g − 1)·(ε_n − ε_∅)⊥, when s = m·(g − 1)/g."""
+    return strength * (guidance - 1) / guidance
+
+
+def perp_neg_note(settings: CompareSettings) -> str:
+    """Perp-Neg's strength on ComfyUI's scale, and which projection is used (the page, status and trace say it)."""
+    scale = comfyui_neg_scale(settings.negative_strength, settings.guidance)
+    return (
+        f"Perp-Neg: strength {settings.negative_strength:g} is ComfyUI's PerpNegGuider neg_scale {scale:.3g} at "
+        f"guidance {settings.guidance:g} (neg_scale = strength·(g − 1)/g). The push is projected per image, as in "
+        "the authors' code; ComfyUI projects over the whole batch (the same for a batch of one)."
+    )
 
 
 def read_words(text: str) -> str:
