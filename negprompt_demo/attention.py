@@ -50,6 +50,10 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from negprompt_demo.embeddings import read_embedding
+from negprompt_demo.prompt_syntax import parse_weights
+from negprompt_demo.prompts import tokenize_chunks
+
 MAX_MAP_SIDE = 64
 MAX_MAP_BYTES = 32 * 2**20  # per run; 150 words (two texts of 75 tokens) × 64×64 × 50 steps is 60 MB before striding
 SOURCES = ("negative", "prompt")
@@ -59,8 +63,8 @@ MID_LAYERS = "down, mid and up blocks (DAAM leaves the mid block out)"
 
 @dataclass(frozen=True)
 class Word:
-    """A word as the user typed it and the token positions that spell it in the text encoder's sequence (the
-    start token is position 0; punctuation tokens are left out)."""
+    """A word as the user typed it and the token positions that spell it in the UNet's text context (77 places per
+    chunk, each chunk's start token at place 0; punctuation tokens are left out)."""
 
     text: str
     source: str  # "negative" or "prompt"
@@ -107,28 +111,66 @@ class AttentionPlan:
         return cls(words, size, latent, data["stride"], data["note"], steps, data.get("mid_block", False))
 
 
-def text_words(tokenizer, text: str, source: str) -> list[Word]:
-    """The words of `text` (split at whitespace, as typed, edge punctuation trimmed) with the positions of their
-    tokens in what the text encoder reads: a word may be several tokens; tokens cut by the 77-token limit, the
-    start/end tokens, padding and punctuation-only tokens belong to no word."""
+def text_words(tokenizer, text: str, source: str, embedding=None) -> list[Word]:
+    """The words of `text` as the text encoder reads them, with their token positions in the UNet's context.
+
+    The text is read as `prompts.tokenize_chunks` reads it (A1111's syntax: weights, brackets, escapes and BREAK
+    are not words; chunks of 75 tokens, each 77 places with its start and end tokens), so a token at place j of
+    chunk c is at position 77·c + 1 + j. A word is a whitespace-separated piece of a fragment's text (edge
+    punctuation trimmed from its label); punctuation-only tokens belong to no word; an embedding's trigger word
+    owns the embedding's vectors. A word whose tokens are not found in the chunks (a tokenizer that merges
+    across spaces) gets no position and is left out."""
     if not text:
         return []
-    encoded = tokenizer(text, truncation=True, max_length=tokenizer.model_max_length, return_offsets_mapping=True)
-    spans = [(match.start(), match.end(), match.group()) for match in re.finditer(r"\S+", text)]
-    positions: dict[int, list[int]] = {}
-    for position, (start, end) in enumerate(encoded["offset_mapping"]):
-        piece = text[start:end]
-        if end <= start or not any(ch.isalnum() for ch in piece):  # special token or punctuation
+    chunks = tokenize_chunks(tokenizer, text, embedding)
+    places = tokenizer.model_max_length  # 77: start, 75 tokens, end
+    flat = [
+        (c * places + 1 + j, token, j in chunk.vectors)
+        for c, chunk in enumerate(chunks)
+        for j, token in enumerate(chunk.ids)
+    ]
+    trigger = embedding.trigger() if embedding is not None else None
+    words, cursor = [], 0
+    for fragment in parse_weights(text):
+        if fragment.weight is None:  # BREAK
             continue
-        index = next((i for i, (low, high, _) in enumerate(spans) if low <= start < high), None)
-        if index is not None:
-            positions.setdefault(index, []).append(position)
-    words = []
-    for index, found in sorted(positions.items()):
-        typed = spans[index][2]
-        label = re.sub(r"^\W+|\W+$", "", typed) or typed
-        words.append(Word(label, source, tuple(found)))
+        for typed in fragment.text.split():
+            if trigger is not None and trigger.search(typed):
+                found = _vector_run(flat, cursor)
+            else:
+                found = _find_tokens(flat, cursor, tokenizer(typed, add_special_tokens=False, verbose=False).input_ids)
+            if found is None:
+                continue
+            cursor = found[-1] + 1
+            positions = tuple(flat[i][0] for i in found if flat[i][2] or _spells(tokenizer, flat[i][1]))
+            if positions:
+                words.append(Word(re.sub(r"^\W+|\W+$", "", typed) or typed, source, positions))
     return words
+
+
+def _find_tokens(flat: list, cursor: int, ids: list[int], window: int = 8) -> list[int] | None:
+    """Indices into `flat` of the first run of `ids` at most `window` places after `cursor` (skipping what the
+    chunks hold between words: an embedding's vectors, a comma moved to the next chunk)."""
+    for start in range(cursor, min(cursor + window, len(flat) - len(ids) + 1)):
+        if ids and all(flat[start + i][1] == token and not flat[start + i][2] for i, token in enumerate(ids)):
+            return list(range(start, start + len(ids)))
+    return None
+
+
+def _vector_run(flat: list, cursor: int) -> list[int] | None:
+    """Indices of the next run of embedding vectors from `cursor`."""
+    start = next((i for i in range(cursor, len(flat)) if flat[i][2]), None)
+    if start is None:
+        return None
+    end = start
+    while end + 1 < len(flat) and flat[end + 1][2]:
+        end += 1
+    return list(range(start, end + 1))
+
+
+def _spells(tokenizer, token: int) -> bool:
+    """Whether a token spells part of a word (not punctuation only)."""
+    return any(ch.isalnum() for ch in tokenizer.convert_ids_to_tokens(token).replace("</w>", ""))
 
 
 def map_size_for(latent_size: tuple[int, int]) -> tuple[int, int]:
@@ -167,7 +209,9 @@ def attention_note(pipe, mid_block: bool = False) -> str:
 def plan_attention(pipe, settings, budget: int | None = None) -> AttentionPlan:
     """The maps one run of `settings` (checked) will record on `pipe`, within `budget` bytes (MAX_MAP_BYTES)."""
     tokenizer = pipe.tokenizer if pipe.tokenizer is not None else pipe.tokenizer_2
-    words = text_words(tokenizer, settings.negative, "negative") + text_words(tokenizer, settings.prompt, "prompt")
+    embedding = read_embedding(pipe, settings.negative_embedding)  # its trigger reads as vectors in either text
+    words = text_words(tokenizer, settings.negative, "negative", embedding)
+    words += text_words(tokenizer, settings.prompt, "prompt", embedding)
     scale = pipe.vae_scale_factor
     latent_size = (settings.height // scale, settings.width // scale)
     map_size = map_size_for(latent_size)

@@ -51,9 +51,36 @@ def test_words_are_what_the_user_typed_with_all_their_tokens(sd_pipe):
     assert words(tokenizer, "hat, big-ears") == [("hat", (1, 2, 3)), ("big-ears", (5, 6, 7, 9, 10, 11, 12))]
     assert words(tokenizer, "a  a") == [("a", (1,)), ("a", (2,))]  # a repeated word is two chips
     assert words(tokenizer, "") == [] and words(tokenizer, " , ; ") == []
-    long = " ".join(["abcd"] * 30)  # 120 letters: the encoder reads 75 tokens, so words 1-18 and 3 letters of 19
+    long = " ".join(["abcd"] * 30)  # 120 letters: two chunks of 77 places (start, 75 tokens, end)
     found = words(tokenizer, long)
-    assert len(found) == 19 and found[-1][1] == (73, 74, 75) and max(found[-1][1]) < tokenizer.model_max_length - 1
+    assert len(found) == 30 and found[18] == ("abcd", (73, 74, 75, 78))  # the 19th word spans both chunks
+    assert found[-1] == ("abcd", (119, 120, 121, 122))  # 45 tokens in chunk 2: places 78-122
+
+
+def test_words_are_read_as_the_encoder_reads_a1111_syntax(sd_pipe):
+    """Weights, brackets and BREAK are syntax: "(mustache:1.4)" is the word "mustache" at the places its tokens
+    take in the chunk (not "(", ":", "1", "4"); a word after BREAK is in the second chunk (77 + 1 + j)."""
+    tokenizer = sd_pipe.tokenizer
+    assert words(tokenizer, "(mustache:1.4), [hat] BREAK glasses") == [
+        ("mustache", tuple(range(1, 9))),
+        ("hat", (10, 11, 12)),
+        ("glasses", tuple(range(78, 85))),
+    ]
+    assert words(tokenizer, "\\(hat\\)") == [("hat", (2, 3, 4))]  # escaped: "(" is text (place 1)
+
+
+def test_an_embeddings_trigger_word_owns_its_vectors(sd_pipe, tmp_path):
+    """A three-vector embedding "badthing" in the negative: its word maps the three places the vectors take in
+    the chunk, and the words after it keep their own places."""
+    from safetensors.torch import save_file
+
+    path = tmp_path / "badthing.safetensors"
+    save_file({"emb_params": torch.randn(3, 32)}, str(path))
+    plan = attention.plan_attention(
+        sd_pipe, compare_settings(sd_pipe, negative="(badthing:1.2), hat", negative_embedding=str(path))
+    )
+    negative = [(word.text, word.positions) for word in plan.words if word.source == "negative"]
+    assert negative == [("badthing", (1, 2, 3)), ("hat", (5, 6, 7))]  # place 4: the comma
 
 
 @pytest.mark.skipif(not EMBEDDED_PRESENT, reason="the embedded model is not in this checkout")
@@ -75,6 +102,7 @@ def test_words_with_the_real_clip_vocabulary():
         ("bad-anatomy", (3, 5)),
         ("über", (6, 7)),  # two BPE tokens, one word
     ]
+    assert words(tokenizer, "(mustache:1.4), hat") == [("mustache", (1,)), ("hat", (3,))]
 
 
 def test_probabilities_equal_diffusers_own_attention_scores(sd_pipe):
