@@ -11,8 +11,10 @@ are checked where the settings are: `engine.prepare`, `flow_models.truncation_wa
 
 from __future__ import annotations
 
+from negprompt_demo.embeddings import read_embedding
 from negprompt_demo.loading import EMBEDDED, model_family, model_label
 from negprompt_demo.prompt_syntax import parse_weights
+from negprompt_demo.prompts import read_prompt
 from negprompt_demo.settings import CompareSettings
 
 # Words too common to say a negative "repeats" the prompt.
@@ -51,12 +53,30 @@ def negative_diagnostics(pipe, settings: CompareSettings) -> list[str]:
         )
     if settings.perp_neg and settings.guidance > 1:
         notes.append(perp_neg_note(settings))
+    if model_family(pipe) == "sdxl":
+        embedding = read_embedding(pipe, settings.negative_embedding)
+        for text, field_name in ((settings.prompt, "prompt"), (settings.negative, "negative prompt")):
+            notes += [note for note in [pooled_cut(pipe, text, field_name, embedding)] if note]
     if model_family(pipe) == "sdxl" and not settings.empty_as_text and pipe.config.get("force_zeros_for_empty_prompt"):
         notes.append(
             "The run without a negative used SDXL's zero embeddings (diffusers' default), not the encoded \"\" that "
             'A1111 and ComfyUI use; tick "baseline: encode \\"\\"" to compare against that.'
         )
     return notes
+
+
+def pooled_cut(pipe, text: str, field_name: str, embedding=None) -> str | None:
+    """SDXL reads a long text whole, in 75-token chunks, but its pooled text vector (OpenCLIP bigG's, added to the
+    time embedding) is the first chunk's, as in A1111: the words after the first chunk, if any, named."""
+    reading = read_prompt(pipe, text, embedding)
+    if len(reading.chunks) <= 1:
+        return None
+    rest = " ".join(" ".join(span.text.strip() for span in chunk if span.text.strip()) for chunk in reading.chunks[1:])
+    shown = rest if len(rest) <= 120 else rest[:119] + "…"
+    return (
+        f"SDXL's pooled text vector (OpenCLIP bigG's) is read from the {field_name}'s first chunk only, as A1111 "
+        f'does: the words after it ("{shown}") steer the image through cross-attention alone.'
+    )
 
 
 def comfyui_neg_scale(strength: float, guidance: float) -> float:

@@ -121,3 +121,16 @@ def test_sd3_names_every_encoder_that_cuts_and_the_words_it_loses(sd3_pipe):
     assert warnings[1] == (
         'The prompt is 261 tokens long for T5, which reads only 255; these words were cut from the sequence: "zebra".'
     )
+
+
+def test_sdxl_names_the_words_its_pooled_vector_does_not_read(sdxl_pipe):
+    """SDXL reads a long text in chunks (nothing cut from the sequence), but its pooled vector is the first
+    chunk's: the words after it are named, for the prompt and the negative (after BREAK too)."""
+    long_prompt = "portrait photo of a man with " + "x" * 60 + " zebra stripes"  # 23 + 60 + 12 letters: 2 chunks
+    result = compare(sdxl_pipe, settings(prompt=long_prompt, negative="(hat:1.2) BREAK mustache", guidance=5.0))
+    pooled = [warning for warning in result.warnings if "pooled text vector" in warning]
+    assert len(pooled) == 2 and pooled[0].endswith('words after it ("xxxxxxxx zebra stripes") steer the image '
+                                                    "through cross-attention alone.")  # fmt: skip
+    assert "negative prompt's first chunk" in pooled[1] and '("mustache")' in pooled[1]
+    assert pooled[0] in trace_document(result)["warnings"]
+    assert not [w for w in negative_diagnostics(sdxl_pipe, settings(guidance=5.0)) if "pooled" in w]
