@@ -2,7 +2,7 @@
 that word's map over the steps, with the words as the page's chips.
 
 Like `visualize.py`, nothing here runs a model. Each map is scaled to its own maximum: a map shows *where* a word
-looks at that step (its shape); how much attention a word gets overall is not comparable across layers' sums.
+looks at that step (its shape); the level of DAAM's mean over layers and heads says little across words and steps.
 """
 
 from __future__ import annotations

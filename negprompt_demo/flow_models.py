@@ -3,8 +3,9 @@
 - Settings (`check_settings`): they always sample with their own FlowMatchEulerDiscreteScheduler ("Euler"); on
   FLUX.1 the guidance setting is true CFG's scale (`guidance_arguments`). A1111 prompt weights, BREAK, escapes and
   negative embeddings are refused (an InputError at `engine.prepare`): those are read by the CLIP chunking of
-  `prompts.py`, for SD 1.x/2.x and SDXL; these models read the text as written, T5 carrying up to 256 (SD3) or
-  512 (FLUX.1) tokens, and a longer text is cut, which a warning names (`truncation_warnings`).
+  `prompts.py`, for SD 1.x/2.x and SDXL; these models read the text as written, each encoder up to its own limit:
+  CLIP 77 tokens (SD3's two CLIPs, FLUX.1's pooled CLIP), T5 256 (SD3) or 512 (FLUX.1). Every encoder that cuts
+  gets a warning that names the words it never sees (`truncation_warnings`).
 - Encoding (`encode_flow_runs`): each text through the pipeline's own `encode_prompt` (SD3: two CLIPs and T5;
   FLUX.1: CLIP's pooled and T5), so every run equals a plain diffusers call. Every text is padded to the same
   length by the pipeline itself, so runs of different texts batch without the chunk padding of `prompts.py`.
@@ -84,10 +85,35 @@ def check_settings(pipe, resolved: CompareSettings) -> tuple[CompareSettings, li
 
 
 def text_warnings(pipe, resolved: CompareSettings) -> list[str]:
-    """What the T5 encoder cuts of the prompt and the negative prompt (`truncation_warnings`)."""
+    """What each text encoder cuts of the prompt and the negative prompt (`truncation_warnings`)."""
     return truncation_warnings(pipe, resolved.prompt, "prompt") + truncation_warnings(
         pipe, resolved.negative, "negative prompt"
     )
+
+
+def text_encoders(pipe) -> list[tuple[str, object, int, str]]:
+    """(name, tokenizer, tokens it reads with its special tokens, what it gives the model) for each text encoder of
+    the pipeline, as its `encode_prompt` calls them: CLIPs at their tokenizer's 77, T5 at `max_sequence_length`."""
+    family = model_family(pipe)
+    clips = (
+        (("CLIP ViT-L", "tokenizer"), ("OpenCLIP bigG", "tokenizer_2"))
+        if family == "sd3"
+        else (("CLIP ViT-L", "tokenizer"),)
+    )
+    t5 = {"sd3": "tokenizer_3", "flux": "tokenizer_2"}[family]
+    role = (
+        "its pooled vector and its part of the sequence"
+        if family == "sd3"
+        else "its pooled vector (all FLUX.1 takes of CLIP)"
+    )
+    encoders = [
+        (name, getattr(pipe, attribute), getattr(pipe, attribute).model_max_length, role)
+        for name, attribute in clips
+        if getattr(pipe, attribute, None) is not None
+    ]
+    if getattr(pipe, t5, None) is not None:
+        encoders.append(("T5", getattr(pipe, t5), T5_SEQUENCE_LENGTH[family], "the sequence"))
+    return encoders
 
 
 def reading_tokenizer(pipe):
@@ -109,20 +135,56 @@ def token_count(pipe, text: str) -> tuple[int, int]:
 
 
 def truncation_warnings(pipe, text: str, field_name: str) -> list[str]:
-    """A text encoder reads a fixed number of tokens (SD3's T5 256, FLUX.1's T5 512, special tokens included); say
-    exactly which words it never sees."""
-    tokenizer, limit = reading_tokenizer(pipe)
+    """One warning for every text encoder that cuts `text` (SD3's CLIPs at 77 tokens while T5 reads 256, T5 itself
+    past its limit): which encoder, how much it reads and exactly which words it never sees."""
     if not text:
         return []
-    ids = tokenizer(text, truncation=False, add_special_tokens=True, verbose=False).input_ids
-    if len(ids) <= limit:
-        return []
+    encoders = text_encoders(pipe)
+    cuts = {name: _cut(tokenizer, text, limit) for name, tokenizer, limit, _ in encoders}
+    same: dict[tuple, list[str]] = {}  # SD3's two CLIPs tokenize alike: one sentence names both
+    for name, _, _, role in encoders:
+        if cuts[name] is not None:
+            same.setdefault((*cuts[name], role), []).append(name)
+    warnings = []
+    for (count, read, cut, role), names in same.items():
+        if "T5" not in names and "T5" in cuts:
+            still = " T5 reads further" + (", but cuts too (below)." if cuts["T5"] else " and reads them.")
+        else:
+            still = ""
+        role = role if len(names) == 1 else role.replace("its", "their")
+        warnings.append(
+            f"The {field_name} is {count} tokens long for {' and '.join(names)}, which read{'s' * (len(names) == 1)} "
+            f"only {read}; these words were cut from {role}: {cut}.{still}"
+        )
+    return warnings
+
+
+def _cut(tokenizer, text: str, limit: int) -> tuple[int, int, str] | None:
+    """(tokens of the text, tokens the encoder reads, the words it cuts), special tokens left out; None if nothing
+    is cut. CLIP reads [start] 75 tokens [end] of 77; T5 255 tokens [end] of 256. The words are whole words as
+    typed, from the first word the encoder does not read to the end (a word it reads in part is named so)."""
     special = tokenizer.num_special_tokens_to_add()
-    cut = tokenizer.decode(ids[limit - 1 : -1]).strip()
-    return [
-        f"The {field_name} is {len(ids) - special} tokens long but the text encoder reads only {limit - special}; "
-        f'these words were cut: "{cut}"'
-    ]
+    count = _token_count(tokenizer, text)
+    read = limit - special
+    if count <= read:
+        return None
+    words = text.split()
+    low, high = 0, len(words)  # the most leading words whose tokens all fit: `low`
+    while low < high:
+        middle = (low + high + 1) // 2
+        low, high = (middle, high) if _token_count(tokenizer, " ".join(words[:middle])) <= read else (low, middle - 1)
+    if _token_count(tokenizer, " ".join(words[:low])) == read:  # the cut falls between two words
+        return count, read, _quote(" ".join(words[low:]))
+    rest = f" and {_quote(' '.join(words[low + 1 :]))}" if low + 1 < len(words) else ""
+    return count, read, f"the end of {_quote(words[low])}{rest}"  # the encoder reads the word's first tokens
+
+
+def _quote(text: str, limit: int = 120) -> str:
+    return f'"{text}"' if len(text) <= limit else f'"{text[: limit - 1]}…"'
+
+
+def _token_count(tokenizer, text: str) -> int:
+    return len(tokenizer(text, truncation=False, add_special_tokens=False, verbose=False).input_ids)
 
 
 def encode_flow_runs(pipe, texts: list, seed_count: int, cfg_active: bool) -> dict:

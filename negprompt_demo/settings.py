@@ -104,8 +104,9 @@ class CompareSettings:
     )  # fmt: skip
     perp_neg: bool = setting(
         False,
-        Field("flag", "Perp-Neg", "remove only the part of the negative's push perpendicular to the prompt's"),
-    )
+        Field("flag", "Perp-Neg", "remove only the part of the negative's push perpendicular to the prompt's, per "
+              "image; strength m is ComfyUI's neg_scale m·(g−1)/g at guidance g (0.867 for m = 1 at 7.5)"),
+    )  # fmt: skip
     push_map: bool = setting(
         True,
         Field(
@@ -123,6 +124,11 @@ class CompareSettings:
         False,
         Field("flag", "record attention maps", "where each word of the negative and the prompt looks, per step "
               "(costs memory: up to 32 MiB per run)"),
+    )  # fmt: skip
+    attention_mid_block: bool = setting(
+        False,
+        Field("flag", "attention maps: include the mid block", "off: DAAM's layers (the UNet's down and up blocks' "
+              "cross-attention); on: the mid block's too (coarser, often more concentrated)"),
     )  # fmt: skip
     negative_embedding: str = setting(
         "",

@@ -51,9 +51,36 @@ def test_words_are_what_the_user_typed_with_all_their_tokens(sd_pipe):
     assert words(tokenizer, "hat, big-ears") == [("hat", (1, 2, 3)), ("big-ears", (5, 6, 7, 9, 10, 11, 12))]
     assert words(tokenizer, "a  a") == [("a", (1,)), ("a", (2,))]  # a repeated word is two chips
     assert words(tokenizer, "") == [] and words(tokenizer, " , ; ") == []
-    long = " ".join(["abcd"] * 30)  # 120 letters: the encoder reads 75 tokens, so words 1-18 and 3 letters of 19
+    long = " ".join(["abcd"] * 30)  # 120 letters: two chunks of 77 places (start, 75 tokens, end)
     found = words(tokenizer, long)
-    assert len(found) == 19 and found[-1][1] == (73, 74, 75) and max(found[-1][1]) < tokenizer.model_max_length - 1
+    assert len(found) == 30 and found[18] == ("abcd", (73, 74, 75, 78))  # the 19th word spans both chunks
+    assert found[-1] == ("abcd", (119, 120, 121, 122))  # 45 tokens in chunk 2: places 78-122
+
+
+def test_words_are_read_as_the_encoder_reads_a1111_syntax(sd_pipe):
+    """Weights, brackets and BREAK are syntax: "(mustache:1.4)" is the word "mustache" at the places its tokens
+    take in the chunk (not "(", ":", "1", "4"); a word after BREAK is in the second chunk (77 + 1 + j)."""
+    tokenizer = sd_pipe.tokenizer
+    assert words(tokenizer, "(mustache:1.4), [hat] BREAK glasses") == [
+        ("mustache", tuple(range(1, 9))),
+        ("hat", (10, 11, 12)),
+        ("glasses", tuple(range(78, 85))),
+    ]
+    assert words(tokenizer, "\\(hat\\)") == [("hat", (2, 3, 4))]  # escaped: "(" is text (place 1)
+
+
+def test_an_embeddings_trigger_word_owns_its_vectors(sd_pipe, tmp_path):
+    """A three-vector embedding "badthing" in the negative: its word maps the three places the vectors take in
+    the chunk, and the words after it keep their own places."""
+    from safetensors.torch import save_file
+
+    path = tmp_path / "badthing.safetensors"
+    save_file({"emb_params": torch.randn(3, 32)}, str(path))
+    plan = attention.plan_attention(
+        sd_pipe, compare_settings(sd_pipe, negative="(badthing:1.2), hat", negative_embedding=str(path))
+    )
+    negative = [(word.text, word.positions) for word in plan.words if word.source == "negative"]
+    assert negative == [("badthing", (1, 2, 3)), ("hat", (5, 6, 7))]  # place 4: the comma
 
 
 @pytest.mark.skipif(not EMBEDDED_PRESENT, reason="the embedded model is not in this checkout")
@@ -75,6 +102,7 @@ def test_words_with_the_real_clip_vocabulary():
         ("bad-anatomy", (3, 5)),
         ("über", (6, 7)),  # two BPE tokens, one word
     ]
+    assert words(tokenizer, "(mustache:1.4), hat") == [("mustache", (1,)), ("hat", (3,))]
 
 
 def test_probabilities_equal_diffusers_own_attention_scores(sd_pipe):
@@ -85,10 +113,10 @@ def test_probabilities_equal_diffusers_own_attention_scores(sd_pipe):
     with torch.no_grad():
         query = layer.head_to_batch_dim(layer.to_q(hidden))
         key = layer.head_to_batch_dim(layer.to_k(context))
-        expected = layer.get_attention_scores(query, key).view(3, layer.heads, 64, 77).sum(1)
+        expected = layer.get_attention_scores(query, key).view(3, layer.heads, 64, 77)  # per head
         ours = attention_probabilities(layer, hidden, context)
     torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-6)
-    assert torch.allclose(ours.sum(-1), torch.full((3, 64), float(layer.heads)))  # each head sums to 1
+    assert torch.allclose(ours.sum(-1), torch.ones(3, layer.heads, 64))  # each head's row sums to 1
 
 
 @pytest.mark.parametrize("pipe_name", ["sd_pipe", "sdxl_pipe"])
@@ -111,6 +139,105 @@ def test_images_and_trace_are_identical_with_maps_on_and_off(pipe_name, request)
         assert (step.attention_maps.float() > 0).all()
     if pipe_name == "sdxl_pipe":
         assert "SDXL" in plan.note and "both text encoders" in plan.note
+
+
+def daam_rule_maps(pipe, settings: CompareSettings, plan, calls: list, mid_block: bool) -> list[torch.Tensor]:
+    """DAAM 0.2.0's aggregation restated (castorini/daam `daam/hook.py`, `daam/trace.py`), per step: the
+    cross-attention layers of the UNet's down and up blocks (the mid block only when asked); the attention
+    probabilities of each head, from diffusers' own `get_attention_scores`; each (layer, head) map of a token
+    upsampled bicubic to the map size and clamped at 0; the mean over all (layer, head) pairs; a word's map the
+    mean over its tokens. With push_map off and the window open the batch is [negative ×2, text ×2], so the
+    with-run's negative item is row 1 and its text item row 3. `calls`: (layer name, hidden, context) in order."""
+    layers = {name for name, module in pipe.unet.named_modules() if name.endswith("attn2")}
+    per_step = len(layers)
+    wanted = ("down_blocks.", "up_blocks.", "mid_block.") if mid_block else ("down_blocks.", "up_blocks.")
+    steps = []
+    for step in range(settings.steps):
+        sums, pairs = torch.zeros(len(plan.words), *plan.map_size), 0
+        for name, hidden, context in calls[step * per_step : (step + 1) * per_step]:
+            if not name.startswith(wanted):
+                continue
+            layer = pipe.unet.get_submodule(name)
+            query = layer.head_to_batch_dim(layer.to_q(hidden))
+            key = layer.head_to_batch_dim(layer.to_k(context))
+            probabilities = layer.get_attention_scores(query, key).view(len(hidden), layer.heads, -1, 77)
+            side = int(probabilities.shape[2] ** 0.5)
+            pairs += layer.heads
+            for index, word in enumerate(plan.words):
+                row = 1 if word.source == "negative" else 3
+                for position in word.positions:
+                    maps = probabilities[row, :, :, position].reshape(layer.heads, 1, side, side)
+                    upsampled = torch.nn.functional.interpolate(maps, plan.map_size, mode="bicubic").clamp(min=0)
+                    sums[index] += upsampled.sum((0, 1)) / len(word.positions)
+        steps.append(sums / pairs)
+    return steps
+
+
+def test_maps_equal_daams_rule_over_the_down_and_up_blocks_and_the_mid_block_is_an_option(sd_pipe):
+    """DAAM leaves the UNet's mid block out: the default maps equal DAAM's aggregation over the down and up
+    blocks' cross-attention; with `attention_mid_block` they equal it over all three, and differ. The images
+    are the same with the maps off, on, and on with the mid block."""
+    settings = ON.replace(steps=2, push_map=False, guidance=5.0)
+    calls = []
+
+    def keep(name):
+        def hook(module, args, kwargs):
+            calls.append((name, args[0].detach().clone(), kwargs["encoder_hidden_states"].detach().clone()))
+
+        return hook
+
+    handles = [
+        module.register_forward_pre_hook(keep(name), with_kwargs=True)
+        for name, module in sd_pipe.unet.named_modules()
+        if name.endswith("attn2")
+    ]
+    try:
+        results = {}
+        for mid_block in (False, True):
+            calls.clear()
+            results[mid_block] = compare(sd_pipe, settings.replace(attention_mid_block=mid_block))
+            plan = results[mid_block].trace.attention
+            assert plan.mid_block is mid_block and plan.layers in plan.note
+            with torch.no_grad():
+                expected = daam_rule_maps(sd_pipe, settings, plan, calls, mid_block)
+            for step, want in zip(results[mid_block].trace.steps, expected):
+                torch.testing.assert_close(step.attention_maps.float(), want, rtol=2e-3, atol=2e-5)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert "down and up blocks (as DAAM)" in results[False].trace.attention.note
+    assert "mid" in results[True].trace.attention.note and results[True].trace.to_json()["attention"]["mid_block"]
+    daam, mid = (results[flag].trace.steps[-1].attention_maps.float() for flag in (False, True))
+    assert (daam - mid).abs().max() > 0.01 * daam.max()  # the mid block changes the maps
+    off = compare(sd_pipe, settings.replace(attention_maps=False))
+    for name in ("without_negative", "with_negative"):
+        for result in results.values():
+            assert np.array_equal(np.asarray(getattr(off, name)), np.asarray(getattr(result, name))), name
+
+
+def test_only_the_mapped_layers_get_the_recording_processor(sd_pipe):
+    from negprompt_demo.attention import AttentionRecorder, RecordingProcessor, plan_attention, recording
+
+    for mid_block, expected in (
+        (False, {"down_blocks", "up_blocks"}),
+        (True, {"down_blocks", "up_blocks", "mid_block"}),
+    ):
+        plan = plan_attention(sd_pipe, compare_settings(sd_pipe, attention_mid_block=mid_block))
+        with recording(sd_pipe.unet, AttentionRecorder(plan, hook=None)):
+            swapped = {
+                name.split(".")[0]
+                for name, processor in sd_pipe.unet.attn_processors.items()
+                if isinstance(processor, RecordingProcessor)
+            }
+            assert all("attn2" in name for name, processor in sd_pipe.unet.attn_processors.items()
+                       if isinstance(processor, RecordingProcessor))  # fmt: skip
+        assert swapped == expected
+
+
+def compare_settings(pipe, **changes) -> CompareSettings:
+    from negprompt_demo.engine import prepare
+
+    return prepare(pipe, ON.replace(**changes))[0]
 
 
 def test_negative_words_read_the_negative_branch_and_prompt_words_the_text_branch(sd_pipe):
@@ -208,6 +335,7 @@ def test_page_shows_word_chips_the_overlay_and_the_strip(page):
     assert pixels(final["attention"]).shape == (256, 256, 3)
     assert pixels(final["attention_strip"]).shape[1] > 4 * 40  # one tile per step
     assert "**blue** (negative" in final["attention_reading"]
+    assert "down and up blocks (as DAAM)" in final["attention_reading"]  # the page says which layers
     step_one = named(events.show_step(final["trace_id"], 1, 3, Session()), STEP_OUTPUTS)
     assert "**hat** (prompt" in step_one["attention_reading"]
     assert not np.array_equal(pixels(step_one["attention"]), pixels(final["attention"]))

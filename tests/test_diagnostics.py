@@ -70,3 +70,67 @@ def test_sdxl_says_which_baseline_the_run_without_used(sdxl_pipe):
     assert "A1111 and ComfyUI" in note and note in trace_document(result)["warnings"]
     assert not any("zero embeddings" in w for w in negative_diagnostics(sdxl_pipe, settings(empty_as_text=True)))
     assert not any("zero embeddings" in w for w in negative_diagnostics(sdxl_pipe, settings(negative="")))
+
+
+@pytest.mark.skipif(not EMBEDDED_PRESENT, reason="embedded model not built")
+def test_syntax_is_not_taken_for_words_on_the_embedded_model():
+    """Weights, brackets, escapes and BREAK are A1111 syntax the encoder never reads as words: "(mustache:1.4)"
+    has no unseen "1", "4"; only the words inside the syntax are checked."""
+    pipe = load_pipeline(None)
+    for negative in ("(mustache:1.4)", "[[mustache]], (hat:0.8) BREAK glasses", "\\(mustache\\)"):
+        _, warnings = prepare(pipe, settings(negative=negative))
+        assert not any("never saw" in warning for warning in warnings), (negative, warnings)
+    _, warnings = prepare(pipe, settings(negative="(blurry:1.4), mustache BREAK [lowres]"))
+    unseen = next(warning for warning in warnings if "never saw" in warning)
+    assert 'never saw "blurry", "lowres" in training' in unseen
+    _, warnings = prepare(
+        pipe, settings(prompt="portrait photo of a man with a (mustache:1.2)", negative="(mustache:1.5)")
+    )
+    assert any('repeats "mustache" from the prompt' in warning for warning in warnings)
+
+
+def test_read_words_drops_only_syntax():
+    from negprompt_demo.diagnostics import read_words
+
+    assert read_words("(mustache:1.4)").split() == ["mustache"]
+    assert read_words("((red hat)), [blurry:0.5] BREAK lowres").split() == ["red", "hat", ",", "blurry:0.5", "lowres"]
+    assert read_words("ratio 16:9") == "ratio 16:9"  # a ":" outside "(…:number)" is text, as A1111 reads it
+
+
+def test_sd3_names_every_encoder_that_cuts_and_the_words_it_loses(sd3_pipe):
+    """SD3's two CLIPs read 75 tokens, T5 255 (the tiny tokenizers: one token per letter). A 94-token prompt: both
+    CLIPs lose its last four words (one sentence names both), T5 reads it all; the warning is a run warning like
+    the others (status and trace JSON). diffusers' own log agrees on what CLIP cuts."""
+    prompt = "portrait photo of a man with a mustache and " + "x" * 40 + " zebra stripes and dots"  # 35+40+19
+    result = compare(sd3_pipe, settings(prompt=prompt, negative="hat", guidance=4.5, steps=1), trace=False)
+    cut = [warning for warning in result.warnings if "were cut" in warning]
+    assert cut == [
+        "The prompt is 94 tokens long for CLIP ViT-L and OpenCLIP bigG, which read only 75; these words were cut "
+        'from their pooled vector and their part of the sequence: "zebra stripes and dots". T5 reads further and '
+        "reads them."
+    ]
+    assert cut[0] in trace_document(result)["warnings"]
+    long_negative = " ".join(["hat"] * 25)  # 75 CLIP tokens exactly: nothing cut; one more word is cut whole
+    assert not [w for w in prepare(sd3_pipe, settings(negative=long_negative, guidance=4.5))[1] if "cut" in w]
+    warnings = prepare(sd3_pipe, settings(negative=long_negative + " mustache", guidance=4.5))[1]
+    assert [w for w in warnings if "were cut" in w][0].startswith("The negative prompt is 83 tokens long")
+    assert any(w.endswith('sequence: "mustache". T5 reads further and reads them.') for w in warnings)
+    very_long = "a" * 254 + " zebra"  # T5 ("▁" + a letter each) cuts too: a sentence for the CLIPs, one for T5
+    warnings = [w for w in prepare(sd3_pipe, settings(prompt=very_long, guidance=4.5))[1] if "were cut" in w]
+    assert len(warnings) == 2 and warnings[0].endswith("T5 reads further, but cuts too (below).")
+    assert warnings[1] == (
+        'The prompt is 261 tokens long for T5, which reads only 255; these words were cut from the sequence: "zebra".'
+    )
+
+
+def test_sdxl_names_the_words_its_pooled_vector_does_not_read(sdxl_pipe):
+    """SDXL reads a long text in chunks (nothing cut from the sequence), but its pooled vector is the first
+    chunk's: the words after it are named, for the prompt and the negative (after BREAK too)."""
+    long_prompt = "portrait photo of a man with " + "x" * 60 + " zebra stripes"  # 23 + 60 + 12 letters: 2 chunks
+    result = compare(sdxl_pipe, settings(prompt=long_prompt, negative="(hat:1.2) BREAK mustache", guidance=5.0))
+    pooled = [warning for warning in result.warnings if "pooled text vector" in warning]
+    assert len(pooled) == 2 and pooled[0].endswith('words after it ("xxxxxxxx zebra stripes") steer the image '
+                                                    "through cross-attention alone.")  # fmt: skip
+    assert "negative prompt's first chunk" in pooled[1] and '("mustache")' in pooled[1]
+    assert pooled[0] in trace_document(result)["warnings"]
+    assert not [w for w in negative_diagnostics(sdxl_pipe, settings(guidance=5.0)) if "pooled" in w]

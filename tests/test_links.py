@@ -42,6 +42,7 @@ CHANGED = {
     "push_map": False,
     "empty_as_text": True,
     "attention_maps": True,
+    "attention_mid_block": True,
 }
 
 

@@ -59,10 +59,12 @@ def test_a1111_syntax_and_embeddings_are_refused(request, pipe_name, guidance, n
 @pytest.mark.parametrize(("pipe_name", "guidance", "name"), FAMILIES)
 def test_the_negative_is_read_as_plain_text_in_t5_tokens(request, pipe_name, guidance, name):
     pipe = request.getfixturevalue(pipe_name)
-    negative = "x" * 100  # past CLIP's 75 tokens, within T5's: no chunks, no note, nothing cut
+    negative = "x" * 100  # past CLIP's 75 tokens, within T5's: no chunks, no note, only CLIP cuts
     result = compare(pipe, CompareSettings(PROMPT, negative, seed=1, steps=1, guidance=guidance), trace=False)
     reading = result.negative_reading
     assert reading.plain and len(reading.chunks) == 1 and reading.token_count >= 100
     assert reading.chunk_length == {"SD3": 255, "FLUX.1": 511}[name]  # what T5 reads, its end token left out
     assert reading.markdown().startswith("read as plain text:")
-    assert not [warning for warning in result.warnings if "chunks" in warning or "cut" in warning]
+    assert not [warning for warning in result.warnings if "chunks" in warning or "for T5" in warning]
+    clip_cut = [warning for warning in result.warnings if "were cut" in warning]
+    assert len(clip_cut) == 1 and "T5 reads further and reads them" in clip_cut[0]

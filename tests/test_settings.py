@@ -100,7 +100,7 @@ def test_every_input_is_declared_once_with_label_and_help():
     assert list(FIELDS) == [
         *("prompt", "negative", "seed", "steps", "guidance", "scheduler", "width", "height"),
         *("negative_start", "negative_end", "negative_strength", "perp_neg", "push_map", "empty_as_text"),
-        *("attention_maps", "negative_embedding"),
+        *("attention_maps", "attention_mid_block", "negative_embedding"),
     ]
     for name, field in FIELDS.items():
         assert field.label and field.help, name

@@ -3,7 +3,8 @@
 
 For each attribute (mustache, hat, glasses) and the first seeds from 7000 on (held out: the examples, tables and
 grids use seeds below 1000) whose run *without* the negative prompt shows the attribute (the probe says so), one
-comparison "portrait photo of a man" vs negative "<attribute>" with attention maps on, through the app's engine.
+comparison "portrait photo of a man" vs negative "<attribute>" with attention maps on, through the app's engine,
+once per layer set: DAAM's (the UNet's down and up blocks, the page's default) and with the mid block added.
 The negative word's map (the with-run's negative branch) is summed over the steps, upsampled to the 64 px image
 (bilinear), and its concentration on the attribute's box is
 
@@ -38,6 +39,12 @@ PROMPT = "portrait photo of a man"
 CONTROL_WORD = "man"
 FIRST_SEED = 7000
 GOAL = 2.0  # the mustache word should put at least twice the uniform share of its mass on the mustache
+# The layer sets measured, by key: whether the UNet's mid block is mapped too (the goal is judged on DAAM's set).
+LAYER_SETS = {"daam": False, "with_mid_block": True}
+LAYER_SET_TITLES = {
+    "daam": "DAAM's layers: the UNet's down and up blocks (the page's default)",
+    "with_mid_block": "with the mid block added (the option)",
+}
 
 
 @dataclass
@@ -67,9 +74,12 @@ def present_seeds(pipe, probe: Probe, attribute: str, count: int, sampling: dict
     return found[:count]
 
 
-def seed_maps(pipe, attribute: str, seed: int, sampling: dict) -> SeedMaps:
-    """One comparison with attention maps on; the maps of the negative word and of the control word."""
-    settings = CompareSettings(PROMPT, attribute, seed=seed, attention_maps=True, **sampling)
+def seed_maps(pipe, attribute: str, seed: int, sampling: dict, mid_block: bool = False) -> SeedMaps:
+    """One comparison with attention maps on (DAAM's layers, or with the mid block); the maps of the negative
+    word and of the control word."""
+    settings = CompareSettings(
+        PROMPT, attribute, seed=seed, attention_maps=True, attention_mid_block=mid_block, **sampling
+    )
     result = compare(pipe, settings)
     words = result.trace.attention.words
     negative = next(i for i, w in enumerate(words) if w.source == "negative" and w.text == attribute)
@@ -137,59 +147,68 @@ def summarize(attribute: str, runs: list[SeedMaps]) -> dict:
 
 
 def attention_study(pipe, count: int, sampling: dict, attributes=STUDY_ATTRIBUTES) -> tuple[dict, dict]:
-    """(numbers per attribute, the runs per attribute for the figure)."""
+    """(numbers per layer set and attribute, the runs per layer set and attribute for the figure). The seeds are
+    found once per attribute; each layer set maps the same comparisons (the images do not depend on it)."""
     probe = Probe()
-    results, runs = {}, {}
+    results: dict = {key: {} for key in LAYER_SETS}
+    runs: dict = {key: {} for key in LAYER_SETS}
     for attribute in attributes:
         seeds = present_seeds(pipe, probe, attribute, count, sampling)
-        runs[attribute] = [seed_maps(pipe, attribute, seed, sampling) for seed in seeds]
-        results[attribute] = summarize(attribute, runs[attribute])
-        print(attribute, {k: v for k, v in results[attribute].items() if k not in ("seeds", "per_step_mean")})
+        for key, mid_block in LAYER_SETS.items():
+            runs[key][attribute] = [seed_maps(pipe, attribute, seed, sampling, mid_block) for seed in seeds]
+            results[key][attribute] = summarize(attribute, runs[key][attribute])
+            shown = {k: v for k, v in results[key][attribute].items() if k not in ("seeds", "per_step_mean")}
+            print(key, attribute, shown, flush=True)
     document = {"prompt": PROMPT, "sampling": sampling, "seeds_per_attribute": count, "goal": GOAL}
-    return {**document, "attributes": results}, runs
+    return {**document, "layer_sets": results}, runs
 
 
-def study_figure(runs: dict[str, list[SeedMaps]], results: dict, examples: int = 4) -> Image.Image:
-    """Per attribute: a few seeds' images without the negative (box drawn) and the negative word's map summed
-    over the steps over it, then the concentration per step."""
-    columns = 2 * examples + 1
-    figure = Figure(figsize=(1.45 * columns + 1.6, 1.75 * len(runs)), dpi=100)
+def study_figure(runs: dict[str, dict[str, list[SeedMaps]]], results: dict, examples: int = 3) -> Image.Image:
+    """Per attribute: a few seeds' images without the negative (box drawn) and the negative word's map summed over
+    the steps over it, for each layer set, then the concentration per step of both layer sets."""
+    first = runs["daam"]
+    columns = (1 + len(LAYER_SETS)) * examples + 1
+    figure = Figure(figsize=(1.45 * columns + 1.6, 1.75 * len(first)), dpi=100)
     figure.subplots_adjust(left=0.02, right=0.98, top=0.93, bottom=0.07, wspace=0.08, hspace=0.55)
-    grid = figure.add_gridspec(len(runs), columns, width_ratios=[1] * (2 * examples) + [2.4])
-    for row, (attribute, seeds) in enumerate(runs.items()):
+    grid = figure.add_gridspec(len(first), columns, width_ratios=[1] * (columns - 1) + [2.4])
+    titles = {"daam": "DAAM map", "with_mid_block": "+ mid block"}
+    for row, attribute in enumerate(first):
         x0, y0, x1, y1 = ATTRIBUTE_REGIONS[attribute]
-        for i, run in enumerate(seeds[:examples]):
-            total = upsampled(run.negative.sum(axis=0))
-            for j, (picture, overlay) in enumerate(((run.without, None), (run.without, total))):
-                axis = figure.add_subplot(grid[row, 2 * i + j])
-                axis.imshow(np.asarray(picture))
+        for i in range(min(examples, len(first[attribute]))):
+            panels = [(f"seed {first[attribute][i].seed}", None)]
+            panels += [(titles[key], upsampled(runs[key][attribute][i].negative.sum(axis=0))) for key in LAYER_SETS]
+            for j, (title, overlay) in enumerate(panels):
+                axis = figure.add_subplot(grid[row, (1 + len(LAYER_SETS)) * i + j])
+                axis.imshow(np.asarray(first[attribute][i].without))
                 if overlay is not None:
                     axis.imshow(overlay, cmap="turbo", alpha=0.6, interpolation="bilinear")
                 axis.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, ec="white", lw=1.2))
                 axis.set_xticks([])
                 axis.set_yticks([])
-                axis.set_title(f"seed {run.seed}" if j == 0 else f'"{attribute}" map', fontsize=7)
+                axis.set_title(title, fontsize=7)
         axis = figure.add_subplot(grid[row, -1])
-        per_step = results[attribute]["per_step_mean"]
-        axis.plot(range(1, len(per_step) + 1), per_step, color="#e45756")
+        for key, style in zip(LAYER_SETS, ("-", "--")):
+            per_step = results[key][attribute]["per_step_mean"]
+            axis.plot(range(1, len(per_step) + 1), per_step, color="#e45756", ls=style, label=titles[key])
         axis.axhline(1, color="#999999", lw=0.8, ls=":")
         axis.axhline(GOAL, color="#4c78a8", lw=0.8, ls="--")
         axis.set_title(f'"{attribute}": concentration per step', fontsize=8)
         axis.tick_params(labelsize=7)
         axis.set_xlabel("step", fontsize=7)
+        axis.legend(fontsize=6, loc="lower right")
     canvas = FigureCanvasAgg(figure)
     canvas.draw()
     return Image.fromarray(np.asarray(canvas.buffer_rgba())[..., :3].copy())
 
 
-def study_markdown(res: dict) -> str:
-    """The results table of docs/ATTENTION.md, and a sentence that reads the mustache row against the goal."""
+def study_table(attributes: dict) -> list[str]:
+    """One layer set's table rows."""
     lines = [
         "| negative word | seeds | concentration on its box: mean (median, min–max) | seeds ≥ 2× | peak in box | "
         'on the other boxes | prompt word "man" on the same box |',
         "|---|---|---|---|---|---|---|",
     ]
-    for attribute, row in res["attributes"].items():
+    for attribute, row in attributes.items():
         others = ", ".join(f"{name} {value:.2f}" for name, value in row["on_other_boxes"].items())
         lines.append(
             f"| {attribute} | {len(row['seeds'])} | **{row['concentration_mean']:.2f}×** "
@@ -197,14 +216,22 @@ def study_markdown(res: dict) -> str:
             f"{100 * row['share_of_seeds_at_least_2x']:.0f} % | {100 * row['peak_in_box']:.0f} % | {others} | "
             f"{row['control_word_on_box']:.2f}× |"
         )
-    mustache = res["attributes"].get("mustache")
+    return lines
+
+
+def study_markdown(res: dict) -> str:
+    """The results tables of docs/ATTENTION.md (one per layer set), and a sentence that reads the mustache row of
+    DAAM's layer set against the goal."""
+    lines = []
+    for key, attributes in res["layer_sets"].items():
+        lines += [f"**{LAYER_SET_TITLES[key]}**", "", *study_table(attributes), ""]
+    mustache = res["layer_sets"]["daam"].get("mustache")
     if mustache is not None:
         met = mustache["concentration_mean"] >= res["goal"]
-        lines += [
-            "",
-            f"Goal: the mustache word at least {res['goal']:g}× uniform on the mustache box — "
-            + ("**met**." if met else f"**not met** ({mustache['concentration_mean']:.2f}×)."),
-        ]
+        lines.append(
+            f"Goal (judged on DAAM's layers): the mustache word at least {res['goal']:g}× uniform on the mustache "
+            "box — " + ("**met**." if met else f"**not met** ({mustache['concentration_mean']:.2f}×).")
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -212,4 +239,4 @@ def write_study(res: dict, runs: dict, out: Path) -> None:
     """OUT.json, OUT.md (the table) and OUT.png (the figure)."""
     out.with_suffix(".json").write_text(json.dumps(res, indent=2) + "\n")
     out.with_suffix(".md").write_text(study_markdown(res))
-    study_figure(runs, res["attributes"]).save(out.with_suffix(".png"))
+    study_figure(runs, res["layer_sets"]).save(out.with_suffix(".png"))
