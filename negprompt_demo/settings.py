@@ -27,9 +27,9 @@ MAX_STRENGTH = 10.0
 # How the negative prompt acts: as classifier-free guidance's negative branch, through attention (NAG), or both.
 NEGATIVE_MODES = ("cfg", "nag", "both")
 MAX_NAG_SCALE, MAX_NAG_TAU = 20.0, 10.0
-# The NAG authors' (ChenDarYen/Normalized-Attention-Guidance): τ 2.5 and, in their cross-attention processor (SD 1.x/2.x,
-# SDXL), α 0.5; their examples use s = 5 (s = 1, their pipelines' own default, is NAG off). A model's defaults may
-# override them (loading.model_defaults: the joint-attention families' α).
+# The NAG authors' (ChenDarYen/Normalized-Attention-Guidance): τ 2.5 and, in their cross-attention processor
+# (SD 1.x/2.x, SDXL), α 0.5; their examples use s = 5 (s = 1, their pipelines' own default, is NAG off).
+# A model's defaults may override them (loading.model_defaults: the joint-attention families' α).
 NAG_DEFAULTS = {"nag_scale": 5.0, "nag_tau": 2.5, "nag_alpha": 0.5}
 MIN_GRID_SEEDS, MAX_GRID_SEEDS, DEFAULT_GRID_SEEDS = 4, 64, 16
 MAX_ECHO_CHARS = 40  # a message quotes at most this much of a bad value
@@ -183,7 +183,6 @@ class CompareSettings:
             f"Steps: {self.steps}, Sampler: {self.scheduler}, CFG scale: {self.guidance:g}, Seed: {self.seed}, "
             f"Size: {self.width}x{self.height}{extra}, Model: {model}"
         )
-
 
     def uses_nag(self) -> bool:
         return self.negative_mode in ("nag", "both")
