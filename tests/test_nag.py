@@ -13,7 +13,9 @@ from diffusers import EulerDiscreteScheduler
 
 from negprompt_demo.engine import GenerationCancelled, compare, generate_pairs
 from negprompt_demo.nag import NagProcessor, nag_blend
+from negprompt_demo.previews import fill_previews
 from negprompt_demo.settings import CompareSettings, InputError
+from negprompt_demo.visualize import describe, step_views
 
 PROMPT, NEGATIVE, SEED, STEPS, SIZE = "portrait photo of a man", "mustache", 1234, 6, 32
 
@@ -221,3 +223,10 @@ def test_joint_attention_families_refuse_nag_with_a_message(pipe_name, request):
 def test_cfg_at_guidance_1_offers_nag(sd_pipe):
     result = compare(sd_pipe, nag_settings(negative_mode="cfg", steps=2))
     assert any("set “how the negative acts” to nag" in warning for warning in result.warnings)
+
+
+def test_step_view_draws_the_nag_map_and_the_reading_names_nag(sd_pipe):
+    result = compare(sd_pipe, nag_settings(negative_start=0.5))
+    fill_previews(sd_pipe, result.trace.steps)
+    assert "nag" not in step_views(result.trace, 0) and "nag" in step_views(result.trace, 4)
+    assert "acted in attention (NAG) on steps 4–6" in describe(result.trace)
