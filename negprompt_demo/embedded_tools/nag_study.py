@@ -12,9 +12,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+import torch
+
 from negprompt_demo.attributes import Rate, _probe
 from negprompt_demo.embedded.faces import ATTRIBUTES
-from negprompt_demo.engine import generate_pairs
+from negprompt_demo.engine import generate_pairs, prepare
+from negprompt_demo.nag import _attend, nag_blend
+from negprompt_demo.prompts import encode_text
 from negprompt_demo.settings import CompareSettings
 
 BASE_PROMPT = "portrait photo of a man"
@@ -64,7 +69,8 @@ def nag_study(pipe, seeds: list[int], negatives: list[str], sampling: dict, nag:
         found = {column: {a: [r.present, r.total] for a, r in by.items()} for column, by in rates.items()}
         checks = []
         for variant in variants:
-            settings = CompareSettings(BASE_PROMPT, negative, **sampling, guidance=1.0, negative_mode="nag", **variant)
+            inputs = {**sampling, "guidance": 1.0, "negative_mode": "nag", **variant}
+            settings = CompareSettings(BASE_PROMPT, negative, **inputs)
             shown = [pair[1] for start in range(0, len(seeds), chunk) for pair in
                      generate_pairs(pipe, settings, seeds[start : start + chunk])]  # fmt: skip
             rate = column_rates({"v": shown})["v"]
@@ -105,3 +111,52 @@ def write_study(results: dict, out: Path) -> None:
     )
     parts = [head] + [study_markdown_one(n, found) for n, found in results["negatives"].items()]
     out.with_suffix(".md").write_text("\n".join(parts), encoding="utf-8")
+
+
+class _LayerStats:
+    """A cross-attention processor that answers as the original and records, per call, how NAG would see the
+    layer: Z⁺ vs Z⁻ (cosine), the extrapolation's L1 ratio against τ, how far NAG would move the output, and how
+    large the layer's output is next to its input (what a change here can do to the image)."""
+
+    def __init__(self, original, name: str, stats: dict, nag: dict):
+        self.original, self.name, self.stats, self.nag = original, name, stats, nag
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
+        output = self.original(attn, hidden_states, encoder_hidden_states, attention_mask, temb, **kwargs)
+        if encoder_hidden_states is None:
+            return output
+        query = attn.to_q(hidden_states)
+        positive = _attend(attn, query, encoder_hidden_states)
+        negative = _attend(attn, query, self.nag["context"].expand(len(query), -1, -1))
+        s, tau, alpha = self.nag["scale"], self.nag["tau"], self.nag["alpha"]
+        ratio = (s * positive - (s - 1) * negative).abs().sum(-1) / positive.abs().sum(-1)
+        moved = nag_blend(positive, negative, s, tau, alpha) - positive
+        row = self.stats.setdefault(self.name, {"cosine": [], "ratio": [], "clipped": [], "moved": [], "output": []})
+        row["cosine"].append(torch.nn.functional.cosine_similarity(positive, negative, dim=-1).mean().item())
+        row["ratio"].append(ratio.mean().item())
+        row["clipped"].append((ratio > tau).float().mean().item())
+        row["moved"].append((moved.norm(dim=-1) / positive.norm(dim=-1)).mean().item())
+        row["output"].append((output.norm(dim=-1) / hidden_states.norm(dim=-1)).mean().item())
+        return output
+
+
+def layer_diagnostics(pipe, negative: str, seeds: list[int], sampling: dict, nag: dict) -> dict:
+    """Per cross-attention layer, averaged over the steps of plain guidance-1 runs of `seeds`: the `_LayerStats`
+    figures, to say why NAG does or does not move an attribute on this model."""
+    resolved, _ = prepare(pipe, CompareSettings(BASE_PROMPT, negative, seed=seeds[0], **sampling, **nag))
+    context, _ = encode_text(pipe, negative, None)
+    inputs = {"context": context, "scale": resolved.nag_scale, "tau": resolved.nag_tau, "alpha": resolved.nag_alpha}
+    stats: dict = {}
+    originals = pipe.unet.attn_processors
+    pipe.unet.set_attn_processor(
+        {name: _LayerStats(p, name, stats, inputs) if name.endswith("attn2.processor") else p
+         for name, p in originals.items()}
+    )  # fmt: skip
+    try:
+        generate_pairs(pipe, resolved.replace(guidance=1.0, negative_mode="cfg"), seeds)
+    finally:
+        pipe.unet.set_attn_processor(dict(originals))
+    return {
+        name.removesuffix(".processor"): {key: round(float(np.mean(values)), 4) for key, values in row.items()}
+        for name, row in stats.items()
+    }
