@@ -11,7 +11,8 @@ import pytest
 import torch
 from diffusers import EulerDiscreteScheduler
 
-from negprompt_demo.engine import GenerationCancelled, compare, generate_pairs
+from negprompt_demo.engine import GenerationCancelled, compare, generate_pairs, prepare
+from negprompt_demo.many_seeds import new_grid, sample_grid
 from negprompt_demo.nag import NagProcessor, nag_blend
 from negprompt_demo.previews import fill_previews
 from negprompt_demo.settings import CompareSettings, InputError
@@ -230,3 +231,13 @@ def test_step_view_draws_the_nag_map_and_the_reading_names_nag(sd_pipe):
     fill_previews(sd_pipe, result.trace.steps)
     assert "nag" not in step_views(result.trace, 0) and "nag" in step_views(result.trace, 4)
     assert "acted in attention (NAG) on steps 4–6" in describe(result.trace)
+
+
+def test_the_many_seeds_grid_takes_nag(sd_pipe):
+    settings, _ = prepare(sd_pipe, nag_settings(nag_scale=8.0, nag_tau=4.0, nag_alpha=0.9))
+    grid = sample_grid(sd_pipe, new_grid(settings, "tiny", True), 2)
+    pairs = generate_pairs(sd_pipe, settings, [SEED, SEED + 1])
+    for k, (without, with_nag) in enumerate(pairs):
+        assert np.abs(pixels(grid.images["with"][k]) - pixels(with_nag)).max() <= 2
+        assert np.abs(pixels(grid.images["without"][k]) - pixels(without)).max() <= 2
+    assert np.abs(pixels(grid.images["with"][0]) - pixels(grid.images["without"][0])).max() > 4
