@@ -145,7 +145,9 @@ class NagProcessor:
         index = torch.tensor(rows, device=hidden_states.device)
         positive = outputs[index]
         negative = _attend(attn, query[index], negative_context)
-        guided = nag_blend(positive, negative, self.nag.scale, self.nag.tau, self.nag.alpha).to(outputs.dtype)
+        # in float32: an L1 norm over SDXL's 1280 channels can pass float16's 65504
+        guided = nag_blend(positive.float(), negative.float(), self.nag.scale, self.nag.tau, self.nag.alpha)
+        guided = guided.to(outputs.dtype)
         if traced is not None:
             self.nag.add_map((guided[traced] - positive[traced]).float().norm(dim=-1))
         outputs = outputs.index_copy(0, index, guided)
