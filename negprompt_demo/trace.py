@@ -63,6 +63,7 @@ class StepRecord:
     # layers, nag.py); None where NAG did not act at this step
     nag_map: torch.Tensor | None = None
     nag_mean: float | None = None
+    nag_peak: float | None = None
 
     def __getstate__(self) -> dict:
         """Pickled with numpy arrays: torch pickles tensors between processes as file descriptors of the sender,
@@ -205,6 +206,7 @@ class GuidanceTracer:
             attention_maps=attention_maps,
             nag_map=nag_map,
             nag_mean=None if nag_map is None else nag_map.float().mean().item(),
+            nag_peak=None if nag_map is None else nag_map.float().max().item(),
         )
         if self.push_map:
             # ε_∅ − ε_neg on the with-run's latents: where (and how hard) the negative prompt itself pushes. Zero

@@ -111,8 +111,7 @@ def push_vmax(trace: GuidanceTrace) -> float | None:
 
 def nag_vmax(trace: GuidanceTrace) -> float | None:
     """The ‖Z − Z⁺‖ maps' colour scale (all steps), or None where NAG did not act."""
-    peaks = [step.nag_map.float().max().item() for step in trace.steps if step.nag_map is not None]
-    return max(peaks, default=None)
+    return max((step.nag_peak for step in trace.steps if step.nag_peak is not None), default=None)
 
 
 def step_views(trace: GuidanceTrace, index: int, min_side: int = 256) -> dict[str, Image.Image]:

@@ -16,7 +16,8 @@ from negprompt_demo.many_seeds import new_grid, sample_grid
 from negprompt_demo.nag import NagProcessor, nag_blend
 from negprompt_demo.previews import fill_previews
 from negprompt_demo.settings import CompareSettings, InputError
-from negprompt_demo.visualize import describe, step_views
+from negprompt_demo.tracefile import TraceStore
+from negprompt_demo.visualize import curves_picture, describe, step_views
 
 PROMPT, NEGATIVE, SEED, STEPS, SIZE = "portrait photo of a man", "mustache", 1234, 6, 32
 
@@ -226,11 +227,17 @@ def test_cfg_at_guidance_1_offers_nag(sd_pipe):
     assert any("set “how the negative acts” to nag" in warning for warning in result.warnings)
 
 
-def test_step_view_draws_the_nag_map_and_the_reading_names_nag(sd_pipe):
+def test_step_view_draws_the_nag_map_also_from_a_stored_trace(sd_pipe, tmp_path):
     result = compare(sd_pipe, nag_settings(negative_start=0.5))
     fill_previews(sd_pipe, result.trace.steps)
     assert "nag" not in step_views(result.trace, 0) and "nag" in step_views(result.trace, 4)
     assert "acted in attention (NAG) on steps 4–6" in describe(result.trace)
+    store = TraceStore(tmp_path)
+    trace_id = store.save(result.trace, curves_picture(result.trace))
+    stored, _ = store.load(trace_id, 4)  # the step slider's path: one step's arrays, every step's scalars
+    assert torch.equal(stored.steps[4].nag_map, result.trace.steps[4].nag_map)
+    assert stored.steps[4].nag_peak == result.trace.steps[4].nag_peak and stored.steps[0].nag_mean is None
+    assert "nag" in step_views(stored, 4) and "nag" not in step_views(store.load(trace_id, 1)[0], 1)
 
 
 def test_the_many_seeds_grid_takes_nag(sd_pipe):
