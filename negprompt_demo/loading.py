@@ -22,6 +22,7 @@ import torch
 from diffusers import FluxPipeline, StableDiffusion3Pipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
 
 from negprompt_demo.embedded import MODEL_DIR
+from negprompt_demo.settings import NAG_DEFAULTS
 
 EMBEDDED = "embedded"
 SUPPORTED_PIPELINES = {
@@ -284,12 +285,12 @@ FLOW_MATCHING_FAMILIES = ("sd3", "flux")
 
 
 def model_defaults(pipe) -> dict:
-    """Default steps/guidance/scheduler/size: the family's, overridden by a `negprompt_defaults.json` that a model
-    folder may ship (the embedded model does, with the settings its results table was measured at)."""
+    """Default steps/guidance/scheduler/size and NAG's inputs: the family's, overridden by a `negprompt_defaults.json`
+    that a model folder may ship (the embedded model does, with the settings its results table was measured at)."""
     family = model_family(pipe)
     if family == "flux" and not pipe.transformer.config.guidance_embeds:
         family = "flux-schnell"
-    defaults = dict(FAMILY_DEFAULTS[family]) | JOINT_NAG_ALPHA.get(model_family(pipe), {})
+    defaults = NAG_DEFAULTS | FAMILY_DEFAULTS[family] | JOINT_NAG_ALPHA.get(model_family(pipe), {})
     folder = getattr(pipe, "name_or_path", None) or pipe.config.get("_name_or_path")
     if folder and os.path.isdir(folder):
         path = os.path.join(folder, "negprompt_defaults.json")
