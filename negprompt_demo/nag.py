@@ -206,7 +206,8 @@ def nag_warnings(resolved, cfg_on: bool, family: str) -> list[str]:
     warnings = []
     if not nag_acts(resolved.nag_scale, resolved.nag_alpha):
         which = "NAG scale 1" if resolved.nag_scale == 1 else "NAG alpha 0"
-        warnings.append(f"{which} turns NAG off: the negative acts {'through CFG only' if cfg_on else 'nowhere'}.")
+        through_cfg = cfg_on and resolved.negative_mode == "both"
+        warnings.append(f"{which} turns NAG off: the negative acts {'through CFG only' if through_cfg else 'nowhere'}.")
     if resolved.negative_mode == "nag" and (resolved.negative_strength != 1 or resolved.perp_neg):
         warnings.append(
             "Negative strength and Perp-Neg shape classifier-free guidance's negative branch; with NAG alone (the "
