@@ -116,6 +116,7 @@ def input_panel(config: AppConfig, defaults: dict, native: int) -> tuple[dict, d
     inputs: dict[str, gr.components.Component] = {}
     inputs["prompt"] = field_widget("prompt", FIELDS["prompt"], "")
     inputs["negative"] = field_widget("negative", FIELDS["negative"], "")
+    inputs["negative_mode"] = field_widget("negative_mode", FIELDS["negative_mode"], DEFAULTS["negative_mode"])
     # A file from a visitor only where the model list is not locked (`AppConfig.check_embedding`).
     inputs["negative_embedding"] = embedding_upload(FIELDS["negative_embedding"], visible=not config.lock_models)
     with gr.Row():

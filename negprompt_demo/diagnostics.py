@@ -23,15 +23,23 @@ FUNCTION_WORDS = frozenset(
 )
 
 
+NAG_OFFER = (
+    " Set “how the negative acts” to nag: Normalized Attention Guidance moves the negative into attention and needs "
+    "no negative branch."
+)
+
+
 def negative_diagnostics(pipe, settings: CompareSettings) -> list[str]:
     """Everything that makes this run's negative prompt weak or idle, one sentence each (none when all is well)."""
     notes = []
     reason = distilled_reason(pipe)
     if reason and (takes_guidance_as_input(pipe) or settings.guidance <= 1):
-        notes.append(
-            f"This model is guidance-distilled ({reason}): it samples without classifier-free guidance, so there "
-            "is no negative branch and the negative prompt is not used at all."
-        )
+        if not settings.uses_nag():  # NAG needs no negative branch (nag.py), so it is offered where it runs
+            offer = NAG_OFFER if model_family(pipe) in ("sd", "sdxl") else ""
+            notes.append(
+                f"This model is guidance-distilled ({reason}): it samples without classifier-free guidance, so "
+                f"there is no negative branch and the negative prompt is not used at all.{offer}"
+            )
     elif reason:
         notes.append(
             f"This model is guidance-distilled ({reason}): at guidance {settings.guidance:g} classifier-free "

@@ -55,6 +55,7 @@ from negprompt_demo.loading import (
     native_size,
     pipeline_lock,
 )
+from negprompt_demo.nag import nag_attention, nag_warnings
 from negprompt_demo.prompts import PromptReading, RunText, chunk_message, encode_runs, read_prompt
 from negprompt_demo.settings import SCHEDULER_NAMES, CompareSettings, resolve_settings
 from negprompt_demo.trace import GuidanceTrace, GuidanceTracer, StepRecord
@@ -118,30 +119,32 @@ def prepare(pipe, settings: CompareSettings) -> tuple[CompareSettings, list[str]
 def _prepare_unlocked(pipe, settings: CompareSettings) -> tuple[CompareSettings, list[str]]:
     resolved = resolve_settings(settings, native_size(pipe), model_defaults(pipe))
     family = model_family(pipe)
-    warnings = []
+    warnings = nag_warnings(resolved, cfg_active(pipe, resolved.guidance), family)
     if family in FLOW_MATCHING_FAMILIES:  # their scheduler; A1111 syntax and embeddings refused (flow_models.py)
-        resolved, warnings = flow_models.check_settings(pipe, resolved)
+        resolved, family_warnings = flow_models.check_settings(pipe, resolved)
+        warnings += family_warnings
     if family == "flux" and resolved.guidance <= 1:
         warnings.append(
             "FLUX.1 is guidance-distilled: it ignores a negative prompt unless true CFG is on (true_cfg_scale > 1), "
             f"and here the guidance scale is true CFG's scale, {resolved.guidance:g}. Both images are the same. Use "
             "a scale above 1 (4 is usual; true CFG doubles the sampling time)."
         )
-    elif resolved.guidance <= 1:
+    elif resolved.guidance <= 1 and not resolved.uses_nag():
         warnings.append(
             f"Guidance scale {resolved.guidance:g} ≤ 1 turns classifier-free guidance off, so the negative prompt "
-            "has no effect: both images are the same. Use a scale above 1 (7.5 is usual)."
+            "has no effect: both images are the same. Use a scale above 1 (7.5 is usual), or let the negative act "
+            "in attention: set “how the negative acts” to nag (NAG works at guidance 1 and on distilled models)."
         )
     if not resolved.negative:
         warnings.append("The negative prompt is empty, so both images are the same.")
-    elif resolved.guidance > 1:
+    elif resolved.guidance > 1 or resolved.uses_nag():
         start, end = window_steps(resolved.negative_start, resolved.negative_end, resolved.steps)
         if start >= end:
             warnings.append(
                 f"The negative prompt's window ({resolved.negative_start:g}–{resolved.negative_end:g} of "
                 f"{resolved.steps} steps) holds no whole step, so it never acts: both images are the same."
             )
-        elif resolved.negative_strength == 0:
+        elif resolved.negative_strength == 0 and resolved.negative_mode == "cfg":
             warnings.append("Negative strength 0 turns the negative prompt off: both images are the same.")
     if family in FLOW_MATCHING_FAMILIES:  # the text as written, T5 reading the long ones up to its limit
         return resolved, warnings + flow_models.text_warnings(pipe, resolved) + negative_diagnostics(pipe, resolved)
@@ -283,6 +286,8 @@ def negative_plan(settings: CompareSettings, start: float | None = None) -> Nega
     start_step, end_step = window_steps(
         settings.negative_start if start is None else start, settings.negative_end, settings.steps
     )
+    if settings.negative_mode == "nag":  # the CFG branch stays the empty prompt's: strength and Perp-Neg are CFG's
+        return NegativePlan(start_step, end_step)
     return NegativePlan(start_step, end_step, settings.negative_strength, settings.perp_neg)
 
 
@@ -301,9 +306,11 @@ def baseline_negative(settings: CompareSettings) -> str | None:
 
 
 def paired_runs(settings: CompareSettings, plans: list[NegativePlan]) -> list[Run]:
-    """A seed's runs: without the negative prompt first, then one with it per plan."""
+    """A seed's runs: without the negative prompt first, then one with it per plan (with NAG alone, the with-run's
+    CFG negative branch is the empty prompt's, as the without-run's: the negative acts in attention only)."""
     without = Run(RunText(settings.prompt, baseline_negative(settings)))
-    negative = settings.negative or baseline_negative(settings)
+    cfg_negative = settings.negative if settings.negative_mode != "nag" else ""
+    negative = cfg_negative or baseline_negative(settings)
     return [without, *(Run(RunText(settings.prompt, negative), plan) for plan in plans)]
 
 
@@ -335,6 +342,8 @@ def sample_runs(pipe, settings: CompareSettings, seeds: list[int], runs: list[Ru
         unguided=tuple(item for item in range(len(plans)) if runs[item % len(runs)].unguided),
     )
     total = settings.steps
+    item_plans = [None if hook.source[item] == item else plan for item, plan in enumerate(plans)]
+    nag = nag_attention(pipe, settings, item_plans, hook, embedding, 1 if tracer is not None else None)
     # Cross-attention maps of the with-run (run 1) of a single-seed traced call, when its tracer asks for them.
     attention = AttentionRecorder(tracer.attention, hook) if tracer is not None and tracer.attention else None
 
@@ -346,7 +355,8 @@ def sample_runs(pipe, settings: CompareSettings, seeds: list[int], runs: list[Ru
                 "broke down. Try another scheduler, fewer steps or a lower guidance scale."
             )
         maps = attention.take() if attention is not None else None
-        record = tracer.record_step(index, latents, hook.captured, maps) if tracer is not None else None
+        nag_map = nag.take_map() if nag is not None else None
+        record = tracer.record_step(index, latents, hook.captured, maps, nag_map) if tracer is not None else None
         hook.step_done()
         if on_step is not None:
             on_step(index + 1, total, record)
@@ -354,7 +364,8 @@ def sample_runs(pipe, settings: CompareSettings, seeds: list[int], runs: list[Ru
             raise GenerationCancelled(f"Stopped after step {index + 1} of {total}.")
         return callback_kwargs
 
-    with hook, recording(pipe.unet, attention) if attention is not None else contextlib.nullcontext():
+    nag_context = nag if nag is not None else contextlib.nullcontext()
+    with hook, nag_context, recording(pipe.unet, attention) if attention is not None else contextlib.nullcontext():
         output = pipe(
             **embeddings,
             **guidance_arguments(family, settings.guidance),

@@ -26,13 +26,15 @@ LINK_NAMES = ("model", *LINK_FIELDS)
 
 def link_query(model: str, settings: CompareSettings, default_model: str) -> str:
     """`?name=value&…` for resolved settings: every value that differs from the field's default (the seed always,
-    and the model's defaults that were filled in: steps, guidance, scheduler, size, so the link runs the same
-    comparison), and the model when it is not the page's default. Values are URL-encoded (`urlencode`), so the
-    query holds only `A-Z a-z 0-9 _ . - ~ % + = &`."""
+    and the model's defaults that were filled in: steps, guidance, scheduler, size, NAG's inputs when NAG acts, so
+    the link runs the same comparison), and the model when it is not the page's default. Values are URL-encoded
+    (`urlencode`), so the query holds only `A-Z a-z 0-9 _ . - ~ % + = &`."""
     pairs = [] if model == default_model else [("model", model)]
     for name, field in LINK_FIELDS.items():
         value = getattr(settings, name)
         if name != "seed" and (value is None or value == DEFAULTS[name]):
+            continue
+        if name.startswith("nag_") and not settings.uses_nag():  # NAG's inputs change nothing with CFG alone
             continue
         pairs.append((name, _text(value, field.kind)))
     return "?" + urlencode(pairs)

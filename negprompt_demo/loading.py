@@ -22,6 +22,7 @@ import torch
 from diffusers import FluxPipeline, StableDiffusion3Pipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
 
 from negprompt_demo.embedded import MODEL_DIR
+from negprompt_demo.settings import NAG_DEFAULTS
 
 EMBEDDED = "embedded"
 SUPPORTED_PIPELINES = {
@@ -276,17 +277,20 @@ FAMILY_DEFAULTS = {
     "flux": {"steps": 28, "guidance": 4.0, "scheduler": "Euler"},
     "flux-schnell": {"steps": 4, "guidance": 4.0, "scheduler": "Euler"},
 }
+# NAG's α in the NAG authors' joint-attention processors (SD3: 0.125) and FLUX.1 examples (0.25); the other inputs
+# and the cross-attention families' α are settings.NAG_DEFAULTS.
+JOINT_NAG_ALPHA = {"sd3": {"nag_alpha": 0.125}, "flux": {"nag_alpha": 0.25}}
 # Families sampled by flow matching (x_t = (1 − σ)·x0 + σ·noise, the model predicts v = noise − x0).
 FLOW_MATCHING_FAMILIES = ("sd3", "flux")
 
 
 def model_defaults(pipe) -> dict:
-    """Default steps/guidance/scheduler/size: the family's, overridden by a `negprompt_defaults.json` that a model
-    folder may ship (the embedded model does, with the settings its results table was measured at)."""
+    """Default steps/guidance/scheduler/size and NAG's inputs: the family's, overridden by a `negprompt_defaults.json`
+    that a model folder may ship (the embedded model does, with the settings its results table was measured at)."""
     family = model_family(pipe)
     if family == "flux" and not pipe.transformer.config.guidance_embeds:
         family = "flux-schnell"
-    defaults = dict(FAMILY_DEFAULTS[family])
+    defaults = NAG_DEFAULTS | FAMILY_DEFAULTS[family] | JOINT_NAG_ALPHA.get(model_family(pipe), {})
     folder = getattr(pipe, "name_or_path", None) or pipe.config.get("_name_or_path")
     if folder and os.path.isdir(folder):
         path = os.path.join(folder, "negprompt_defaults.json")

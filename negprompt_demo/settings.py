@@ -24,6 +24,13 @@ MAX_GUIDANCE = 30.0
 MAX_SEED = 2**32 - 1
 MAX_PROMPT_CHARS = 2000
 MAX_STRENGTH = 10.0
+# How the negative prompt acts: as classifier-free guidance's negative branch, through attention (NAG), or both.
+NEGATIVE_MODES = ("cfg", "nag", "both")
+MAX_NAG_SCALE, MAX_NAG_TAU = 20.0, 10.0
+# The NAG authors' (ChenDarYen/Normalized-Attention-Guidance): τ 2.5 and, in their cross-attention processor
+# (SD 1.x/2.x, SDXL), α 0.5; their examples use s = 5 (s = 1, their pipelines' own default, is NAG off).
+# A model's defaults may override them (loading.model_defaults: the joint-attention families' α).
+NAG_DEFAULTS = {"nag_scale": 5.0, "nag_tau": 2.5, "nag_alpha": 0.5}
 MIN_GRID_SEEDS, MAX_GRID_SEEDS, DEFAULT_GRID_SEEDS = 4, 64, 16
 MAX_ECHO_CHARS = 40  # a message quotes at most this much of a bad value
 MAX_PATH_CHARS = 1024
@@ -102,6 +109,27 @@ class CompareSettings:
         Field("float", "negative strength", "how hard to push away from the negative: 0 none, 1 plain CFG, 2 twice",
               0.0, MAX_STRENGTH, 0.1),
     )  # fmt: skip
+    negative_mode: str = setting(
+        "cfg",
+        Field("choice", "how the negative acts", "cfg: as the negative branch of classifier-free guidance; nag: in "
+              "attention (Normalized Attention Guidance, works at guidance 1 and on distilled models); both",
+              choices=NEGATIVE_MODES),
+    )  # fmt: skip
+    nag_scale: float | None = setting(
+        None,
+        Field("float", "NAG scale", "NAG's s: Z = s·Z⁺ − (s − 1)·Z⁻ before normalising; 1: no NAG (the authors' "
+              "convention)", 1.0, MAX_NAG_SCALE, 0.5, model_default=True),
+    )  # fmt: skip
+    nag_tau: float | None = setting(
+        None,
+        Field("float", "NAG tau", "NAG's τ: the extrapolated attention output is at most τ times the prompt's (L1, "
+              "per token)", 1.0, MAX_NAG_TAU, 0.1, model_default=True),
+    )  # fmt: skip
+    nag_alpha: float | None = setting(
+        None,
+        Field("float", "NAG alpha", "NAG's α: how much of the normalised output replaces the prompt's; 0: no NAG",
+              0.0, 1.0, 0.05, model_default=True),
+    )  # fmt: skip
     perp_neg: bool = setting(
         False,
         Field("flag", "Perp-Neg", "remove only the part of the negative's push perpendicular to the prompt's, per "
@@ -153,12 +181,26 @@ class CompareSettings:
             negative = f"[{negative}::{self.negative_end:g}]"
         extra = "" if self.negative_strength == 1 else f", Negative strength: {self.negative_strength:g}"
         extra += ", Perp-Neg: True" if self.perp_neg else ""
+        extra += self.nag_parameters()
         extra += f", Negative embedding: {embedding_name(self.negative_embedding)}" if self.negative_embedding else ""
         extra += ', Empty baseline: ""' if self.empty_as_text else ""  # SDXL's run without: "" instead of zeros
         return (
             f"{self.prompt}\nNegative prompt: {negative}\n"
             f"Steps: {self.steps}, Sampler: {self.scheduler}, CFG scale: {self.guidance:g}, Seed: {self.seed}, "
             f"Size: {self.width}x{self.height}{extra}, Model: {model}"
+        )
+
+    def uses_nag(self) -> bool:
+        return self.negative_mode in ("nag", "both")
+
+    def nag_parameters(self) -> str:
+        """The NAG inputs as A1111-style extra keys ("" when the negative acts through CFG only); "Negative mode"
+        says whether the negative prompt also took CFG's negative branch."""
+        if not self.uses_nag():
+            return ""
+        return (
+            f", Negative mode: {self.negative_mode}, NAG scale: {self.nag_scale:g}, NAG tau: {self.nag_tau:g}, "
+            f"NAG alpha: {self.nag_alpha:g}"
         )
 
 
@@ -200,7 +242,7 @@ def resolve_settings(settings: CompareSettings, native_size: int, defaults: dict
     `defaults` is the model's (steps, guidance, scheduler, optionally width/height). Raises InputError with a
     message that names the field and what is allowed.
     """
-    defaults = {"width": native_size, "height": native_size, **defaults}
+    defaults = {"width": native_size, "height": native_size, **NAG_DEFAULTS, **defaults}
     values = {}
     for name, field in FIELDS.items():
         value = getattr(settings, name)

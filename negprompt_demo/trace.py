@@ -59,6 +59,11 @@ class StepRecord:
     # [words, h, w] float16: each word's cross-attention map (GuidanceTrace.attention says which words), on the
     # steps the attention plan keeps
     attention_maps: torch.Tensor | None = None
+    # [h, w] float16: how far NAG moved the with-run's cross-attention output, ‖Z − Z⁺‖ per latent pixel (mean over
+    # layers, nag.py); None where NAG did not act at this step
+    nag_map: torch.Tensor | None = None
+    nag_mean: float | None = None
+    nag_peak: float | None = None
 
     def __getstate__(self) -> dict:
         """Pickled with numpy arrays: torch pickles tensors between processes as file descriptors of the sender,
@@ -66,7 +71,7 @@ class StepRecord:
         return {name: value.numpy() if torch.is_tensor(value) else value for name, value in vars(self).items()}
 
     def __setstate__(self, state: dict) -> None:
-        tensors = ("guidance_map", "x0_latents", "push_map", "attention_maps")
+        tensors = ("guidance_map", "x0_latents", "push_map", "attention_maps", "nag_map")
         self.__dict__.update(
             {
                 name: torch.from_numpy(value) if name in tensors and value is not None else value
@@ -86,6 +91,8 @@ class StepRecord:
         }
         if self.push_mean is not None:
             data["push_mean"] = round(self.push_mean, 6)
+        if self.nag_mean is not None:
+            data["nag_mean"] = round(self.nag_mean, 6)
         return data
 
 
@@ -159,10 +166,15 @@ class GuidanceTracer:
         self.trace = GuidanceTrace(guidance_scale, cfg_active, self.prediction_type, attention=attention)
 
     def record_step(
-        self, index: int, latents: torch.Tensor, branches, attention_maps: torch.Tensor | None = None
+        self,
+        index: int,
+        latents: torch.Tensor,
+        branches,
+        attention_maps: torch.Tensor | None = None,
+        nag_map: torch.Tensor | None = None,
     ) -> StepRecord:
         """One StepRecord from the step's branches (`guidance.Branches`), the stepped latents and, when recorded,
-        the step's attention maps (`attention.AttentionRecorder.take`)."""
+        the step's attention maps (`attention.AttentionRecorder.take`) and NAG's ‖Z − Z⁺‖ map (`nag.py`)."""
         sample = self.spatial(branches.sample[0:2]).float()
         t, sigma = self.noise_level(index, branches.timestep)
         neg, text = self.spatial(branches.negative[0:2]).float(), self.spatial(branches.text[0:2]).float()
@@ -190,8 +202,11 @@ class GuidanceTracer:
             guidance_cosine=cosine if self.cfg_active else float("nan"),
             divergence=divergence,
             x0_latents=x0.half().cpu(),
-            negative_active=bool(branches.active[1]),
+            negative_active=bool(branches.active[1]) or nag_map is not None,
             attention_maps=attention_maps,
+            nag_map=nag_map,
+            nag_mean=None if nag_map is None else nag_map.float().mean().item(),
+            nag_peak=None if nag_map is None else nag_map.float().max().item(),
         )
         if self.push_map:
             # ε_∅ − ε_neg on the with-run's latents: where (and how hard) the negative prompt itself pushes. Zero

@@ -34,7 +34,7 @@ from negprompt_demo.visualize import CurvesPicture
 FORMAT_VERSION = 2
 TRACE_ID = re.compile(r"^(run|example)-([0-9a-f]{32})$")
 RUN_MAX_AGE_S = 3600  # a run's files are kept this long (Gradio has copied what it serves into its cache by then)
-ARRAYS = ("previews", "guidance_map", "push_map", "attention_maps")
+ARRAYS = ("previews", "guidance_map", "push_map", "attention_maps", "nag_map")
 
 
 class TraceNotFound(LookupError):
@@ -81,6 +81,13 @@ class TraceStore:
             np.save(folder / "guidance_map.npy", np.stack([step.guidance_map.numpy() for step in trace.steps]))
             if trace.steps[0].push_map is not None:
                 np.save(folder / "push_map.npy", np.stack([step.push_map.numpy() for step in trace.steps]))
+            if any(step.nag_map is not None for step in trace.steps):  # zeros where NAG did not act (its window)
+                shape = next(step.nag_map.shape for step in trace.steps if step.nag_map is not None)
+                nag = [
+                    np.zeros(shape, np.float16) if step.nag_map is None else step.nag_map.numpy()
+                    for step in trace.steps
+                ]
+                np.save(folder / "nag_map.npy", np.stack(nag))
             kept = [step.attention_maps.numpy() for step in trace.steps if step.attention_maps is not None]
             if trace.attention is not None and kept:  # [kept steps, words, h, w]
                 np.save(folder / "attention_maps.npy", np.stack(kept))
@@ -102,6 +109,8 @@ class TraceStore:
             step.guidance_map = torch.from_numpy(one_step(folder / "guidance_map.npy", index, len(trace.steps)))
             if step.push_mean is not None:
                 step.push_map = torch.from_numpy(one_step(folder / "push_map.npy", index, len(trace.steps)))
+            if step.nag_mean is not None:
+                step.nag_map = torch.from_numpy(one_step(folder / "nag_map.npy", index, len(trace.steps)))
             kept = trace.attention.recorded_steps if trace.attention is not None else []
             row = bisect.bisect_right(kept, index) - 1
             if row >= 0:
@@ -158,6 +167,8 @@ def scalar_fields(step: StepRecord) -> dict:
         "negative_active": step.negative_active,
         "push_mean": step.push_mean,
         "push_peak": step.push_peak,
+        "nag_mean": step.nag_mean,
+        "nag_peak": step.nag_peak,
     }
 
 
@@ -175,6 +186,8 @@ def record_from_scalars(fields: dict) -> StepRecord:
         negative_active=bool(fields["negative_active"]),
         push_mean=fields["push_mean"],
         push_peak=fields["push_peak"],
+        nag_mean=fields.get("nag_mean"),
+        nag_peak=fields.get("nag_peak"),
     )
 
 

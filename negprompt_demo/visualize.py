@@ -109,10 +109,15 @@ def push_vmax(trace: GuidanceTrace) -> float | None:
     return max((step.push_peak for step in trace.steps if step.push_peak is not None), default=None)
 
 
+def nag_vmax(trace: GuidanceTrace) -> float | None:
+    """The ‖Z − Z⁺‖ maps' colour scale (all steps), or None where NAG did not act."""
+    return max((step.nag_peak for step in trace.steps if step.nag_peak is not None), default=None)
+
+
 def step_views(trace: GuidanceTrace, index: int, min_side: int = 256) -> dict[str, Image.Image]:
     """Pictures of one step: each run's x0 preview, the same with its guidance map overlaid, and the negative-push
     map and what each guidance branch alone predicts when they were recorded. Keys: x0_without, x0_with,
-    guidance_without, guidance_with; push, branch_prompt, branch_empty, branch_negative (optional)."""
+    guidance_without, guidance_with; push, nag, branch_prompt, branch_empty, branch_negative (optional)."""
     step = trace.steps[index]
     vmax = guidance_vmax(trace)
     views = {}
@@ -124,6 +129,9 @@ def step_views(trace: GuidanceTrace, index: int, min_side: int = 256) -> dict[st
     if step.push_map is not None:
         push = step.push_map.float().numpy()
         views["push"] = enlarge(overlay_map(step.previews[1], push, push_vmax(trace), PUSH_COLORMAP), min_side)
+    if step.nag_map is not None:  # how far NAG moved the with-run's attention output (nag.py)
+        moved = step.nag_map.float().numpy()
+        views["nag"] = enlarge(overlay_map(step.previews[1], moved, nag_vmax(trace), PUSH_COLORMAP), min_side)
     for branch, preview in zip(BRANCHES, step.previews[2:]):  # recorded with the push map
         views[f"branch_{branch}"] = enlarge(Image.fromarray(preview), min_side)
     return views
@@ -217,6 +225,12 @@ def describe(trace: GuidanceTrace) -> str:
     total = len(trace.steps)
     if total == 0:
         return "No steps were recorded."
+    nag_steps = [step.index + 1 for step in trace.steps if step.nag_mean is not None]
+    if not trace.cfg_active and nag_steps:
+        return (
+            f"Classifier-free guidance was off (scale ≤ 1); the negative prompt acted in attention (NAG) on steps "
+            f"{nag_steps[0]}–{nag_steps[-1]}: the NAG map shows where it moved the attention output."
+        )
     if not trace.cfg_active:
         return "Classifier-free guidance was off (scale ≤ 1), so the negative prompt had no effect on any step."
     divergence = trace.series("divergence")

@@ -155,3 +155,18 @@ def test_seeds_writes_the_grids_and_their_document(tiny_sd_folder, tmp_path, cap
         + ["--model", str(tiny_sd_folder), "--out", str(out / "two")]
     )
     assert code == 0 and list(json.loads((out / "two" / "seeds.json").read_text())["columns"]) == ["without", "with"]
+
+
+def test_nag_at_guidance_1_from_the_command_line(tiny_sd_folder, tmp_path, capsys):
+    out = tmp_path / "nag"
+    code = main(
+        ["compare", "--prompt", "a man", "--negative", "mustache", "--seed", "5", "--steps", "3", "--guidance", "1"]
+        + ["--negative-mode", "nag", "--nag-alpha", "0.25", "--model", str(tiny_sd_folder), "--out", str(out)]
+    )
+    assert code == 0
+    with Image.open(out / "with_negative.png") as image:
+        parameters = image.text["parameters"]
+    assert ", Negative mode: nag, NAG scale: 5, NAG tau: 2.5, NAG alpha: 0.25," in parameters
+    trace = json.loads((out / "trace.json").read_text())
+    assert trace["settings"]["negative_mode"] == "nag" and "nag_mean" in trace["steps"][0]
+    assert "has no effect" not in capsys.readouterr().out

@@ -64,6 +64,14 @@ def test_guidance_distilled_models_are_named(sd_pipe):
     assert any("not used at all" in note for note in negative_diagnostics(lcm, settings(guidance=7.0)))
 
 
+def test_distilled_models_are_offered_nag(sd_pipe):
+    turbo = SimpleNamespace(unet=SimpleNamespace(config={}), config={}, name_or_path="stabilityai/sdxl-turbo")
+    notes = negative_diagnostics(turbo, settings(guidance=0.0))
+    assert any("not used at all" in note and "to nag: Normalized Attention Guidance" in note for note in notes)
+    with_nag = negative_diagnostics(turbo, settings(guidance=0.0, negative_mode="nag"))
+    assert not any("not used at all" in note for note in with_nag)
+
+
 def test_sdxl_says_which_baseline_the_run_without_used(sdxl_pipe):
     result = compare(sdxl_pipe, settings(guidance=5.0), trace=False)
     note = next(warning for warning in result.warnings if "zero embeddings" in warning)

@@ -64,7 +64,14 @@ def call_sizes(denoiser, monkeypatch) -> list[int]:
 def test_families_sizes_and_defaults(sd3_pipe, flux_pipe):
     assert model_family(sd3_pipe) == "sd3" and model_family(flux_pipe) == "flux"
     assert native_size(sd3_pipe) == 32 and native_size(flux_pipe) == 32  # the tiny models' own sizes
-    assert model_defaults(sd3_pipe) == {"steps": 40, "guidance": 4.5, "scheduler": "Euler"}
+    assert model_defaults(sd3_pipe) == {
+        "steps": 40,
+        "guidance": 4.5,
+        "scheduler": "Euler",
+        "nag_scale": 5.0,
+        "nag_tau": 2.5,
+        "nag_alpha": 0.125,
+    }
     assert model_defaults(flux_pipe)["steps"] == 28  # FLUX.1-dev; schnell (no guidance embedding) would get 4
 
 

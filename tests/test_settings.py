@@ -99,7 +99,8 @@ def test_blank_fields_take_the_models_defaults():
 def test_every_input_is_declared_once_with_label_and_help():
     assert list(FIELDS) == [
         *("prompt", "negative", "seed", "steps", "guidance", "scheduler", "width", "height"),
-        *("negative_start", "negative_end", "negative_strength", "perp_neg", "push_map", "empty_as_text"),
+        *("negative_start", "negative_end", "negative_strength", "negative_mode", "nag_scale", "nag_tau"),
+        *("nag_alpha", "perp_neg", "push_map", "empty_as_text"),
         *("attention_maps", "attention_mid_block", "negative_embedding"),
     ]
     for name, field in FIELDS.items():
@@ -147,3 +148,28 @@ def test_embedding_path_is_kept_as_given_and_named_in_the_parameters_text():
     assert resolved.negative_embedding == "my files/EasyNegative.safetensors"
     assert "Size: 64x64, Negative embedding: EasyNegative, Model: m" in resolved.parameters_text("m")
     assert resolve(negative_embedding=None).negative_embedding == ""
+
+
+def test_nag_inputs_take_the_authors_defaults_and_are_checked():
+    resolved = resolve()
+    assert resolved.negative_mode == "cfg" and not resolved.uses_nag()
+    assert (resolved.nag_scale, resolved.nag_tau, resolved.nag_alpha) == (5.0, 2.5, 0.5)
+    joint = resolve_settings(CompareSettings(prompt="a man"), 64, {**MODEL_DEFAULTS, "nag_alpha": 0.125})
+    assert joint.nag_alpha == 0.125  # a model's own default (SD3's joint attention) wins
+    assert resolve(negative_mode="both", nag_scale="3").nag_scale == 3.0
+    for fields, message in (
+        ({"negative_mode": "attention"}, "Unknown negative_mode 'attention'; choose one of: cfg, nag, both."),
+        ({"nag_scale": 0.5}, "NAG scale must be between 1 and 20, got 0.5."),
+        ({"nag_tau": 0.9}, "NAG tau must be between 1 and 10, got 0.9."),
+        ({"nag_alpha": 1.5}, "NAG alpha must be between 0 and 1, got 1.5."),
+    ):
+        with pytest.raises(InputError) as error:
+            resolve(**fields)
+        assert str(error.value) == message
+
+
+def test_png_parameters_carry_nag_as_extra_keys():
+    plain = resolve(negative="hat", seed=1).parameters_text("embedded")
+    assert "NAG" not in plain and "Negative mode" not in plain
+    text = resolve(negative="hat", seed=1, negative_mode="nag", nag_alpha=0.25).parameters_text("embedded")
+    assert ", Negative mode: nag, NAG scale: 5, NAG tau: 2.5, NAG alpha: 0.25," in text

@@ -8,6 +8,7 @@ python -m negprompt_demo.embedded_tools table [--seeds 0:256] | grid
 python -m negprompt_demo.embedded_tools delayed [--seeds 0:256] [--threads 1]
 python -m negprompt_demo.embedded_tools side-effects [--first-seed 5000 --count 96]
 python -m negprompt_demo.embedded_tools attention [--seeds-per-attribute 64] [--threads 1]
+python -m negprompt_demo.embedded_tools nag [--seeds 5000:5064] [--negatives mustache,hat] [--threads 1]
 
 Settings not given (guidance, steps, scheduler) are the loaded model's defaults, as in the app.
 """
@@ -185,6 +186,23 @@ def attention_command(args: argparse.Namespace) -> None:
     print(study_markdown(res))
 
 
+def nag_command(args: argparse.Namespace) -> None:
+    """`nag`: attribute rates with the negative through NAG, CFG and both, and at guidance 1 (nag_study.py)."""
+    from negprompt_demo.embedded_tools.evaluate import parse_seeds, sampling_settings
+    from negprompt_demo.embedded_tools.nag_study import nag_study, write_study
+    from negprompt_demo.loading import load_pipeline
+
+    _set_threads(args.threads)
+    pipe = load_pipeline(None)
+    nag = {name: value for name, value in (("nag_scale", args.scale), ("nag_tau", args.tau)) if value is not None}
+    nag |= {} if args.alpha is None else {"nag_alpha": args.alpha}
+    variants = [json.loads(text) for text in args.variant]
+    results = nag_study(
+        pipe, parse_seeds(args.seeds), args.negatives.split(","), sampling_settings(pipe), nag, variants
+    )
+    write_study(results, args.out)
+
+
 def _add_training_commands(sub: argparse._SubParsersAction) -> None:
     """train, tokenizer, probe-train, probe-accuracy: they write model and probe files."""
     p = sub.add_parser("train", help="train VAE, UNet and text encoder from scratch; write the model folder")
@@ -275,6 +293,21 @@ def _add_measuring_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=attention_command)
 
 
+def _add_nag_command(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("nag", help="attribute rates: negative through NAG vs CFG vs both, and NAG at guidance 1")
+    p.add_argument("--seeds", default="5000:5064", help="held out: the model and probe never saw these")
+    p.add_argument("--negatives", default="mustache,hat")
+    p.add_argument("--scale", type=float, default=None, help="NAG scale (default: the model's)")
+    p.add_argument("--tau", type=float, default=None)
+    p.add_argument("--alpha", type=float, default=None)
+    p.add_argument(
+        "--variant", action="append", default=[], help='other NAG inputs at guidance 1, JSON: {"nag_scale": 10}'
+    )
+    p.add_argument("--out", type=Path, default=DOCS / "nag_study", help="writes OUT.json and OUT.md")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 on a busy shared machine)")
+    p.set_defaults(func=nag_command)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """One subcommand per tool; each sets `func`, the function that runs it."""
     parser = argparse.ArgumentParser(
@@ -285,6 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_training_commands(sub)
     _add_measuring_commands(sub)
+    _add_nag_command(sub)
     return parser
 
 
