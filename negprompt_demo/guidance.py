@@ -64,9 +64,14 @@ NO_NEGATIVE = NegativePlan(0, 0)
 
 
 def window_steps(start: float, end: float, steps: int) -> tuple[int, int]:
-    """A fraction window of the sampling steps in whole steps, as A1111's prompt editing counts them:
-    `[mustache:0.3]` acts from step int(0.3·steps) (0-based), `[mustache::0.6]` until before int(0.6·steps)."""
-    return int(start * steps), int(end * steps)
+    """A fraction window of the sampling steps as the 0-based steps [first, stop) at which the negative acts,
+    counted as A1111 counts `[[neg:start]::end]` (prompt_editing.py): switch points S = int(start·steps) and
+    E = int(end·steps); step k uses the first schedule entry ending at or after k, so the negative acts at
+    S < k ≤ E (from k = 0 when S = 0; never when E = 0). `[neg:0.3]` at 20 steps acts on k = 7…19."""
+    first_switch, last_switch = min(steps, int(start * steps)), min(steps, int(end * steps))
+    first = min(steps, first_switch + 1) if first_switch >= 1 else 0
+    stop = min(steps, last_switch + 1) if last_switch >= 1 else 0
+    return first, max(first, stop)
 
 
 @dataclass
