@@ -17,6 +17,9 @@ import unicodedata
 from dataclasses import dataclass
 from pathlib import PurePath
 
+from negprompt_demo.prompt_editing import step_texts
+from negprompt_demo.prompt_syntax import WeightError, parse_weights
+
 # The short list of samplers users know by their A1111 names (the engine maps them to diffusers schedulers).
 SCHEDULER_NAMES = ("Euler", "Euler a", "DPM++ 2M Karras", "DDIM", "UniPC")
 MAX_STEPS = 150
@@ -214,6 +217,8 @@ def resolve_settings(settings: CompareSettings, native_size: int, defaults: dict
             f"The negative starts at {values['negative_start']:g} of the steps but ends at "
             f"{values['negative_end']:g}: the start must not come after the end."
         )
+    for name in ("prompt", "negative"):
+        _check_weights(values[name], FIELDS[name].label, values["steps"])
     low, high = size_limits(native_size)
     for name in ("width", "height"):
         if values[name] % 8 != 0:
@@ -221,6 +226,15 @@ def resolve_settings(settings: CompareSettings, native_size: int, defaults: dict
         if not low <= values[name] <= high:
             raise InputError(f"{name} must be between {low} and {high} px for this model, got {values[name]}.")
     return CompareSettings(**values)
+
+
+def _check_weights(text: str, label: str, steps: int) -> None:
+    """Every step's text reads as A1111 weights (where A1111 would stop with an error, the user gets a message)."""
+    for step_text in dict.fromkeys(step_texts(text, steps)):
+        try:
+            parse_weights(step_text)
+        except WeightError as error:
+            raise InputError(f"In the {label}: {error}") from None
 
 
 def _parse(value, name: str, field: Field):

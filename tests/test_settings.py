@@ -48,6 +48,8 @@ def resolve(**fields):
             "seed must be between 0 and 4294967295 (or -1 for random), got 100000000000000001097906362944045541740…",
         ),
         ({"steps": [3]}, "steps must be a whole number, got [3]"),
+        ({"negative": "(a:1.2.3)"}, 'In the negative prompt: The weight "1.2.3" in "(…:1.2.3)" is not a number'),
+        ({"prompt": "cat [(a:1.2.3)|dog]"}, 'In the prompt: The weight "1.2.3"'),  # in one step's text only
         ({"guidance": {"a": 1}}, "guidance scale must be a number"),
         ({"guidance": True}, "guidance scale must be a number"),
         ({"scheduler": ["Euler"]}, "Unknown scheduler ['Euler']"),
