@@ -44,7 +44,7 @@ from negprompt_demo.attention import AttentionRecorder, plan_attention, recordin
 from negprompt_demo.diagnostics import negative_diagnostics
 from negprompt_demo.embeddings import read_embedding
 from negprompt_demo.flow_models import guidance_arguments, spatial_latents
-from negprompt_demo.guidance import NO_NEGATIVE, BranchHook, NegativePlan, window_steps
+from negprompt_demo.guidance import NO_NEGATIVE, BranchHook, NegativePlan
 from negprompt_demo.loading import (
     FLOW_MATCHING_FAMILIES,
     base_scheduler_config,
@@ -55,6 +55,7 @@ from negprompt_demo.loading import (
     native_size,
     pipeline_lock,
 )
+from negprompt_demo.prompt_editing import window_steps
 from negprompt_demo.prompts import PromptReading, RunText, chunk_message, encode_runs, read_prompt
 from negprompt_demo.settings import SCHEDULER_NAMES, CompareSettings, resolve_settings
 from negprompt_demo.trace import GuidanceTrace, GuidanceTracer, StepRecord

@@ -63,17 +63,6 @@ class NegativePlan:
 NO_NEGATIVE = NegativePlan(0, 0)
 
 
-def window_steps(start: float, end: float, steps: int) -> tuple[int, int]:
-    """A fraction window of the sampling steps as the 0-based steps [first, stop) at which the negative acts,
-    counted as A1111 counts `[[neg:start]::end]` (prompt_editing.py): switch points S = int(start·steps) and
-    E = int(end·steps); step k uses the first schedule entry ending at or after k, so the negative acts at
-    S < k ≤ E (from k = 0 when S = 0; never when E = 0). `[neg:0.3]` at 20 steps acts on k = 7…19."""
-    first_switch, last_switch = min(steps, int(start * steps)), min(steps, int(end * steps))
-    first = min(steps, first_switch + 1) if first_switch >= 1 else 0
-    stop = min(steps, last_switch + 1) if last_switch >= 1 else 0
-    return first, max(first, stop)
-
-
 @dataclass
 class Branches:
     """What the denoiser answered at one step, per run (index = batch item of the pipeline's latents)."""

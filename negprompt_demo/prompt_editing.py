@@ -175,6 +175,17 @@ def _text_at(nodes: list, point: int, steps: int) -> str:
     return "".join(pieces)
 
 
+def window_steps(start: float, end: float, steps: int) -> tuple[int, int]:
+    """A fraction window of the sampling steps as the 0-based steps [first, stop) at which the negative acts,
+    counted as A1111 counts `[[neg:start]::end]`: switch points S = int(start·steps) and
+    E = int(end·steps); step k uses the first schedule entry ending at or after k, so the negative acts at
+    S < k ≤ E (from k = 0 when S = 0; never when E = 0). `[neg:0.3]` at 20 steps acts on k = 7…19."""
+    first_switch, last_switch = min(steps, int(start * steps)), min(steps, int(end * steps))
+    first = min(steps, first_switch + 1) if first_switch >= 1 else 0
+    stop = min(steps, last_switch + 1) if last_switch >= 1 else 0
+    return first, max(first, stop)
+
+
 def text_at_step(entries: list[tuple[int, str]], step: int) -> str:
     """The text sampling step `step` (0-based) uses: the first entry whose end_at_step ≥ step."""
     return next((text for end, text in entries if step <= end), entries[-1][1])

@@ -17,6 +17,7 @@ import unicodedata
 from dataclasses import dataclass
 from pathlib import PurePath
 
+from negprompt_demo.infotext import parameters_text
 from negprompt_demo.prompt_editing import step_texts
 from negprompt_demo.prompt_syntax import WeightError, parse_weights
 
@@ -141,26 +142,13 @@ class CompareSettings:
         return dataclasses.asdict(self)
 
     def parameters_text(self, model: str) -> str:
-        """A1111-style `parameters` text, so other tools can read back how an image was made: the window in
-        A1111's prompt-editing syntax, the strength and Perp-Neg as extra fields."""
-        negative = self.negative
-        if negative and self.negative_start > 0:
-            negative = f"[{negative}:{self.negative_start:g}]"
-        if negative and self.negative_end < 1:
-            negative = f"[{negative}::{self.negative_end:g}]"
-        extra = "" if self.negative_strength == 1 else f", Negative strength: {self.negative_strength:g}"
-        extra += ", Perp-Neg: True" if self.perp_neg else ""
-        extra += f", Negative embedding: {embedding_name(self.negative_embedding)}" if self.negative_embedding else ""
-        extra += ', Empty baseline: ""' if self.empty_as_text else ""  # SDXL's run without: "" instead of zeros
-        return (
-            f"{self.prompt}\nNegative prompt: {negative}\n"
-            f"Steps: {self.steps}, Sampler: {self.scheduler}, CFG scale: {self.guidance:g}, Seed: {self.seed}, "
-            f"Size: {self.width}x{self.height}{extra}, Model: {model}"
-        )
+        """A1111-style `parameters` text, so other tools can read back how an image was made (infotext.py: the
+        window as A1111 prompt editing, settings A1111 lacks as extra keys)."""
+        return parameters_text(self, model)
 
 
 def embedding_name(path: str) -> str:
-    """An embedding's trigger word: its file name without the extension, as A1111 names embeddings."""
+    """An embedding's name: its file name without the extension, as A1111 names embeddings."""
     return PurePath(path).stem
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from negprompt_demo.engine import compare
-from negprompt_demo.guidance import window_steps
+from negprompt_demo.prompt_editing import window_steps
 from negprompt_demo.settings import CompareSettings
 
 PROMPT, NEGATIVE, SEED, STEPS, GUIDANCE = "portrait photo of a man", "mustache", 99, 10, 7.5

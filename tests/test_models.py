@@ -12,9 +12,9 @@ from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 
 from negprompt_demo.engine import compare
 from negprompt_demo.flow_models import FLUX_DISTILLED_GUIDANCE
-from negprompt_demo.guidance import window_steps
 from negprompt_demo.loading import model_defaults, model_family, native_size
 from negprompt_demo.previews import fill_previews
+from negprompt_demo.prompt_editing import window_steps
 from negprompt_demo.settings import CompareSettings
 
 PROMPT, NEGATIVE, SEED, STEPS = "portrait photo of a man", "mustache", 7, 4
