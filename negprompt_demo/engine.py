@@ -42,7 +42,7 @@ from PIL import Image
 from negprompt_demo import flow_models
 from negprompt_demo.attention import AttentionRecorder, plan_attention, recording
 from negprompt_demo.diagnostics import negative_diagnostics
-from negprompt_demo.embeddings import read_embedding
+from negprompt_demo.embeddings import read_embedding, trigger_in
 from negprompt_demo.flow_models import guidance_arguments, spatial_latents
 from negprompt_demo.guidance import NO_NEGATIVE, BranchHook, NegativePlan
 from negprompt_demo.loading import (
@@ -55,8 +55,9 @@ from negprompt_demo.loading import (
     native_size,
     pipeline_lock,
 )
-from negprompt_demo.prompt_editing import window_steps
-from negprompt_demo.prompts import PromptReading, RunText, chunk_message, encode_runs, read_prompt
+from negprompt_demo.prompt_editing import step_texts, window_steps
+from negprompt_demo.prompts import PromptReading, RunText, chunk_message, read_prompt, text_pairs
+from negprompt_demo.scheduled_text import encode_scheduled, texts_by_step
 from negprompt_demo.settings import SCHEDULER_NAMES, CompareSettings, resolve_settings
 from negprompt_demo.trace import GuidanceTrace, GuidanceTracer, StepRecord
 
@@ -149,13 +150,16 @@ def _prepare_unlocked(pipe, settings: CompareSettings) -> tuple[CompareSettings,
     embedding = read_embedding(pipe, resolved.negative_embedding)
     if embedding is not None:
         resolved = resolved.replace(negative_embedding=str(embedding.path))  # a Hub file: its downloaded copy
-        if not embedding.trigger().search(resolved.negative):
+        if not trigger_in(text_pairs(pipe)[0][1], resolved.negative, embedding):
             warnings.append(
                 f"The negative embedding's trigger word {embedding.name} is not in the negative prompt, so the "
                 f"embedding is not used: write {embedding.name} in the negative prompt (A1111's rule)."
             )
     for text, field_name in ((resolved.prompt, "prompt"), (resolved.negative, "negative prompt")):
-        message = chunk_message(read_prompt(pipe, text, embedding), field_name)
+        # with prompt editing, the step text of the most chunks
+        distinct = dict.fromkeys(step_texts(text, resolved.steps))
+        readings = [read_prompt(pipe, step_text, embedding) for step_text in distinct]
+        message = chunk_message(max(readings, key=lambda reading: len(reading.chunks)), field_name)
         warnings += [message] if message else []
     return resolved, warnings + negative_diagnostics(pipe, resolved)
 
@@ -164,7 +168,9 @@ def negative_reading(pipe, resolved: CompareSettings) -> PromptReading | None:
     """How the negative prompt is read: tokens by chunk, weights, the embedding's places (None when empty)."""
     if not resolved.negative:
         return None
-    return read_prompt(pipe, resolved.negative, read_embedding(pipe, resolved.negative_embedding))
+    first, _ = window_steps(resolved.negative_start, resolved.negative_end, resolved.steps)
+    text = step_texts(resolved.negative, resolved.steps)[min(first, resolved.steps - 1)]  # with prompt editing:
+    return read_prompt(pipe, text, read_embedding(pipe, resolved.negative_embedding))  # its text when it first acts
 
 
 def compare(
@@ -308,6 +314,13 @@ def paired_runs(settings: CompareSettings, plans: list[NegativePlan]) -> list[Ru
     return [without, *(Run(RunText(settings.prompt, negative), plan) for plan in plans)]
 
 
+def used_texts(step_texts: list[RunText], negative_active: bool) -> dict:
+    """What the traced with-run (run 1) was conditioned on at one step: its prompt, and its negative branch's text
+    (the run without's baseline outside the window; None: SDXL's zero embeddings)."""
+    negative = step_texts[1].negative if negative_active else step_texts[0].negative
+    return {"prompt": step_texts[1].prompt, "negative": negative}
+
+
 @torch.no_grad()
 def sample_runs(pipe, settings: CompareSettings, seeds: list[int], runs: list[Run], tracer, on_step, stop):
     """The single pipeline call: every seed sampled once per run in `runs`, all from the seed's noise; batch items
@@ -321,7 +334,8 @@ def sample_runs(pipe, settings: CompareSettings, seeds: list[int], runs: list[Ru
         pipe.scheduler = scheduler_class.from_config(base_scheduler_config(pipe), **scheduler_kwargs)
     active = cfg_active(pipe, settings.guidance)
     embedding = read_embedding(pipe, settings.negative_embedding)
-    embeddings = encode_runs(pipe, [run.text for run in runs], len(seeds), active, embedding)
+    texts = [run.text for run in runs]
+    embeddings, conditioning = encode_scheduled(pipe, texts, len(seeds), active, settings.steps, embedding)
     generators = [torch.Generator(device="cpu").manual_seed(seed) for seed in seeds for _ in runs]
     plans = [NO_NEGATIVE if run.plan is None else run.plan for run in runs] * len(seeds)
     first_of_seed = [item // len(runs) * len(runs) for item in range(len(plans))]
@@ -334,7 +348,9 @@ def sample_runs(pipe, settings: CompareSettings, seeds: list[int], runs: list[Ru
         capture=tracer is not None,
         split_calls=family == "flux" and active,  # FLUX.1's true CFG: text call, then negative call, per step
         unguided=tuple(item for item in range(len(plans)) if runs[item % len(runs)].unguided),
+        conditioning=conditioning,
     )
+    by_step = texts_by_step(texts, settings.steps) if tracer is not None else None
     total = settings.steps
     # Cross-attention maps of the with-run (run 1) of a single-seed traced call, when its tracer asks for them.
     attention = AttentionRecorder(tracer.attention, hook) if tracer is not None and tracer.attention else None
@@ -347,7 +363,10 @@ def sample_runs(pipe, settings: CompareSettings, seeds: list[int], runs: list[Ru
                 "broke down. Try another scheduler, fewer steps or a lower guidance scale."
             )
         maps = attention.take() if attention is not None else None
-        record = tracer.record_step(index, latents, hook.captured, maps) if tracer is not None else None
+        record = None
+        if tracer is not None:
+            record = tracer.record_step(index, latents, hook.captured, maps)
+            record.texts = used_texts(by_step[index], record.negative_active)
         hook.step_done()
         if on_step is not None:
             on_step(index + 1, total, record)

@@ -39,8 +39,12 @@ exactly a plain diffusers call's.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from negprompt_demo.scheduled_text import StepConditioning
 
 
 @dataclass(frozen=True)
@@ -90,6 +94,8 @@ class BranchHook:
     trace's negative-push map); `unguided` runs take their text answer as their negative branch. `split_calls`:
     the pipeline asks for the text branch and the negative branch in two calls per step (FLUX.1's true CFG). Use
     as a context manager (hooks removed even if sampling raises) and call `step_done()` after every step.
+    `conditioning`: each item's prompt and negative per step, where they change (prompt editing); the hook then
+    conditions every item of the step's call on its texts of that step.
     """
 
     def __init__(
@@ -101,10 +107,12 @@ class BranchHook:
         capture: bool = False,
         split_calls: bool = False,
         unguided: tuple[int, ...] = (),
+        conditioning: StepConditioning | None = None,
     ):
         self.denoiser, self.plans, self.source, self.push_runs = denoiser, plans, source, set(push_runs)
         self.capture = capture  # keep each step's `Branches` (the trace reads them)
         self.split_calls, self.unguided = split_calls, set(unguided)
+        self.conditioning = conditioning  # prompts or negatives that change during sampling (scheduled_text.py)
         self.step = 0
         self.captured: Branches | None = None
         self._calls = 0  # denoiser calls in this step (split calls: 0 = text branch, 1 = negative branch)
@@ -167,9 +175,11 @@ class BranchHook:
         self._part = self._which_part(sample.shape[0])
         if self._part in (None, "both", "text"):  # the step's first call: each run's latents and timestep
             self._latents, self._timestep = sample[:count], _timestep_input(args, kwargs)
-        if self._part is None:  # no classifier-free guidance: nothing to decide
+        if self._part is None:  # no classifier-free guidance: nothing to decide but the prompt's text this step
             self._layout = None
-            return None
+            if self.conditioning is None:
+                return None
+            return args, self._conditioned(kwargs, [("prompt", item) for item in range(count)])
         if self._part != "negative":
             self._layout = self.layout()
         negative, text, empty = self._layout
@@ -186,7 +196,19 @@ class BranchHook:
         else:
             rows = negative + empty
             condition_rows = negative + [self.source[run] for run in empty]
-        return _select_items(args, kwargs, sample.shape[0], rows, condition_rows)
+        args, kwargs = _select_items(args, kwargs, sample.shape[0], rows, condition_rows)
+        if self.conditioning is not None:  # only UNet families (a "both" call): row < count is a negative item
+            items = [("negative", row) if row < count else ("prompt", row - count) for row in condition_rows]
+            kwargs = self._conditioned(kwargs, items)
+        return args, kwargs
+
+    def _conditioned(self, kwargs: dict, items: list[tuple[str, int]]) -> dict:
+        """The UNet's keyword arguments with each item's text conditioning of this step."""
+        rows = self.conditioning.rows(self.step, items)
+        kwargs = dict(kwargs, encoder_hidden_states=rows["encoder_hidden_states"])
+        if "text_embeds" in rows:
+            kwargs["added_cond_kwargs"] = dict(kwargs["added_cond_kwargs"], text_embeds=rows["text_embeds"])
+        return kwargs
 
     def _after(self, module, args, kwargs, output):
         prediction = output[0] if isinstance(output, tuple) else output.sample
@@ -234,6 +256,8 @@ class BranchHook:
 
     def _unchanged(self) -> bool:
         """Whether this call's batch is exactly the pipeline's own (plain CFG for every run)."""
+        if self.conditioning is not None:  # the texts of each step go in
+            return False
         negative, text, empty = self._layout
         every_run = list(range(len(self.plans)))
         if self._part == "text":

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from negprompt_demo.embeddings import NegativeEmbedding, vectors_injected
+from negprompt_demo.embeddings import NegativeEmbedding, trigger_in, vectors_injected, with_trigger
 from negprompt_demo.flow_models import encode_flow_runs, is_flow_model, token_count
 from negprompt_demo.loading import model_family
 from negprompt_demo.prompt_syntax import Fragment, has_syntax, parse_weights
@@ -121,7 +121,7 @@ def text_pairs(pipe) -> list[tuple[str, object, object]]:
 
 def is_plain(tokenizer, text: str, embedding: NegativeEmbedding | None) -> bool:
     """Whether the text takes diffusers' own path: no syntax, no embedding trigger, one chunk."""
-    if has_syntax(text) or (embedding is not None and embedding.trigger().search(text)):
+    if has_syntax(text) or (embedding is not None and trigger_in(tokenizer, text, embedding)):
         return False
     ids = tokenizer(text, add_special_tokens=False, truncation=False, verbose=False).input_ids
     return len(ids) <= chunk_length(tokenizer)
@@ -172,15 +172,10 @@ def tokenize_chunks(tokenizer, text: str, embedding: NegativeEmbedding | None) -
 
 
 def _fragment_tokens(tokenizer, fragment: Fragment, embedding: NegativeEmbedding | None) -> list:
-    """A fragment's token ids, with ("embedding",) where its trigger word stands."""
-    pieces = [fragment.text] if embedding is None else embedding.trigger().split(fragment.text)
-    tokens: list = []
-    for index, piece in enumerate(pieces):
-        if index:
-            tokens.append(("embedding",))
-        if piece:
-            tokens += tokenizer(piece, add_special_tokens=False, truncation=False, verbose=False).input_ids
-    return tokens
+    """A fragment's token ids, with ("embedding",) where its trigger's token ids stand (A1111 tokenizes each
+    fragment on its own and looks for the name's ids in them)."""
+    ids = tokenizer(fragment.text, add_special_tokens=False, truncation=False, verbose=False).input_ids
+    return ids if embedding is None else with_trigger(ids, embedding.trigger_ids(tokenizer))
 
 
 def _split_after(chunk: Chunk, place: int) -> tuple[Chunk, Chunk]:

@@ -59,6 +59,9 @@ class StepRecord:
     # [words, h, w] float16: each word's cross-attention map (GuidanceTrace.attention says which words), on the
     # steps the attention plan keeps
     attention_maps: torch.Tensor | None = None
+    # what the with-run was conditioned on at this step: {"prompt": text, "negative": text of its negative branch}
+    # (they change with A1111 prompt editing; the negative is the baseline's outside the window)
+    texts: dict | None = None
 
     def __getstate__(self) -> dict:
         """Pickled with numpy arrays: torch pickles tensors between processes as file descriptors of the sender,
@@ -84,6 +87,8 @@ class StepRecord:
             "divergence": round(self.divergence, 6),
             "negative_active": self.negative_active,
         }
+        if self.texts is not None:
+            data["texts"] = self.texts
         if self.push_mean is not None:
             data["push_mean"] = round(self.push_mean, 6)
         return data

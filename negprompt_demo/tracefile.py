@@ -158,6 +158,7 @@ def scalar_fields(step: StepRecord) -> dict:
         "negative_active": step.negative_active,
         "push_mean": step.push_mean,
         "push_peak": step.push_peak,
+        "texts": step.texts,
     }
 
 
@@ -175,6 +176,7 @@ def record_from_scalars(fields: dict) -> StepRecord:
         negative_active=bool(fields["negative_active"]),
         push_mean=fields["push_mean"],
         push_peak=fields["push_peak"],
+        texts=fields.get("texts"),
     )
 
 
