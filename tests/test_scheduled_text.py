@@ -96,3 +96,13 @@ def test_one_unet_call_per_step_and_each_text_encoded_once(sd_pipe, monkeypatch)
     run(sd_pipe, negative="[beard|hat] glasses", push_map=False)
     assert sizes == [4] * STEPS
     assert sorted(encoded) == sorted([PROMPT, "", "beard glasses", "hat glasses"])
+
+
+def test_sdxl_swaps_the_pooled_embedding_too(sdxl_pipe):
+    # "[hat::0.5]" (hat at k = 0…5, then "") is the window 0–0.5 of "hat" with the encoded "" as its baseline:
+    # one goes through the per-step conditioning (hidden states and pooled), the other through the window.
+    settings = CompareSettings(PROMPT, "[hat::0.5]", seed=SEED, steps=STEPS, guidance=GUIDANCE, empty_as_text=True)
+    scheduled = compare(sdxl_pipe, settings, trace=False)
+    window = compare(sdxl_pipe, settings.replace(negative="hat", negative_end=0.5), trace=False)
+    assert np.abs(pixels(scheduled.with_negative) - pixels(window.with_negative)).max() <= 2
+    assert np.abs(pixels(scheduled.with_negative) - pixels(scheduled.without_negative)).max() > 2, "no effect"
