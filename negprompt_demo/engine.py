@@ -335,7 +335,7 @@ def sample_runs(pipe, settings: CompareSettings, seeds: list[int], runs: list[Ru
     active = cfg_active(pipe, settings.guidance)
     embedding = read_embedding(pipe, settings.negative_embedding)
     texts = [run.text for run in runs]
-    embeddings, conditioning = encode_scheduled(pipe, texts, len(seeds), active, settings.steps, embedding)
+    embeddings, conditioning, lengths = encode_scheduled(pipe, texts, len(seeds), active, settings.steps, embedding)
     generators = [torch.Generator(device="cpu").manual_seed(seed) for seed in seeds for _ in runs]
     plans = [NO_NEGATIVE if run.plan is None else run.plan for run in runs] * len(seeds)
     first_of_seed = [item // len(runs) * len(runs) for item in range(len(plans))]
@@ -349,6 +349,7 @@ def sample_runs(pipe, settings: CompareSettings, seeds: list[int], runs: list[Ru
         split_calls=family == "flux" and active,  # FLUX.1's true CFG: text call, then negative call, per step
         unguided=tuple(item for item in range(len(plans)) if runs[item % len(runs)].unguided),
         conditioning=conditioning,
+        lengths=lengths,
     )
     by_step = texts_by_step(texts, settings.steps) if tracer is not None else None
     total = settings.steps

@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING
 import torch
 
 if TYPE_CHECKING:
-    from negprompt_demo.scheduled_text import StepConditioning
+    from negprompt_demo.scheduled_text import StepConditioning, TextLengths
 
 
 @dataclass(frozen=True)
@@ -108,11 +108,15 @@ class BranchHook:
         split_calls: bool = False,
         unguided: tuple[int, ...] = (),
         conditioning: StepConditioning | None = None,
+        lengths: TextLengths | None = None,
     ):
         self.denoiser, self.plans, self.source, self.push_runs = denoiser, plans, source, set(push_runs)
         self.capture = capture  # keep each step's `Branches` (the trace reads them)
         self.split_calls, self.unguided = split_calls, set(unguided)
         self.conditioning = conditioning  # prompts or negatives that change during sampling (scheduled_text.py)
+        self.lengths = lengths  # texts of different lengths, each read at its own (scheduled_text.py)
+        self._row_items: list[tuple[str, int]] | None = None
+        self._forward = self._instance_forward = None  # the denoiser's forward, while split by length
         self.step = 0
         self.captured: Branches | None = None
         self._calls = 0  # denoiser calls in this step (split calls: 0 = text branch, 1 = negative branch)
@@ -125,12 +129,22 @@ class BranchHook:
     def __enter__(self) -> BranchHook:
         self._handles.append(self.denoiser.register_forward_pre_hook(self._before, with_kwargs=True))
         self._handles.append(self.denoiser.register_forward_hook(self._after, with_kwargs=True))
+        if self.lengths is not None:  # between the hooks: the call itself, split by text length
+            self._instance_forward = vars(self.denoiser).get("forward")
+            self._forward = self.denoiser.forward
+            self.denoiser.forward = self._forward_by_length
         return self
 
     def __exit__(self, *exc_info) -> None:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+        if self._forward is not None:  # back to what it was: an instance's own forward, else the class's
+            if self._instance_forward is None:
+                del self.denoiser.forward
+            else:
+                self.denoiser.forward = self._instance_forward
+            self._forward = None
 
     def step_done(self) -> None:
         self.step += 1
@@ -175,16 +189,20 @@ class BranchHook:
         self._part = self._which_part(sample.shape[0])
         if self._part in (None, "both", "text"):  # the step's first call: each run's latents and timestep
             self._latents, self._timestep = sample[:count], _timestep_input(args, kwargs)
+        self._row_items = None  # what each row of this call is, for `_forward_by_length`
         if self._part is None:  # no classifier-free guidance: nothing to decide but the prompt's text this step
             self._layout = None
+            self._row_items = [("prompt", item) for item in range(count)]
             if self.conditioning is None:
                 return None
-            return args, self._conditioned(kwargs, [("prompt", item) for item in range(count)])
+            return args, self._conditioned(kwargs, self._row_items)
         if self._part != "negative":
             self._layout = self.layout()
         negative, text, empty = self._layout
-        if self._unchanged():
-            return None  # plain CFG for every run: the batch goes as the pipeline made it
+        if self._unchanged():  # plain CFG for every run: the batch goes as the pipeline made it
+            if self._part == "both":
+                self._row_items = [(branch, item) for branch in ("negative", "prompt") for item in range(count)]
+            return None
         # Rows of this call's input batch: negative items, text items (second half in a "both" call) and ε_∅ items,
         # which take the run's latents with its seed's without-run negative conditioning (the empty prompt, or
         # SDXL's zeros).
@@ -197,10 +215,35 @@ class BranchHook:
             rows = negative + empty
             condition_rows = negative + [self.source[run] for run in empty]
         args, kwargs = _select_items(args, kwargs, sample.shape[0], rows, condition_rows)
-        if self.conditioning is not None:  # only UNet families (a "both" call): row < count is a negative item
-            items = [("negative", row) if row < count else ("prompt", row - count) for row in condition_rows]
-            kwargs = self._conditioned(kwargs, items)
+        if self._part == "both":  # row < count: a negative item (UNet families, the only ones with schedules)
+            self._row_items = [("negative", row) if row < count else ("prompt", row - count) for row in condition_rows]
+            if self.conditioning is not None:
+                kwargs = self._conditioned(kwargs, self._row_items)
         return args, kwargs
+
+    def _forward_by_length(self, *args, **kwargs):
+        """The denoiser's forward with each row's text read at its own length (scheduled_text.TextLengths): one
+        call per length, only where this call's rows differ (A1111's default, pad_cond_uncond off)."""
+        items = self._row_items
+        if items is None or kwargs.get("encoder_hidden_states") is None:
+            return self._forward(*args, **kwargs)
+        lengths = [self.lengths.of(self.step, branch, item) for branch, item in items]
+        distinct = sorted({length for length in lengths if length is not None}) or [None]
+        groups = {length: [row for row, own in enumerate(lengths) if own == length or own is None and
+                           length == distinct[0]] for length in distinct}  # fmt: skip
+        batch = len(items)
+        if len(groups) == 1:
+            kwargs = dict(kwargs, encoder_hidden_states=kwargs["encoder_hidden_states"][:, : distinct[0]])
+            return self._forward(*args, **kwargs)
+        outputs, predictions = None, [None] * batch
+        for length, rows in groups.items():
+            group_args, group_kwargs = _select_items(args, kwargs, batch, rows, rows)
+            group_kwargs["encoder_hidden_states"] = group_kwargs["encoder_hidden_states"][:, :length]
+            outputs = self._forward(*group_args, **group_kwargs)
+            answer = outputs[0] if isinstance(outputs, tuple) else outputs.sample
+            for row, value in zip(rows, answer):
+                predictions[row] = value
+        return _replace_prediction(outputs, torch.stack(predictions))
 
     def _conditioned(self, kwargs: dict, items: list[tuple[str, int]]) -> dict:
         """The UNet's keyword arguments with each item's text conditioning of this step."""

@@ -291,6 +291,18 @@ def _emphasis(hidden: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     return weighted
 
 
+def encoded_length(pipe, text: str | None, embedding: NegativeEmbedding | None) -> int | None:
+    """How many places `encode_text` gives the text (77 per chunk), without encoding it. None: SDXL's zero
+    baseline (zeros read the same at any length: every key alike, every value zero)."""
+    tokenizer = text_pairs(pipe)[0][1]
+    if text is None:
+        sdxl_zeros = model_family(pipe) == "sdxl" and bool(pipe.config.get("force_zeros_for_empty_prompt", False))
+        return None if sdxl_zeros else tokenizer.model_max_length
+    if is_plain(tokenizer, text, embedding):
+        return tokenizer.model_max_length
+    return len(tokenize_chunks(tokenizer, text, embedding)) * tokenizer.model_max_length
+
+
 def pad_to(hidden: torch.Tensor, length: int, pad_chunk: torch.Tensor) -> torch.Tensor:
     """[1, L, w] padded to `length` places with copies of `pad_chunk` [1, 77, w]."""
     missing = (length - hidden.shape[1]) // pad_chunk.shape[1]

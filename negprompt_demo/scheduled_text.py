@@ -5,6 +5,11 @@ batch item on at each step.
 The pipeline is handed the embeddings of step 0; where any text changes later, `StepConditioning` tells the
 guidance hook (`guidance.BranchHook`) which encoded text each batch item's prompt and negative branch take at
 step k, and the hook swaps them into the step's one batched UNet call.
+
+Texts of different chunk counts (a prompt over 75 tokens with a short negative, say) are padded to one length for
+the pipeline, but each is read at its own length, as A1111 does by default ("pad_cond_uncond" off: it runs the
+prompt and the negative as separate UNet calls when their chunk counts differ): `TextLengths` tells the hook each
+item's length, and the hook makes one UNet call per length, only at steps where the lengths differ.
 """
 
 from __future__ import annotations
@@ -14,8 +19,9 @@ from dataclasses import dataclass
 import torch
 
 from negprompt_demo.embeddings import NegativeEmbedding
+from negprompt_demo.flow_models import is_flow_model
 from negprompt_demo.prompt_editing import step_texts
-from negprompt_demo.prompts import RunText, encode_runs
+from negprompt_demo.prompts import RunText, encode_runs, encoded_length
 
 
 @dataclass
@@ -41,6 +47,35 @@ class StepConditioning:
         return rows
 
 
+@dataclass
+class TextLengths:
+    """Each run's prompt and negative length in places (77 per chunk; None: zeros, any length) at each step."""
+
+    prompt: list[list[int | None]]  # [step][run]
+    negative: list[list[int | None]]
+
+    def of(self, step: int, branch: str, item: int) -> int | None:
+        row = (self.prompt if branch == "prompt" else self.negative)[step]
+        return row[item % len(row)]
+
+
+def text_lengths(
+    pipe, by_step: list[list[RunText]], cfg_active: bool, embedding: NegativeEmbedding | None
+) -> TextLengths | None:
+    """The texts' own lengths, or None where they are all one length (the batch needs no splitting)."""
+    if is_flow_model(pipe):  # their encoders read the text whole, in one length
+        return None
+    length = {}
+    for text in {text for step in by_step for run_text in step for text in (run_text.prompt, run_text.negative)}:
+        length[text] = encoded_length(pipe, text, embedding)
+    lengths = TextLengths(
+        [[length[text.prompt] for text in step] for step in by_step],
+        [[length[text.negative] for text in step] for step in by_step],
+    )
+    used = {value for value in length.values() if value is not None}
+    return lengths if cfg_active and len(used) > 1 else None
+
+
 def texts_by_step(texts: list[RunText], steps: int) -> list[list[RunText]]:
     """Each run's prompt and negative as they stand at each step 0 … steps − 1 (A1111's counting)."""
     prompts = [step_texts(text.prompt, steps) for text in texts]
@@ -61,15 +96,17 @@ def encode_scheduled(
     cfg_active: bool,
     steps: int,
     embedding: NegativeEmbedding | None = None,
-) -> tuple[dict, StepConditioning | None]:
-    """The pipeline's embeddings keyword arguments (step 0's texts) and, where a text changes during sampling, the
-    per-step conditioning (None: every step is step 0's)."""
+) -> tuple[dict, StepConditioning | None, TextLengths | None]:
+    """The pipeline's embeddings keyword arguments (step 0's texts); where a text changes during sampling, the
+    per-step conditioning (None: every step is step 0's); where texts differ in length, each one's (None: one
+    length)."""
     by_step = texts_by_step(texts, steps)
+    lengths = text_lengths(pipe, by_step, cfg_active, embedding)
     if all(step == by_step[0] for step in by_step):
-        return encode_runs(pipe, by_step[0], seed_count, cfg_active, embedding), None
+        return encode_runs(pipe, by_step[0], seed_count, cfg_active, embedding), None, lengths
     pairs = list(dict.fromkeys(text for step in by_step for text in step))
     table = encode_runs(pipe, pairs, 1, cfg_active, embedding)  # each distinct text encoded once
     pair_of = [[pairs.index(text) for text in step] for step in by_step]
     first = torch.tensor(pair_of[0])
     arguments = {name: value[first].repeat(seed_count, *([1] * (value.ndim - 1))) for name, value in table.items()}
-    return arguments, StepConditioning(table, pair_of)
+    return arguments, StepConditioning(table, pair_of), lengths

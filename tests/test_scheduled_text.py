@@ -18,12 +18,12 @@ PROMPT, SEED, STEPS, GUIDANCE = "portrait photo of a man", 99, 10, 7.5
 @torch.no_grad()
 def reference_loop(pipe, prompt_at, negative_at) -> np.ndarray:
     """Plain CFG written out: at step k the UNet sees the prompt text prompt_at[k] and the negative text
-    negative_at[k] (each encoded by diffusers itself), two separate calls."""
+    negative_at[k] (each encoded by diffusers itself, or given as embeddings), two separate calls."""
     from diffusers import EulerDiscreteScheduler
 
     scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
     scheduler.set_timesteps(STEPS)
-    encode = lambda text: pipe.encode_prompt(text, "cpu", 1, False)[0]  # noqa: E731
+    encode = lambda text: text if torch.is_tensor(text) else pipe.encode_prompt(text, "cpu", 1, False)[0]  # noqa: E731
     size = pipe.unet.config.sample_size
     shape = (1, pipe.unet.config.in_channels, size, size)
     latents = torch.randn(shape, generator=torch.Generator().manual_seed(SEED)) * scheduler.init_noise_sigma
@@ -106,3 +106,25 @@ def test_sdxl_swaps_the_pooled_embedding_too(sdxl_pipe):
     window = compare(sdxl_pipe, settings.replace(negative="hat", negative_end=0.5), trace=False)
     assert np.abs(pixels(scheduled.with_negative) - pixels(window.with_negative)).max() <= 2
     assert np.abs(pixels(scheduled.with_negative) - pixels(scheduled.without_negative)).max() > 2, "no effect"
+
+
+def test_texts_of_different_lengths_are_each_read_at_their_own(sd_pipe, monkeypatch):
+    """A1111's default (pad_cond_uncond off): a 2-chunk negative with a 1-chunk prompt is not padded; the UNet is
+    called once per length, only then, and each run equals a loop that calls the UNet per branch."""
+    negative = "x" * 75 + "mustache"
+    sizes = []
+    original = sd_pipe.unet.forward
+    monkeypatch.setattr(
+        sd_pipe.unet, "forward", lambda sample, *a, **k: sizes.append(sample.shape[0]) or original(sample, *a, **k)
+    )
+    result = run(sd_pipe, negative=negative, push_map=False)
+    assert sizes == [3, 1] * STEPS  # 77 places: "" and both prompts; 154: the negative
+    long_negative = prompts.encode_text(sd_pipe, negative, None)[0]
+    assert long_negative.shape[1] == 154
+    with_negative = reference_loop(sd_pipe, [PROMPT] * STEPS, [long_negative] * STEPS)
+    assert np.abs(pixels(result.with_negative) - with_negative).max() <= 2
+    without = reference_loop(sd_pipe, [PROMPT] * STEPS, [""] * STEPS)
+    assert np.abs(pixels(result.without_negative) - without).max() <= 2
+    sizes.clear()
+    run(sd_pipe, negative="mustache", push_map=False)
+    assert sizes == [4] * STEPS  # one length: one call
