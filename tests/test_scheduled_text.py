@@ -128,3 +128,13 @@ def test_texts_of_different_lengths_are_each_read_at_their_own(sd_pipe, monkeypa
     sizes.clear()
     run(sd_pipe, negative="mustache", push_map=False)
     assert sizes == [4] * STEPS  # one length: one call
+
+
+def test_the_step_view_names_the_texts_where_they_change(sd_pipe):
+    from negprompt_demo.step_view import branch_note
+
+    result = run(sd_pipe, negative="[beard:mustache:0.5]")
+    assert "the negative branch reads “beard”" in branch_note(result.trace, 0, True)
+    assert "the negative branch reads “mustache”" in branch_note(result.trace, STEPS - 1, True)
+    plain = run(sd_pipe, negative="mustache")
+    assert "Prompt editing" not in branch_note(plain.trace, 0, True)
