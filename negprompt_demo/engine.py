@@ -155,12 +155,20 @@ def _prepare_unlocked(pipe, settings: CompareSettings) -> tuple[CompareSettings,
                 f"The negative embedding's trigger word {embedding.name} is not in the negative prompt, so the "
                 f"embedding is not used: write {embedding.name} in the negative prompt (A1111's rule)."
             )
+    chunk_counts = {1}  # the "" of the run without
     for text, field_name in ((resolved.prompt, "prompt"), (resolved.negative, "negative prompt")):
         # with prompt editing, the step text of the most chunks
         distinct = dict.fromkeys(step_texts(text, resolved.steps))
         readings = [read_prompt(pipe, step_text, embedding) for step_text in distinct]
+        chunk_counts.update(max(len(reading.chunks), 1) for reading in readings)
         message = chunk_message(max(readings, key=lambda reading: len(reading.chunks)), field_name)
         warnings += [message] if message else []
+    if resolved.attention_maps and len(chunk_counts) > 1 and resolved.guidance > 1:
+        warnings.append(
+            "With attention maps recorded, texts of different chunk counts are padded to one length with the "
+            "encoded \"\" chunk (A1111's pad_cond_uncond option), not read at their own lengths (A1111's default, "
+            "as without the maps): the images can differ slightly from a run without the maps."
+        )
     return resolved, warnings + negative_diagnostics(pipe, resolved)
 
 
@@ -349,7 +357,9 @@ def sample_runs(pipe, settings: CompareSettings, seeds: list[int], runs: list[Ru
         split_calls=family == "flux" and active,  # FLUX.1's true CFG: text call, then negative call, per step
         unguided=tuple(item for item in range(len(plans)) if runs[item % len(runs)].unguided),
         conditioning=conditioning,
-        lengths=lengths,
+        # attention maps are read from one batched call: there, texts are padded to one length (A1111's
+        # pad_cond_uncond option; prepare says so)
+        lengths=None if tracer is not None and tracer.attention else lengths,
     )
     by_step = texts_by_step(texts, settings.steps) if tracer is not None else None
     total = settings.steps

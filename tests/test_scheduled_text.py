@@ -138,3 +138,10 @@ def test_the_step_view_names_the_texts_where_they_change(sd_pipe):
     assert "the negative branch reads “mustache”" in branch_note(result.trace, STEPS - 1, True)
     plain = run(sd_pipe, negative="mustache")
     assert "Prompt editing" not in branch_note(plain.trace, 0, True)
+
+
+def test_attention_maps_pad_texts_of_different_lengths_and_say_so(sd_pipe):
+    result = run(sd_pipe, negative="x" * 75 + "mustache", attention_maps=True)
+    assert all(step.attention_maps is not None for step in result.trace.steps)
+    assert any("pad_cond_uncond option" in warning for warning in result.warnings)
+    assert not any("pad_cond_uncond" in warning for warning in run(sd_pipe, negative="x" * 75 + "mustache").warnings)
