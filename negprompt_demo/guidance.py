@@ -26,7 +26,11 @@ negative scale written as m·(g − 1)/g, so that m keeps one meaning with and w
 Shared steps: before its window opens, a with-run is the same computation as the without-run of its seed (same
 noise, same conditioning), so its items are not sent to the denoiser at all and it takes the without-run's
 answers: a late negative costs fewer items, not more. Everything stays one denoiser call per step (two for FLUX.1's
-true CFG, ε_∅ then going with the negative branch's call).
+true CFG, ε_∅ then going with the negative branch's call), except where the step's texts differ in chunk count:
+then one call per length, each text read at its own as in A1111's default (`scheduled_text.TextLengths`).
+
+Texts that change during sampling (A1111 prompt editing, `scheduled_text.StepConditioning`): the hook conditions
+every item of the step's call on its prompt or negative of that step.
 
 An "unguided" run (FLUX.1's plain distilled run, shown beside the true-CFG pair) gets its own text answer as its
 negative branch: ε_neg + g·(ε_text − ε_neg) is then exactly ε_text, what FLUX.1 without true CFG samples, and the

@@ -19,8 +19,10 @@ How a text is read, as AUTOMATIC1111's web UI reads it (`prompt_syntax.py` parse
   concatenated (77 positions each). Weights multiply each token's output vector, after which the chunk's mean is
   restored (A1111's "Original" emphasis; without the restore where the mean is ~0, see MIN_MEAN_SHARE). For SDXL
   this happens in each text encoder, and the pooled embedding is the first chunk's.
-- Every row of a batch then has the same number of chunks: shorter ones are padded with the encoded "" chunk
-  (all-zero chunks for SDXL's zero baseline), as A1111 pads a prompt and negative prompt of different lengths.
+- Every row of a batch then has the same number of chunks for the pipeline: shorter ones are padded with the
+  encoded "" chunk (all-zero chunks for SDXL's zero baseline). The UNet still reads each text at its own length
+  (A1111's default): `scheduled_text.TextLengths` and the guidance hook split the call where lengths differ, except
+  in attention-map runs, which keep the padding (A1111's pad_cond_uncond option).
 
 SD3/SD3.5 and FLUX.1 read the text as written, through their own `encode_prompt` (T5 included): `flow_models.py`
 encodes them, and `engine.prepare` refuses A1111 syntax and negative embeddings for them.
