@@ -11,8 +11,8 @@ every A1111 version, where a fraction such as 1.0 was read differently before an
   `ratio 16:9`, `a|b`, `(unbalanced`) the same reading rewritten: each stretch of one weight with its syntax
   characters escaped (`\\:`, `\\|`, `\\(`…) and its weight written out `(text:1.1)`, one `[before:after:step]`
   per change of text;
-- a window that holds no step (start 1.0, or start ≥ end) leaves the negative line empty, which is what ran, and
-  keeps the typed negative under the extra key "Unused negative".
+- a window that holds no step (start 1.0, or start ≥ end), or strength 0, leaves the negative line empty, which is
+  what ran, and keeps the typed negative under the extra key "Unused negative".
 
 Settings A1111 has no equivalent of are extra keys A1111 keeps but does not act on: "Negative strength",
 "Perp-Neg", "Negative embedding" (A1111 finds an embedding by its name in the text instead), 'Empty baseline: ""'.
@@ -90,6 +90,7 @@ def quote(value: str) -> str:
 def parameters_text(settings, model: str) -> str:
     """A1111-style `parameters` of resolved `settings` (see the module docstring)."""
     negative = window_negative(settings.negative, settings.negative_start, settings.negative_end, settings.steps)
+    negative = negative if settings.negative_strength != 0 else None  # strength 0: the run without, exactly
     extra = "" if negative is not None or not settings.negative else f", Unused negative: {quote(settings.negative)}"
     extra += "" if settings.negative_strength == 1 else f", Negative strength: {settings.negative_strength:g}"
     extra += ", Perp-Neg: True" if settings.perp_neg else ""

@@ -101,6 +101,8 @@ def test_a_window_with_no_step_leaves_the_negative_out_and_keeps_it_as_an_extra_
     assert read_back(never)[0] == ""
     unused = re.search(r"Unused negative: (\"(?:\\.|[^\\\"])*\")", never).group(1)
     assert json.loads(unused) == "cat, dog: 2"
+    off = resolve(negative="hat", negative_strength=0).parameters_text("m")
+    assert read_back(off)[0] == "" and "Unused negative: hat, Negative strength: 0" in off
 
 
 def test_settings_a1111_lacks_are_extra_keys():
