@@ -195,17 +195,3 @@ def step_texts(text: str, steps: int) -> list[str]:
     """The text of each sampling step 0 … steps − 1."""
     entries = schedule(text, steps)
     return [text_at_step(entries, step) for step in range(steps)]
-
-
-def has_editing(text: str) -> bool:
-    """Whether the text holds prompt editing or alternation (it then changes during sampling)."""
-    return _has_editing(parse(text))
-
-
-def _has_editing(nodes: list) -> bool:
-    for node in nodes:
-        if isinstance(node, (Scheduled, Alternate)):
-            return True
-        if isinstance(node, Group) and any(_has_editing(part) for part in node.parts):
-            return True
-    return False
