@@ -57,7 +57,7 @@ from negprompt_demo.loading import (
 )
 from negprompt_demo.prompt_editing import step_texts, window_steps
 from negprompt_demo.prompts import PromptReading, RunText, chunk_message, read_prompt, text_pairs
-from negprompt_demo.scheduled_text import encode_scheduled, texts_by_step
+from negprompt_demo.scheduled_text import encode_scheduled, texts_by_step, used_texts
 from negprompt_demo.settings import SCHEDULER_NAMES, CompareSettings, resolve_settings
 from negprompt_demo.trace import GuidanceTrace, GuidanceTracer, StepRecord
 
@@ -320,13 +320,6 @@ def paired_runs(settings: CompareSettings, plans: list[NegativePlan]) -> list[Ru
     without = Run(RunText(settings.prompt, baseline_negative(settings)))
     negative = settings.negative or baseline_negative(settings)
     return [without, *(Run(RunText(settings.prompt, negative), plan) for plan in plans)]
-
-
-def used_texts(step_texts: list[RunText], negative_active: bool) -> dict:
-    """What the traced with-run (run 1) was conditioned on at one step: its prompt, and its negative branch's text
-    (the run without's baseline outside the window; None: SDXL's zero embeddings)."""
-    negative = step_texts[1].negative if negative_active else step_texts[0].negative
-    return {"prompt": step_texts[1].prompt, "negative": negative}
 
 
 @torch.no_grad()

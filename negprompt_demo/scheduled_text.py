@@ -110,3 +110,10 @@ def encode_scheduled(
     first = torch.tensor(pair_of[0])
     arguments = {name: value[first].repeat(seed_count, *([1] * (value.ndim - 1))) for name, value in table.items()}
     return arguments, StepConditioning(table, pair_of), lengths
+
+
+def used_texts(step_texts: list[RunText], negative_active: bool) -> dict:
+    """What the traced with-run (run 1) was conditioned on at one step: its prompt, and its negative branch's text
+    (the run without's baseline outside the window; None: SDXL's zero embeddings)."""
+    negative = step_texts[1].negative if negative_active else step_texts[0].negative
+    return {"prompt": step_texts[1].prompt, "negative": negative}
