@@ -198,7 +198,8 @@ def test_flux_late_negative_shares_its_early_steps(flux_pipe, monkeypatch):
     ε_∅ goes with the negative call; strength 0 is the without-run exactly."""
     sizes = call_sizes(flux_pipe.transformer, monkeypatch)
     compare(flux_pipe, settings(TRUE_CFG, negative_start=0.5, negative_strength=2.0), trace=False)
-    assert sizes == [2, 1] * 2 + [3, 3] * 2  # text (without, distilled) / negative (without); then all, + ε_∅
+    # [neg:0.5] of 4 steps acts at k = 3 (A1111): text (without, distilled) / negative (without); then all, + ε_∅
+    assert sizes == [2, 1] * 3 + [3, 3]
     off = compare(flux_pipe, settings(TRUE_CFG, negative_strength=0.0), trace=False)
     assert np.array_equal(pixels(off.with_negative), pixels(off.without_negative))
 
