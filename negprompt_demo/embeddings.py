@@ -2,8 +2,11 @@
 against the model, and put into the text encoder for one request only.
 
 A1111's rule: the file's name is the trigger word (`EasyNegative.safetensors` → write "EasyNegative" in the
-negative prompt), matched as a whole word whatever its case; a multi-vector embedding takes as many token places
-as it has vectors. Formats read: A1111's `{"emb_params": [n, 768]}` (SD 1.x; 1024 wide for SD 2.x), diffusers'
+negative prompt), found where the text's token ids hold the name's token ids (A1111's
+`EmbeddingDatabase.find_embedding_at_position`): any case, and also inside longer words whose tokens begin with
+the name's ("EasyNegative2", "_EasyNegative", "xEasyNegative", "bad-hands-5x" for bad-hands-5), but not where the
+tokenizer splits the name differently ("EasyNegativeé"); a multi-vector embedding takes as many token places as it
+has vectors. Formats read: A1111's `{"emb_params": [n, 768]}` (SD 1.x; 1024 wide for SD 2.x), diffusers'
 single-tensor files, and SDXL's `{"clip_l": [n, 768], "clip_g": [n, 1280]}` (clip_l into `text_encoder`, clip_g into
 `text_encoder_2`). Pickle files (.pt, .bin, .ckpt) are refused: loading them can run code.
 
@@ -54,9 +57,28 @@ class NegativeEmbedding:
     def vector_count(self) -> int:
         return next(iter(self.vectors.values())).shape[0]
 
-    def trigger(self) -> re.Pattern:
-        """The trigger word as A1111 matches it: a whole word, any case."""
-        return re.compile(rf"(?<![A-Za-z0-9_]){re.escape(self.name)}(?![A-Za-z0-9_])", re.IGNORECASE)
+    def trigger_ids(self, tokenizer) -> list[int]:
+        """The name's token ids (no start or end token), the sequence A1111 looks for in a text's tokens."""
+        return tokenizer(self.name, add_special_tokens=False, truncation=False, verbose=False).input_ids
+
+
+def with_trigger(ids: list[int], trigger: list[int]) -> list:
+    """A text's token ids with ("embedding",) in place of each occurrence of the trigger's ids, left to right."""
+    tokens, place = [], 0
+    while place < len(ids):
+        if trigger and ids[place : place + len(trigger)] == trigger:
+            tokens.append(("embedding",))
+            place += len(trigger)
+        else:
+            tokens.append(ids[place])
+            place += 1
+    return tokens
+
+
+def trigger_in(tokenizer, text: str, embedding: NegativeEmbedding) -> bool:
+    """Whether A1111 would find the embedding's name in the text."""
+    ids = tokenizer(text, add_special_tokens=False, truncation=False, verbose=False).input_ids
+    return ("embedding",) in with_trigger(ids, embedding.trigger_ids(tokenizer))
 
 
 def embedding_file(source: str) -> Path:

@@ -42,9 +42,9 @@ from PIL import Image
 from negprompt_demo import flow_models
 from negprompt_demo.attention import AttentionRecorder, plan_attention, recording
 from negprompt_demo.diagnostics import negative_diagnostics
-from negprompt_demo.embeddings import read_embedding
+from negprompt_demo.embeddings import read_embedding, trigger_in
 from negprompt_demo.flow_models import guidance_arguments, spatial_latents
-from negprompt_demo.guidance import NO_NEGATIVE, BranchHook, NegativePlan, window_steps
+from negprompt_demo.guidance import NO_NEGATIVE, BranchHook, NegativePlan
 from negprompt_demo.loading import (
     FLOW_MATCHING_FAMILIES,
     base_scheduler_config,
@@ -56,7 +56,9 @@ from negprompt_demo.loading import (
     pipeline_lock,
 )
 from negprompt_demo.nag import nag_attention, nag_warnings
-from negprompt_demo.prompts import PromptReading, RunText, chunk_message, encode_runs, read_prompt
+from negprompt_demo.prompt_editing import step_texts, window_steps
+from negprompt_demo.prompts import PromptReading, RunText, chunk_message, read_prompt, text_pairs
+from negprompt_demo.scheduled_text import encode_scheduled, texts_by_step, used_texts
 from negprompt_demo.settings import SCHEDULER_NAMES, CompareSettings, resolve_settings
 from negprompt_demo.trace import GuidanceTrace, GuidanceTracer, StepRecord
 
@@ -151,14 +153,26 @@ def _prepare_unlocked(pipe, settings: CompareSettings) -> tuple[CompareSettings,
     embedding = read_embedding(pipe, resolved.negative_embedding)
     if embedding is not None:
         resolved = resolved.replace(negative_embedding=str(embedding.path))  # a Hub file: its downloaded copy
-        if not embedding.trigger().search(resolved.negative):
+        if not trigger_in(text_pairs(pipe)[0][1], resolved.negative, embedding):
             warnings.append(
                 f"The negative embedding's trigger word {embedding.name} is not in the negative prompt, so the "
                 f"embedding is not used: write {embedding.name} in the negative prompt (A1111's rule)."
             )
+    chunk_counts = {1}  # the "" of the run without
     for text, field_name in ((resolved.prompt, "prompt"), (resolved.negative, "negative prompt")):
-        message = chunk_message(read_prompt(pipe, text, embedding), field_name)
+        # with prompt editing, the step text of the most chunks
+        distinct = dict.fromkeys(step_texts(text, resolved.steps))
+        readings = [read_prompt(pipe, step_text, embedding) for step_text in distinct]
+        chunk_counts.update(max(len(reading.chunks), 1) for reading in readings)
+        message = chunk_message(max(readings, key=lambda reading: len(reading.chunks)), field_name)
         warnings += [message] if message else []
+    if (resolved.attention_maps or resolved.uses_nag()) and len(chunk_counts) > 1 and resolved.guidance > 1:
+        reason = "attention maps recorded" if resolved.attention_maps else "NAG"
+        warnings.append(
+            f"With {reason}, texts of different chunk counts are padded to one length with the "
+            "encoded \"\" chunk (A1111's pad_cond_uncond option), not read at their own lengths (A1111's default, "
+            f"as otherwise): the images can differ slightly from a run without {reason}."
+        )
     return resolved, warnings + negative_diagnostics(pipe, resolved)
 
 
@@ -166,7 +180,9 @@ def negative_reading(pipe, resolved: CompareSettings) -> PromptReading | None:
     """How the negative prompt is read: tokens by chunk, weights, the embedding's places (None when empty)."""
     if not resolved.negative:
         return None
-    return read_prompt(pipe, resolved.negative, read_embedding(pipe, resolved.negative_embedding))
+    first, _ = window_steps(resolved.negative_start, resolved.negative_end, resolved.steps)
+    text = step_texts(resolved.negative, resolved.steps)[min(first, resolved.steps - 1)]  # with prompt editing:
+    return read_prompt(pipe, text, read_embedding(pipe, resolved.negative_embedding))  # its text when it first acts
 
 
 def compare(
@@ -327,7 +343,8 @@ def sample_runs(pipe, settings: CompareSettings, seeds: list[int], runs: list[Ru
         pipe.scheduler = scheduler_class.from_config(base_scheduler_config(pipe), **scheduler_kwargs)
     active = cfg_active(pipe, settings.guidance)
     embedding = read_embedding(pipe, settings.negative_embedding)
-    embeddings = encode_runs(pipe, [run.text for run in runs], len(seeds), active, embedding)
+    texts = [run.text for run in runs]
+    embeddings, conditioning, lengths = encode_scheduled(pipe, texts, len(seeds), active, settings.steps, embedding)
     generators = [torch.Generator(device="cpu").manual_seed(seed) for seed in seeds for _ in runs]
     plans = [NO_NEGATIVE if run.plan is None else run.plan for run in runs] * len(seeds)
     first_of_seed = [item // len(runs) * len(runs) for item in range(len(plans))]
@@ -340,7 +357,12 @@ def sample_runs(pipe, settings: CompareSettings, seeds: list[int], runs: list[Ru
         capture=tracer is not None,
         split_calls=family == "flux" and active,  # FLUX.1's true CFG: text call, then negative call, per step
         unguided=tuple(item for item in range(len(plans)) if runs[item % len(runs)].unguided),
+        conditioning=conditioning,
+        # attention maps and NAG read batch rows of one batched call: there, texts are padded to one length
+        # (A1111's pad_cond_uncond option; prepare says so)
+        lengths=None if (tracer is not None and tracer.attention) or settings.uses_nag() else lengths,
     )
+    by_step = texts_by_step(texts, settings.steps) if tracer is not None else None
     total = settings.steps
     item_plans = [None if hook.source[item] == item else plan for item, plan in enumerate(plans)]
     nag = nag_attention(pipe, settings, item_plans, hook, embedding, 1 if tracer is not None else None)
@@ -356,7 +378,10 @@ def sample_runs(pipe, settings: CompareSettings, seeds: list[int], runs: list[Ru
             )
         maps = attention.take() if attention is not None else None
         nag_map = nag.take_map() if nag is not None else None
-        record = tracer.record_step(index, latents, hook.captured, maps, nag_map) if tracer is not None else None
+        record = None
+        if tracer is not None:
+            record = tracer.record_step(index, latents, hook.captured, maps, nag_map)
+            record.texts = used_texts(by_step[index], record.negative_active)
         hook.step_done()
         if on_step is not None:
             on_step(index + 1, total, record)

@@ -26,7 +26,11 @@ negative scale written as m·(g − 1)/g, so that m keeps one meaning with and w
 Shared steps: before its window opens, a with-run is the same computation as the without-run of its seed (same
 noise, same conditioning), so its items are not sent to the denoiser at all and it takes the without-run's
 answers: a late negative costs fewer items, not more. Everything stays one denoiser call per step (two for FLUX.1's
-true CFG, ε_∅ then going with the negative branch's call).
+true CFG, ε_∅ then going with the negative branch's call), except where the step's texts differ in chunk count:
+then one call per length, each text read at its own as in A1111's default (`scheduled_text.TextLengths`).
+
+Texts that change during sampling (A1111 prompt editing, `scheduled_text.StepConditioning`): the hook conditions
+every item of the step's call on its prompt or negative of that step.
 
 An "unguided" run (FLUX.1's plain distilled run, shown beside the true-CFG pair) gets its own text answer as its
 negative branch: ε_neg + g·(ε_text − ε_neg) is then exactly ε_text, what FLUX.1 without true CFG samples, and the
@@ -39,8 +43,12 @@ exactly a plain diffusers call's.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from negprompt_demo.scheduled_text import StepConditioning, TextLengths
 
 
 @dataclass(frozen=True)
@@ -61,12 +69,6 @@ class NegativePlan:
 
 
 NO_NEGATIVE = NegativePlan(0, 0)
-
-
-def window_steps(start: float, end: float, steps: int) -> tuple[int, int]:
-    """A fraction window of the sampling steps in whole steps, as A1111's prompt editing counts them:
-    `[mustache:0.3]` acts from step int(0.3·steps) (0-based), `[mustache::0.6]` until before int(0.6·steps)."""
-    return int(start * steps), int(end * steps)
 
 
 @dataclass
@@ -96,6 +98,8 @@ class BranchHook:
     trace's negative-push map); `unguided` runs take their text answer as their negative branch. `split_calls`:
     the pipeline asks for the text branch and the negative branch in two calls per step (FLUX.1's true CFG). Use
     as a context manager (hooks removed even if sampling raises) and call `step_done()` after every step.
+    `conditioning`: each item's prompt and negative per step, where they change (prompt editing); the hook then
+    conditions every item of the step's call on its texts of that step.
     """
 
     def __init__(
@@ -107,10 +111,16 @@ class BranchHook:
         capture: bool = False,
         split_calls: bool = False,
         unguided: tuple[int, ...] = (),
+        conditioning: StepConditioning | None = None,
+        lengths: TextLengths | None = None,
     ):
         self.denoiser, self.plans, self.source, self.push_runs = denoiser, plans, source, set(push_runs)
         self.capture = capture  # keep each step's `Branches` (the trace reads them)
         self.split_calls, self.unguided = split_calls, set(unguided)
+        self.conditioning = conditioning  # prompts or negatives that change during sampling (scheduled_text.py)
+        self.lengths = lengths  # texts of different lengths, each read at its own (scheduled_text.py)
+        self._row_items: list[tuple[str, int]] | None = None
+        self._forward = self._instance_forward = None  # the denoiser's forward, while split by length
         self.step = 0
         self.captured: Branches | None = None
         self._calls = 0  # denoiser calls in this step (split calls: 0 = text branch, 1 = negative branch)
@@ -123,12 +133,22 @@ class BranchHook:
     def __enter__(self) -> BranchHook:
         self._handles.append(self.denoiser.register_forward_pre_hook(self._before, with_kwargs=True))
         self._handles.append(self.denoiser.register_forward_hook(self._after, with_kwargs=True))
+        if self.lengths is not None:  # between the hooks: the call itself, split by text length
+            self._instance_forward = vars(self.denoiser).get("forward")
+            self._forward = self.denoiser.forward
+            self.denoiser.forward = self._forward_by_length
         return self
 
     def __exit__(self, *exc_info) -> None:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+        if self._forward is not None:  # back to what it was: an instance's own forward, else the class's
+            if self._instance_forward is None:
+                del self.denoiser.forward
+            else:
+                self.denoiser.forward = self._instance_forward
+            self._forward = None
 
     def step_done(self) -> None:
         self.step += 1
@@ -173,14 +193,20 @@ class BranchHook:
         self._part = self._which_part(sample.shape[0])
         if self._part in (None, "both", "text"):  # the step's first call: each run's latents and timestep
             self._latents, self._timestep = sample[:count], _timestep_input(args, kwargs)
-        if self._part is None:  # no classifier-free guidance: nothing to decide
+        self._row_items = None  # what each row of this call is, for `_forward_by_length`
+        if self._part is None:  # no classifier-free guidance: nothing to decide but the prompt's text this step
             self._layout = None
-            return None
+            self._row_items = [("prompt", item) for item in range(count)]
+            if self.conditioning is None:
+                return None
+            return args, self._conditioned(kwargs, self._row_items)
         if self._part != "negative":
             self._layout = self.layout()
         negative, text, empty = self._layout
-        if self._unchanged():
-            return None  # plain CFG for every run: the batch goes as the pipeline made it
+        if self._unchanged():  # plain CFG for every run: the batch goes as the pipeline made it
+            if self._part == "both":
+                self._row_items = [(branch, item) for branch in ("negative", "prompt") for item in range(count)]
+            return None
         # Rows of this call's input batch: negative items, text items (second half in a "both" call) and ε_∅ items,
         # which take the run's latents with its seed's without-run negative conditioning (the empty prompt, or
         # SDXL's zeros).
@@ -192,7 +218,44 @@ class BranchHook:
         else:
             rows = negative + empty
             condition_rows = negative + [self.source[run] for run in empty]
-        return _select_items(args, kwargs, sample.shape[0], rows, condition_rows)
+        args, kwargs = _select_items(args, kwargs, sample.shape[0], rows, condition_rows)
+        if self._part == "both":  # row < count: a negative item (UNet families, the only ones with schedules)
+            self._row_items = [("negative", row) if row < count else ("prompt", row - count) for row in condition_rows]
+            if self.conditioning is not None:
+                kwargs = self._conditioned(kwargs, self._row_items)
+        return args, kwargs
+
+    def _forward_by_length(self, *args, **kwargs):
+        """The denoiser's forward with each row's text read at its own length (scheduled_text.TextLengths): one
+        call per length, only where this call's rows differ (A1111's default, pad_cond_uncond off)."""
+        items = self._row_items
+        if items is None or kwargs.get("encoder_hidden_states") is None:
+            return self._forward(*args, **kwargs)
+        lengths = [self.lengths.of(self.step, branch, item) for branch, item in items]
+        distinct = sorted({length for length in lengths if length is not None}) or [None]
+        groups = {length: [row for row, own in enumerate(lengths) if own == length or own is None and
+                           length == distinct[0]] for length in distinct}  # fmt: skip
+        batch = len(items)
+        if len(groups) == 1:
+            kwargs = dict(kwargs, encoder_hidden_states=kwargs["encoder_hidden_states"][:, : distinct[0]])
+            return self._forward(*args, **kwargs)
+        outputs, predictions = None, [None] * batch
+        for length, rows in groups.items():
+            group_args, group_kwargs = _select_items(args, kwargs, batch, rows, rows)
+            group_kwargs["encoder_hidden_states"] = group_kwargs["encoder_hidden_states"][:, :length]
+            outputs = self._forward(*group_args, **group_kwargs)
+            answer = outputs[0] if isinstance(outputs, tuple) else outputs.sample
+            for row, value in zip(rows, answer):
+                predictions[row] = value
+        return _replace_prediction(outputs, torch.stack(predictions))
+
+    def _conditioned(self, kwargs: dict, items: list[tuple[str, int]]) -> dict:
+        """The UNet's keyword arguments with each item's text conditioning of this step."""
+        rows = self.conditioning.rows(self.step, items)
+        kwargs = dict(kwargs, encoder_hidden_states=rows["encoder_hidden_states"])
+        if "text_embeds" in rows:
+            kwargs["added_cond_kwargs"] = dict(kwargs["added_cond_kwargs"], text_embeds=rows["text_embeds"])
+        return kwargs
 
     def _after(self, module, args, kwargs, output):
         prediction = output[0] if isinstance(output, tuple) else output.sample
@@ -240,6 +303,8 @@ class BranchHook:
 
     def _unchanged(self) -> bool:
         """Whether this call's batch is exactly the pipeline's own (plain CFG for every run)."""
+        if self.conditioning is not None:  # the texts of each step go in
+            return False
         negative, text, empty = self._layout
         every_run = list(range(len(self.plans)))
         if self._part == "text":

@@ -3,12 +3,15 @@
     (word)        weight ×1.1          ((word)) ×1.21, and so on
     [word]        weight ÷1.1
     (word:1.3)    weight 1.3 (a number; nested groups multiply)
-    \\( \\) \\[ \\]   literal brackets
+    \\( \\) \\[ \\] \\\\  literal brackets and backslash; any other backslash is dropped
     BREAK         start a new 75-token chunk here
 
 An unclosed bracket weighs everything after it, a stray closing one is text, and ":" is text outside a
-"(…:number)". Prompt editing (`[a:b:0.3]`, `[a|b]`) is not read as such (the negative's window settings do
-that); its brackets weigh the text like any other square bracket, as A1111's attention parser alone would.
+"(…:number)". As in A1111, BREAK inside brackets is no break: it is the word "break" with the weight −1 times
+the brackets' (A1111 marks a break with weight −1 and the brackets multiply that mark). A weight that is not a
+number, "(a:1.2.3)", is an error (A1111 stops with Python's "could not convert string to float"); here it is a
+message naming the weight. Prompt editing (`[a:b:0.3]`, `[a|b]`) is read before this, per sampling step
+(`prompt_editing.py`); each step's text is then read here.
 
 Why not a library: compel (the well-kept one for diffusers) has its own syntax, in which "(cat:1.3)" is the literal
 text "cat:1 . 3" and "(cat)" has weight 1, and it weighs differently (up-weighting scales the distance from the empty
@@ -24,22 +27,28 @@ from dataclasses import dataclass
 ROUND_MULTIPLIER = 1.1
 SQUARE_MULTIPLIER = 1 / 1.1
 BREAK = "BREAK"
+_BREAK_MARK = -1.0  # A1111's weight for a break; brackets around it multiply it like any weight
 
-# One syntax element per match: an escaped character, an opening bracket, "(…:number)"'s closing part, a closing
-# bracket, a run of plain text, or a lone ":" or "\".
+# One syntax element per match: an escaped character, a lone backslash (dropped), an opening bracket,
+# "(…:number)"'s closing part, a closing bracket, a run of plain text, or a lone ":".
 _ELEMENT = re.compile(
     r"""
       (?P<escaped>\\[()\[\]\\])
+    | (?P<backslash>\\)
     | (?P<open>[(\[])
     | (?P<weight>:\s*[+-]?[.\d]+\s*\))
     | (?P<close>[)\]])
     | (?P<text>[^\\()\[\]:]+)
-    | (?P<other>[:\\])
+    | (?P<other>:)
     """,
     re.VERBOSE,
 )
 _BREAK = re.compile(r"\s*\bBREAK\b\s*")
 _SYNTAX = re.compile(r"[()\[\]\\]|\bBREAK\b")
+
+
+class WeightError(ValueError):
+    """A "(…:weight)" whose weight is not a number."""
 
 
 @dataclass
@@ -56,7 +65,8 @@ def has_syntax(text: str) -> bool:
 
 
 def parse_weights(text: str) -> list[Fragment]:
-    """The text as fragments of equal weight, in order (adjacent equal weights merged), with BREAK markers."""
+    """The text as fragments of equal weight, in order (adjacent equal weights merged), with BREAK markers.
+    Raises WeightError for a weight that is not a number."""
     fragments: list[Fragment] = []
     open_round: list[int] = []  # index of the first fragment inside each open "(" / "["
     open_square: list[int] = []
@@ -70,9 +80,11 @@ def parse_weights(text: str) -> list[Fragment]:
         kind, value = match.lastgroup, match.group()
         if kind == "escaped":
             fragments.append(Fragment(value[1], 1.0))
+        elif kind == "backslash":
+            continue
         elif kind == "open":
             (open_round if value == "(" else open_square).append(len(fragments))
-        elif kind == "weight" and open_round and _number(value) is not None:
+        elif kind == "weight" and open_round:
             weigh_from(open_round.pop(), _number(value))
         elif kind == "close" and value == ")" and open_round:
             weigh_from(open_round.pop(), ROUND_MULTIPLIER)
@@ -81,26 +93,32 @@ def parse_weights(text: str) -> list[Fragment]:
         else:  # plain text, or syntax with nothing to act on (a stray ")", a lone ":")
             for index, part in enumerate(_BREAK.split(value)):
                 if index:
-                    fragments.append(Fragment(BREAK, None))
+                    fragments.append(Fragment(BREAK, _BREAK_MARK))
                 fragments.append(Fragment(part, 1.0))
     for start in open_round:  # unclosed brackets weigh everything after them
         weigh_from(start, ROUND_MULTIPLIER)
     for start in open_square:
         weigh_from(start, SQUARE_MULTIPLIER)
-    return _merged(fragments) or [Fragment("", 1.0)]
+    merged = _merged(fragments) or [Fragment("", 1.0)]
+    for fragment in merged:  # a mark no bracket multiplied is a break; any other is the word
+        if fragment.text == BREAK and fragment.weight == _BREAK_MARK:
+            fragment.weight = None
+    return merged
 
 
-def _number(weight_text: str) -> float | None:
+def _number(weight_text: str) -> float:
+    written = weight_text[1:-1].strip()
     try:
-        return float(weight_text[1:-1].strip())
-    except ValueError:  # "1.2.3" is no number: the group stays open, the text is read as text
-        return None
+        return float(written)
+    except ValueError:
+        message = f'The weight "{written}" in "(…:{written})" is not a number; write e.g. (word:1.2).'
+        raise WeightError(message) from None
 
 
 def _merged(fragments: list[Fragment]) -> list[Fragment]:
     merged: list[Fragment] = []
     for fragment in fragments:
-        if merged and fragment.weight is not None and merged[-1].weight == fragment.weight:
+        if merged and merged[-1].weight == fragment.weight:
             merged[-1].text += fragment.text
         else:
             merged.append(fragment)

@@ -19,8 +19,10 @@ How a text is read, as AUTOMATIC1111's web UI reads it (`prompt_syntax.py` parse
   concatenated (77 positions each). Weights multiply each token's output vector, after which the chunk's mean is
   restored (A1111's "Original" emphasis; without the restore where the mean is ~0, see MIN_MEAN_SHARE). For SDXL
   this happens in each text encoder, and the pooled embedding is the first chunk's.
-- Every row of a batch then has the same number of chunks: shorter ones are padded with the encoded "" chunk
-  (all-zero chunks for SDXL's zero baseline), as A1111 pads a prompt and negative prompt of different lengths.
+- Every row of a batch then has the same number of chunks for the pipeline: shorter ones are padded with the
+  encoded "" chunk (all-zero chunks for SDXL's zero baseline). The UNet still reads each text at its own length
+  (A1111's default): `scheduled_text.TextLengths` and the guidance hook split the call where lengths differ, except
+  in attention-map runs, which keep the padding (A1111's pad_cond_uncond option).
 
 SD3/SD3.5 and FLUX.1 read the text as written, through their own `encode_prompt` (T5 included): `flow_models.py`
 encodes them, and `engine.prepare` refuses A1111 syntax and negative embeddings for them.
@@ -32,7 +34,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from negprompt_demo.embeddings import NegativeEmbedding, vectors_injected
+from negprompt_demo.embeddings import NegativeEmbedding, trigger_in, vectors_injected, with_trigger
 from negprompt_demo.flow_models import encode_flow_runs, is_flow_model, token_count
 from negprompt_demo.loading import model_family
 from negprompt_demo.prompt_syntax import Fragment, has_syntax, parse_weights
@@ -121,7 +123,7 @@ def text_pairs(pipe) -> list[tuple[str, object, object]]:
 
 def is_plain(tokenizer, text: str, embedding: NegativeEmbedding | None) -> bool:
     """Whether the text takes diffusers' own path: no syntax, no embedding trigger, one chunk."""
-    if has_syntax(text) or (embedding is not None and embedding.trigger().search(text)):
+    if has_syntax(text) or (embedding is not None and trigger_in(tokenizer, text, embedding)):
         return False
     ids = tokenizer(text, add_special_tokens=False, truncation=False, verbose=False).input_ids
     return len(ids) <= chunk_length(tokenizer)
@@ -172,15 +174,10 @@ def tokenize_chunks(tokenizer, text: str, embedding: NegativeEmbedding | None) -
 
 
 def _fragment_tokens(tokenizer, fragment: Fragment, embedding: NegativeEmbedding | None) -> list:
-    """A fragment's token ids, with ("embedding",) where its trigger word stands."""
-    pieces = [fragment.text] if embedding is None else embedding.trigger().split(fragment.text)
-    tokens: list = []
-    for index, piece in enumerate(pieces):
-        if index:
-            tokens.append(("embedding",))
-        if piece:
-            tokens += tokenizer(piece, add_special_tokens=False, truncation=False, verbose=False).input_ids
-    return tokens
+    """A fragment's token ids, with ("embedding",) where its trigger's token ids stand (A1111 tokenizes each
+    fragment on its own and looks for the name's ids in them)."""
+    ids = tokenizer(fragment.text, add_special_tokens=False, truncation=False, verbose=False).input_ids
+    return ids if embedding is None else with_trigger(ids, embedding.trigger_ids(tokenizer))
 
 
 def _split_after(chunk: Chunk, place: int) -> tuple[Chunk, Chunk]:
@@ -294,6 +291,18 @@ def _emphasis(hidden: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     if mean.abs() >= MIN_MEAN_SHARE * original.abs().mean() and 1 / MAX_MEAN_RESTORE <= restore <= MAX_MEAN_RESTORE:
         weighted = weighted * restore
     return weighted
+
+
+def encoded_length(pipe, text: str | None, embedding: NegativeEmbedding | None) -> int | None:
+    """How many places `encode_text` gives the text (77 per chunk), without encoding it. None: SDXL's zero
+    baseline (zeros read the same at any length: every key alike, every value zero)."""
+    tokenizer = text_pairs(pipe)[0][1]
+    if text is None:
+        sdxl_zeros = model_family(pipe) == "sdxl" and bool(pipe.config.get("force_zeros_for_empty_prompt", False))
+        return None if sdxl_zeros else tokenizer.model_max_length
+    if is_plain(tokenizer, text, embedding):
+        return tokenizer.model_max_length
+    return len(tokenize_chunks(tokenizer, text, embedding)) * tokenizer.model_max_length
 
 
 def pad_to(hidden: torch.Tensor, length: int, pad_chunk: torch.Tensor) -> torch.Tensor:

@@ -17,6 +17,10 @@ import unicodedata
 from dataclasses import dataclass
 from pathlib import PurePath
 
+from negprompt_demo.infotext import parameters_text
+from negprompt_demo.prompt_editing import step_texts
+from negprompt_demo.prompt_syntax import WeightError, parse_weights
+
 # The short list of samplers users know by their A1111 names (the engine maps them to diffusers schedulers).
 SCHEDULER_NAMES = ("Euler", "Euler a", "DPM++ 2M Karras", "DDIM", "UniPC")
 MAX_STEPS = 150
@@ -172,23 +176,9 @@ class CompareSettings:
         return dataclasses.asdict(self)
 
     def parameters_text(self, model: str) -> str:
-        """A1111-style `parameters` text, so other tools can read back how an image was made: the window in
-        A1111's prompt-editing syntax, the strength and Perp-Neg as extra fields."""
-        negative = self.negative
-        if negative and self.negative_start > 0:
-            negative = f"[{negative}:{self.negative_start:g}]"
-        if negative and self.negative_end < 1:
-            negative = f"[{negative}::{self.negative_end:g}]"
-        extra = "" if self.negative_strength == 1 else f", Negative strength: {self.negative_strength:g}"
-        extra += ", Perp-Neg: True" if self.perp_neg else ""
-        extra += self.nag_parameters()
-        extra += f", Negative embedding: {embedding_name(self.negative_embedding)}" if self.negative_embedding else ""
-        extra += ', Empty baseline: ""' if self.empty_as_text else ""  # SDXL's run without: "" instead of zeros
-        return (
-            f"{self.prompt}\nNegative prompt: {negative}\n"
-            f"Steps: {self.steps}, Sampler: {self.scheduler}, CFG scale: {self.guidance:g}, Seed: {self.seed}, "
-            f"Size: {self.width}x{self.height}{extra}, Model: {model}"
-        )
+        """A1111-style `parameters` text, so other tools can read back how an image was made (infotext.py: the
+        window as A1111 prompt editing, settings A1111 lacks as extra keys)."""
+        return parameters_text(self, model)
 
     def uses_nag(self) -> bool:
         return self.negative_mode in ("nag", "both")
@@ -205,7 +195,7 @@ class CompareSettings:
 
 
 def embedding_name(path: str) -> str:
-    """An embedding's trigger word: its file name without the extension, as A1111 names embeddings."""
+    """An embedding's name: its file name without the extension, as A1111 names embeddings."""
     return PurePath(path).stem
 
 
@@ -262,6 +252,8 @@ def resolve_settings(settings: CompareSettings, native_size: int, defaults: dict
             f"The negative starts at {values['negative_start']:g} of the steps but ends at "
             f"{values['negative_end']:g}: the start must not come after the end."
         )
+    for name in ("prompt", "negative"):
+        _check_weights(values[name], FIELDS[name].label, values["steps"])
     low, high = size_limits(native_size)
     for name in ("width", "height"):
         if values[name] % 8 != 0:
@@ -269,6 +261,15 @@ def resolve_settings(settings: CompareSettings, native_size: int, defaults: dict
         if not low <= values[name] <= high:
             raise InputError(f"{name} must be between {low} and {high} px for this model, got {values[name]}.")
     return CompareSettings(**values)
+
+
+def _check_weights(text: str, label: str, steps: int) -> None:
+    """Every step's text reads as A1111 weights (where A1111 would stop with an error, the user gets a message)."""
+    for step_text in dict.fromkeys(step_texts(text, steps)):
+        try:
+            parse_weights(step_text)
+        except WeightError as error:
+            raise InputError(f"In the {label}: {error}") from None
 
 
 def _parse(value, name: str, field: Field):

@@ -66,7 +66,20 @@ def branch_note(trace: GuidanceTrace, index: int, recorded: bool) -> str:
     )
     if not step.negative_active:
         note += " At this step the negative does not act (outside its window): its branch is the empty prompt's."
-    return note
+    return note + scheduled_texts_note(trace, index)
+
+
+def scheduled_texts_note(trace: GuidanceTrace, index: int) -> str:
+    """Which texts the branches used at this step, where they change during sampling (A1111 prompt editing)."""
+    texts = [step.texts for step in trace.steps if step.texts is not None]
+    if not texts or all(step_texts == texts[0] for step_texts in texts):
+        return ""
+    used = trace.steps[index].texts or {}
+    negative = used.get("negative")
+    shown = "the empty prompt's" if not negative else f"“{negative}”"
+    return (
+        f" Prompt editing: at this step the prompt is “{used.get('prompt', '')}” and the negative branch reads {shown}."
+    )
 
 
 def attention_outputs(trace: GuidanceTrace, index: int, files: JobFiles, word, strip: np.ndarray | None) -> dict:

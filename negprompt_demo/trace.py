@@ -64,6 +64,9 @@ class StepRecord:
     nag_map: torch.Tensor | None = None
     nag_mean: float | None = None
     nag_peak: float | None = None
+    # what the with-run was conditioned on at this step: {"prompt": text, "negative": text of its negative branch}
+    # (they change with A1111 prompt editing; the negative is the baseline's outside the window)
+    texts: dict | None = None
 
     def __getstate__(self) -> dict:
         """Pickled with numpy arrays: torch pickles tensors between processes as file descriptors of the sender,
@@ -89,6 +92,8 @@ class StepRecord:
             "divergence": round(self.divergence, 6),
             "negative_active": self.negative_active,
         }
+        if self.texts is not None:
+            data["texts"] = self.texts
         if self.push_mean is not None:
             data["push_mean"] = round(self.push_mean, 6)
         if self.nag_mean is not None:

@@ -169,6 +169,7 @@ def scalar_fields(step: StepRecord) -> dict:
         "push_peak": step.push_peak,
         "nag_mean": step.nag_mean,
         "nag_peak": step.nag_peak,
+        "texts": step.texts,
     }
 
 
@@ -188,6 +189,7 @@ def record_from_scalars(fields: dict) -> StepRecord:
         push_peak=fields["push_peak"],
         nag_mean=fields.get("nag_mean"),
         nag_peak=fields.get("nag_peak"),
+        texts=fields.get("texts"),
     )
 
 

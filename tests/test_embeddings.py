@@ -95,8 +95,36 @@ def test_trigger_matches_whole_words_in_any_case_and_takes_weights(sd_pipe, tmp_
     weighted = compare(sd_pipe, base.replace(negative="(badhand:1.5), blurry"), trace=False)
     assert np.abs(pixels(weighted.with_negative) - pixels(one.with_negative)).max() > 2
     assert weighted.negative_reading.chunks[0][0].weight == 1.5
-    not_a_word = compare(sd_pipe, base.replace(negative="xbadhand, blurry"), trace=False)  # no whole word
-    assert not_a_word.negative_reading.plain
+    inside_a_word = compare(sd_pipe, base.replace(negative="xbadhand, blurry"), trace=False)  # token ids, as A1111
+    assert any(span.embedding for span in inside_a_word.negative_reading.chunks[0])
+    split_otherwise = compare(sd_pipe, base.replace(negative="badhands, blurry"), trace=False)  # "d" ≠ "d</w>"
+    assert split_otherwise.negative_reading.plain
+
+
+def test_triggers_are_found_by_token_ids_as_a1111_does():
+    """A1111 looks for the name's token ids in the text's (CLIP's tokenizer, from the embedded model): a name
+    inside a longer word is found where the word's tokens hold the name's, not where BPE splits it otherwise."""
+    from pathlib import Path
+
+    from transformers import CLIPTokenizer
+
+    import negprompt_demo.embedded
+    from negprompt_demo.embeddings import NegativeEmbedding, trigger_in
+
+    tokenizer = CLIPTokenizer.from_pretrained(Path(negprompt_demo.embedded.__file__).parent / "model" / "tokenizer")
+    named = lambda name: NegativeEmbedding(name, {}, Path(name))  # noqa: E731
+    for name, text in [
+        ("EasyNegative", "EasyNegative"),
+        ("EasyNegative", "blurry, EASYNEGATIVE"),
+        ("EasyNegative", "EasyNegative2"),
+        ("EasyNegative", "_EasyNegative"),
+        ("EasyNegative", "xEasyNegative"),
+        ("bad-hands-5", "bad-hands-5x"),
+        ("badhandv4", "badhandv4s"),
+    ]:
+        assert trigger_in(tokenizer, text, named(name)), (name, text)
+    for name, text in [("EasyNegative", "EasyNegativeé"), ("EasyNegative", "easy negative"), ("badhandv4", "badhand")]:
+        assert not trigger_in(tokenizer, text, named(name)), (name, text)
 
 
 def test_sdxl_embedding_clip_l_and_clip_g(sdxl_pipe, tmp_path):

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from negprompt_demo.engine import compare
-from negprompt_demo.guidance import window_steps
+from negprompt_demo.prompt_editing import window_steps
 from negprompt_demo.settings import CompareSettings
 
 PROMPT, NEGATIVE, SEED, STEPS, GUIDANCE = "portrait photo of a man", "mustache", 99, 10, 7.5
@@ -116,10 +116,10 @@ def test_a_late_negative_shares_the_steps_before_it(sd_pipe, monkeypatch):
 
     monkeypatch.setattr(sd_pipe.unet, "forward", counting)
     run(sd_pipe, negative_start=0.5, push_map=False)
-    assert sizes == [2] * 5 + [4] * 5
+    assert sizes == [2] * 6 + [4] * 4  # A1111's [neg:0.5] at 10 steps: from k = 6
     sizes.clear()
     run(sd_pipe, negative_strength=1.5, negative_start=0.3, push_map=False)
-    assert sizes == [2] * 3 + [5] * 7  # one UNet call per step, ε_∅ of the with-run as a fifth item
+    assert sizes == [2] * 4 + [5] * 6  # one UNet call per step, ε_∅ of the with-run as a fifth item
     sizes.clear()
     run(sd_pipe, push_map=False)
     assert sizes == [4] * STEPS  # a plain negative, nothing recorded: exactly the pipeline's own batch
@@ -131,11 +131,11 @@ def test_a_late_negative_shares_the_steps_before_it(sd_pipe, monkeypatch):
 def test_the_trace_records_the_window(sd_pipe):
     result = run(sd_pipe, negative_start=0.3, negative_end=0.8, push_map=True)
     active = [step.negative_active for step in result.trace.steps]
-    assert active == [False] * 3 + [True] * 5 + [False] * 2
+    assert active == [False] * 4 + [True] * 5 + [False]  # A1111: k = 4…8
     pushes = [step.push_mean for step in result.trace.steps]
-    assert all(push == 0 for push, acts in zip(pushes, active) if not acts) and all(p > 0 for p in pushes[3:8])
+    assert all(push == 0 for push, acts in zip(pushes, active) if not acts) and all(p > 0 for p in pushes[4:9])
     divergence = [step.divergence for step in result.trace.steps]
-    assert divergence[:3] == [0.0, 0.0, 0.0] and divergence[3] > 0  # the runs part when the window opens
+    assert divergence[:4] == [0.0] * 4 and divergence[4] > 0  # the runs part when the window opens
 
 
 @pytest.mark.slow
@@ -150,8 +150,8 @@ def test_sweep_runs_every_start_in_one_call_sharing_the_early_steps(sd_pipe, mon
     resolved, _ = prepare(sd_pipe, CompareSettings(PROMPT, NEGATIVE, seed=SEED, steps=STEPS, guidance=GUIDANCE))
     sweep = sweep_starts(sd_pipe, resolved, (0.0, 0.3, 0.6))
     # one call per step; each start's run joins the batch when its negative starts (2 items each: neg + text)
-    assert sizes == [4] * 3 + [6] * 3 + [8] * 4
-    assert sweep.start_steps == [0, 3, 6]
+    assert sizes == [4] * 4 + [6] * 3 + [8] * 3
+    assert sweep.start_steps == [0, 4, 7]
     for start, image in zip((0.0, 0.3, 0.6), sweep.with_negative):  # each equals its own comparison
         single = compare(sd_pipe, resolved.replace(negative_start=start))
         assert np.abs(pixels(image) - pixels(single.with_negative)).max() <= 2
@@ -172,7 +172,7 @@ def test_sweep_command_writes_the_row_and_its_reading(tiny_sd_folder, tmp_path, 
         "sweep_1.png",
         "sweep_2.png",
     }
-    assert "from step 6/10" in (out / "sweep.json").read_text()
+    assert "from step 7/10" in (out / "sweep.json").read_text()  # [neg:0.5] of 10: k = 6, the 7th step
     assert main(["sweep", "--prompt", "x", "--starts", "0,2", "--out", str(out)]) == 2
     assert "every start must be between 0 and 1" in capsys.readouterr().err
 

@@ -12,9 +12,9 @@ from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 
 from negprompt_demo.engine import compare
 from negprompt_demo.flow_models import FLUX_DISTILLED_GUIDANCE
-from negprompt_demo.guidance import window_steps
 from negprompt_demo.loading import model_defaults, model_family, native_size
 from negprompt_demo.previews import fill_previews
+from negprompt_demo.prompt_editing import window_steps
 from negprompt_demo.settings import CompareSettings
 
 PROMPT, NEGATIVE, SEED, STEPS = "portrait photo of a man", "mustache", 7, 4
@@ -205,7 +205,8 @@ def test_flux_late_negative_shares_its_early_steps(flux_pipe, monkeypatch):
     ε_∅ goes with the negative call; strength 0 is the without-run exactly."""
     sizes = call_sizes(flux_pipe.transformer, monkeypatch)
     compare(flux_pipe, settings(TRUE_CFG, negative_start=0.5, negative_strength=2.0), trace=False)
-    assert sizes == [2, 1] * 2 + [3, 3] * 2  # text (without, distilled) / negative (without); then all, + ε_∅
+    # [neg:0.5] of 4 steps acts at k = 3 (A1111): text (without, distilled) / negative (without); then all, + ε_∅
+    assert sizes == [2, 1] * 3 + [3, 3]
     off = compare(flux_pipe, settings(TRUE_CFG, negative_strength=0.0), trace=False)
     assert np.array_equal(pixels(off.with_negative), pixels(off.without_negative))
 
@@ -267,7 +268,7 @@ def test_flux_sweep_equals_each_start_on_its_own(flux_pipe):
 
     resolved, _ = prepare(flux_pipe, settings(TRUE_CFG))
     sweep = sweep_starts(flux_pipe, resolved, (0.0, 0.5))
-    assert sweep.start_steps == [0, 2]
+    assert sweep.start_steps == [0, 3]
     for start, image in zip((0.0, 0.5), sweep.with_negative):
         single = compare(flux_pipe, resolved.replace(negative_start=start), trace=False)
         assert np.abs(pixels(image) - pixels(single.with_negative)).max() <= 2

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from negprompt_demo.engine import compare
-from negprompt_demo.prompt_syntax import BREAK, parse_weights
+from negprompt_demo.prompt_syntax import BREAK, WeightError, parse_weights
 from negprompt_demo.prompts import encode_runs, encode_text, read_prompt, tokenize_chunks
 from negprompt_demo.settings import CompareSettings
 
@@ -43,6 +43,66 @@ def weights_of(text: str) -> list[tuple[str, float | None]]:
 )
 def test_weights_as_a1111_reads_them(text, expected):
     assert weights_of(text) == expected
+
+
+# modules/prompt_parser.py, parse_prompt_attention's doctests, restated (exact floats, as A1111 prints them).
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("normal text", [("normal text", 1.0)]),
+        ("an (important) word", [("an ", 1.0), ("important", 1.1), (" word", 1.0)]),
+        ("(unbalanced", [("unbalanced", 1.1)]),
+        (r"\(literal\]", [("(literal]", 1.0)]),
+        ("(unnecessary)(parens)", [("unnecessaryparens", 1.1)]),
+        (
+            "a (((house:1.3)) [on] a (hill:0.5), sun, (((sky))).",
+            [
+                ("a ", 1.0),
+                ("house", 1.5730000000000004),
+                (" ", 1.1),
+                ("on", 1.0),
+                (" a ", 1.1),
+                ("hill", 0.55),
+                (", sun, ", 1.1),
+                ("sky", 1.4641000000000006),
+                (".", 1.1),
+            ],
+        ),  # fmt: skip
+    ],
+)
+def test_a1111_attention_doctests(text, expected):
+    assert [(fragment.text, fragment.weight) for fragment in parse_weights(text)] == expected
+
+
+def test_break_inside_brackets_is_the_word_with_the_brackets_weight_times_minus_one():
+    # A1111 marks BREAK with weight -1 and the brackets multiply the mark: it is no longer a break.
+    assert weights_of("(a BREAK b)") == [("a", 1.1), ("BREAK", -1.1), ("b", 1.1)]
+    assert weights_of("[x BREAK y") == [
+        ("x", round(1 / 1.1, 6)),
+        ("BREAK", round(-1 / 1.1, 6)),
+        ("y", round(1 / 1.1, 6)),
+    ]
+    assert weights_of("a BREAK (b)") == [("a", 1.0), (BREAK, None), ("", 1.0), ("b", 1.1)]
+
+
+def test_break_inside_brackets_is_one_chunk_with_the_token_break(sd_pipe):
+    tokenizer = sd_pipe.tokenizer
+    chunks = tokenize_chunks(tokenizer, "(ab BREAK cd)", None)
+    assert len(chunks) == 1 and chunks[0].weights.count(-1.1) == len(
+        tokenizer("BREAK", add_special_tokens=False).input_ids
+    )
+
+
+def test_a_lone_backslash_is_dropped_and_escapes_stay():
+    assert weights_of("a \\ b") == [("a  b", 1.0)]
+    assert weights_of("16\\:9") == [("16:9", 1.0)]
+    assert weights_of("back\\\\slash") == [("back\\slash", 1.0)]
+
+
+def test_a_weight_that_is_not_a_number_is_a_clear_error():
+    with pytest.raises(WeightError, match=r'The weight "1.2.3" in "\(…:1.2.3\)" is not a number'):
+        parse_weights("x (a:1.2.3)")
+    assert weights_of("a:1.2.3) x") == [("a:1.2.3) x", 1.0)]  # no open bracket: text, as in A1111
 
 
 def test_chunks_of_75_with_comma_backtrack(sd_pipe):
@@ -131,16 +191,10 @@ def plain_embeds_call(pipe, prompt_embeds, negative_embeds, guidance=7.5, **extr
 
 
 def test_long_negative_in_the_paired_call(sd_pipe):
-    """A 2-chunk negative: the prompt and the "" baseline are padded with the encoded "" chunk, both runs equal plain
-    calls given those embeddings, and the words past 75 tokens act (they used to be cut)."""
+    """A 2-chunk negative is read whole: the words past 75 tokens act (they used to be cut). Each branch is read at
+    its own length (tests/test_scheduled_text.py compares with a per-branch loop)."""
     negative = "x" * 75 + "mustache"
     result = compare(sd_pipe, CompareSettings(PROMPT, negative, seed=SEED, steps=STEPS), trace=False)
-    empty = encoded_plain(sd_pipe, "")
-    prompt = torch.cat([encoded_plain(sd_pipe, PROMPT), empty], dim=1)
-    with_negative = plain_embeds_call(sd_pipe, prompt, encode_text(sd_pipe, negative, None)[0])
-    without = plain_embeds_call(sd_pipe, prompt, torch.cat([empty, empty], dim=1))
-    assert np.abs(pixels(result.with_negative) - with_negative).max() <= 2
-    assert np.abs(pixels(result.without_negative) - without).max() <= 2
     cut = compare(sd_pipe, CompareSettings(PROMPT, "x" * 75, seed=SEED, steps=STEPS), trace=False)
     assert np.abs(pixels(cut.with_negative) - pixels(result.with_negative)).max() > 2, "the second chunk must act"
     assert result.negative_reading is not None and len(result.negative_reading.chunks) == 2

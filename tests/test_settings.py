@@ -48,6 +48,8 @@ def resolve(**fields):
             "seed must be between 0 and 4294967295 (or -1 for random), got 100000000000000001097906362944045541740…",
         ),
         ({"steps": [3]}, "steps must be a whole number, got [3]"),
+        ({"negative": "(a:1.2.3)"}, 'In the negative prompt: The weight "1.2.3" in "(…:1.2.3)" is not a number'),
+        ({"prompt": "cat [(a:1.2.3)|dog]"}, 'In the prompt: The weight "1.2.3"'),  # in one step's text only
         ({"guidance": {"a": 1}}, "guidance scale must be a number"),
         ({"guidance": True}, "guidance scale must be a number"),
         ({"scheduler": ["Euler"]}, "Unknown scheduler ['Euler']"),
@@ -128,9 +130,9 @@ def test_size_limits():
 
 def test_window_strength_and_perp_neg_in_the_parameters_text():
     text = resolve(seed=3, negative="mustache", negative_start=0.3, negative_strength=2, perp_neg=True)
-    assert "Negative prompt: [mustache:0.3]\n" in text.parameters_text("m")
+    assert "Negative prompt: [mustache:7]\n" in text.parameters_text("m")  # 0.3 of 25: switch at step 7
     assert "Negative strength: 2, Perp-Neg: True, Model: m" in text.parameters_text("m")
-    assert "Negative prompt: [mustache::0.6]\n" in resolve(negative="mustache", negative_end=0.6).parameters_text("m")
+    assert "Negative prompt: [mustache::15]\n" in resolve(negative="mustache", negative_end=0.6).parameters_text("m")
     assert 'Empty baseline: "", Model: m' in resolve(empty_as_text=True).parameters_text("m")
     assert "Empty baseline" not in resolve().parameters_text("m")
 

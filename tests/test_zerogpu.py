@@ -98,7 +98,7 @@ def test_the_sweep_crosses_the_process_boundary_too(zerogpu_runner, tiny_sd_fold
     events = list(zerogpu_runner.stream(str(tiny_sd_folder), SETTINGS, sweep=(0.0, 0.5)))
     assert spaces_standin.calls == ["sweep_on_device"]
     sweep = events[-1].sweep
-    assert len(sweep.with_negative) == 2 and sweep.start_steps == [0, 3]
+    assert len(sweep.with_negative) == 2 and sweep.start_steps == [0, 4]
 
 
 def test_the_many_seeds_rows_cross_the_process_boundary_as_they_finish(zerogpu_runner, tiny_sd_folder):

@@ -29,7 +29,7 @@ from negprompt_demo.embedded.faces import ATTRIBUTE_REGIONS, SIZE
 from negprompt_demo.embedded.probe import Probe
 from negprompt_demo.embedded_tools.evaluate import BASE_PROMPT
 from negprompt_demo.engine import generate_pairs
-from negprompt_demo.guidance import window_steps
+from negprompt_demo.prompt_editing import window_steps
 from negprompt_demo.settings import CompareSettings
 
 STARTS: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)  # start sweep, end 1
