@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from negprompt_demo.embeddings import read_embedding
+from negprompt_demo.embeddings import read_embedding, trigger_in
 from negprompt_demo.prompt_syntax import parse_weights
 from negprompt_demo.prompts import tokenize_chunks
 
@@ -129,13 +129,12 @@ def text_words(tokenizer, text: str, source: str, embedding=None) -> list[Word]:
         for c, chunk in enumerate(chunks)
         for j, token in enumerate(chunk.ids)
     ]
-    trigger = embedding.trigger() if embedding is not None else None
     words, cursor = [], 0
     for fragment in parse_weights(text):
         if fragment.weight is None:  # BREAK
             continue
         for typed in fragment.text.split():
-            if trigger is not None and trigger.search(typed):
+            if embedding is not None and trigger_in(tokenizer, typed, embedding):  # token ids, as A1111 matches
                 found = _vector_run(flat, cursor)
             else:
                 found = _find_tokens(flat, cursor, tokenizer(typed, add_special_tokens=False, verbose=False).input_ids)

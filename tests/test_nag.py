@@ -165,13 +165,14 @@ def test_nag_beside_cfg_equals_the_hand_written_loop(sd_pipe, mode):
 def test_the_window_applies_to_nag(sd_pipe):
     settings = nag_settings(negative_start=0.5)
     result = compare(sd_pipe, settings)
-    expected = hand_loop(sd_pipe, 1.0, None, nag_inputs(result.settings), start_step=3)
+    # A1111's counting: [mustache:0.5] at 6 steps acts on k > int(0.5·6) = 3, i.e. steps 4 and 5
+    expected = hand_loop(sd_pipe, 1.0, None, nag_inputs(result.settings), start_step=4)
     assert np.abs(pixels(result.with_negative) - expected).max() <= 2
     steps = result.trace.steps
-    assert [step.nag_map is not None for step in steps] == [False] * 3 + [True] * 3
-    assert [step.negative_active for step in steps] == [False] * 3 + [True] * 3
-    assert all(step.nag_mean > 0 for step in steps[3:]) and steps[3].nag_map.shape == (16, 16)
-    assert "nag_mean" in steps[3].scalars() and "nag_mean" not in steps[0].scalars()
+    assert [step.nag_map is not None for step in steps] == [False] * 4 + [True] * 2
+    assert [step.negative_active for step in steps] == [False] * 4 + [True] * 2
+    assert all(step.nag_mean > 0 for step in steps[4:]) and steps[4].nag_map.shape == (16, 16)
+    assert "nag_mean" in steps[4].scalars() and "nag_mean" not in steps[0].scalars()
 
 
 @pytest.mark.parametrize("mode", ["nag", "both"])
@@ -231,7 +232,7 @@ def test_step_view_draws_the_nag_map_also_from_a_stored_trace(sd_pipe, tmp_path)
     result = compare(sd_pipe, nag_settings(negative_start=0.5))
     fill_previews(sd_pipe, result.trace.steps)
     assert "nag" not in step_views(result.trace, 0) and "nag" in step_views(result.trace, 4)
-    assert "acted in attention (NAG) on steps 4–6" in describe(result.trace)
+    assert "acted in attention (NAG) on steps 5–6" in describe(result.trace)
     store = TraceStore(tmp_path)
     trace_id = store.save(result.trace, curves_picture(result.trace))
     stored, _ = store.load(trace_id, 4)  # the step slider's path: one step's arrays, every step's scalars
