@@ -48,7 +48,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--share", action="store_true", help="also open a temporary public gradio.live link")
     parser.add_argument("--concurrency", type=int, default=1, help="generations at once (default 1 per device)")
-    parser.add_argument("--max-queue", type=int, default=16, help="requests that may wait (default 16)")
+    parser.add_argument("--max-queue", type=int, default=16, help="jobs that may wait (default 16)")
+    parser.add_argument(
+        "--shared",
+        action=argparse.BooleanOptionalAction,
+        default=env_flag("NEGPROMPT_SHARED"),
+        help="a shared instance's bounds: direct REST routes closed, one job per visitor, a device-time budget "
+        "per request, no uploads; default: on with --share, on Spaces and on a non-loopback --host "
+        "[env NEGPROMPT_SHARED]",
+    )
+    parser.add_argument(
+        "--trust-proxy",
+        action="store_true",
+        default=bool(env_flag("NEGPROMPT_TRUST_PROXY")),
+        help="the app sits behind a reverse proxy that sets X-Forwarded-For: one job per client address too "
+        "[env NEGPROMPT_TRUST_PROXY]",
+    )
+    parser.add_argument(
+        "--max-request-seconds",
+        type=float,
+        default=30.0,
+        help="shared instances: the most estimated device time one request may take (default 30)",
+    )
     return parser
 
 
