@@ -20,10 +20,16 @@ that, a forwarded header is a client's own claim and is ignored.
 from __future__ import annotations
 
 import logging
+import re
+import sys
+import traceback
+import types
 
 import gradio as gr
+import gradio.queueing
 
 from negprompt_demo.app_config import AppConfig
+from negprompt_demo.settings import MAX_ECHO_CHARS
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +53,7 @@ class Door:
         self.queue = demo._queue  # Gradio's queue: its lanes and its running jobs are read, never changed here
         self._push = self.queue.push
         self.queue.push = self.push
+        quiet_gradio_errors()
 
     def visitor(self, session_hash: str | None, request) -> set[str]:
         """The keys that name one visitor: its session, and its address when a trusted proxy reports it."""
@@ -111,3 +118,48 @@ class Door:
             return not any(event.alive for event in events if event.session_hash == session_hash)
 
         return check
+
+
+# Gradio's own input errors (a forged request's value out of a slider's range or a dropdown's choices) quote the
+# value whole, and its queue prints a traceback for each: a client sending 4,000-character values could fill the
+# log and read its own text back. On a shared instance both are cut to size.
+_GRADIO_VALUE_ERROR = re.compile(
+    r"^(Value:? )(.*?)( \(type: [^)]*\))?( is (?:not in the list of choices|less than minimum value|greater than "
+    r"maximum value))(.*)$",
+    re.DOTALL,
+)
+
+
+def capped_message(message: str) -> str:
+    """A Gradio range or choice error with the value it quotes cut to MAX_ECHO_CHARS (the choices listed too)."""
+    match = _GRADIO_VALUE_ERROR.match(message)
+    if match is None:
+        return message
+    value, rest = match.group(2), match.group(5)
+    cut = lambda text: text if len(text) <= MAX_ECHO_CHARS else text[: MAX_ECHO_CHARS - 1] + "…"  # noqa: E731
+    return f"{match.group(1)}{cut(value)}{match.group(4)}{cut(rest)}"
+
+
+def quiet_gradio_errors() -> None:
+    """Patch Gradio's queue (once per process): error messages capped (`capped_message`), and a gr.Error (a
+    refused input) logged as one line instead of a traceback; any other exception keeps its traceback."""
+    if getattr(gradio.queueing, "_negprompt_quiet", False):
+        return
+    original = gradio.queueing.error_payload
+
+    def error_payload(error, show_error):
+        content = original(error, show_error)
+        if isinstance(content.get("error"), str):
+            content["error"] = capped_message(content["error"])
+        return content
+
+    def print_exc(*args, **kwargs) -> None:
+        error = sys.exc_info()[1]
+        if isinstance(error, gr.Error):
+            log.info("refused: %s", capped_message(str(error))[:200].replace("\n", " "))
+        else:
+            traceback.print_exc(*args, **kwargs)
+
+    gradio.queueing.error_payload = error_payload
+    gradio.queueing.traceback = types.SimpleNamespace(print_exc=print_exc, format_exc=traceback.format_exc)
+    gradio.queueing._negprompt_quiet = True

@@ -16,7 +16,7 @@ from negprompt_demo import cost
 from negprompt_demo.app import launch_options
 from negprompt_demo.app_config import MAX_UPLOAD, AppConfig, config_from_args
 from negprompt_demo.cost import CostLimits, Request, check_request, check_weights, estimate_seconds, text_chunks
-from negprompt_demo.door import Door
+from negprompt_demo.door import Door, capped_message
 from negprompt_demo.jobs import JobFiles, StepFiles
 from negprompt_demo.launch import build_parser
 from negprompt_demo.settings import CompareSettings, InputError
@@ -148,3 +148,18 @@ def test_shared_deployments_get_the_bounds_and_local_keeps_todays():
     assert config_from_args(parse(["--shared", "--trust-proxy"])).trusted_proxy
     assert launch_options(AppConfig(shared=True))["max_file_size"] == 0
     assert launch_options(AppConfig())["max_file_size"] == launch_options()["max_file_size"] == MAX_UPLOAD
+
+
+# --- what a client reads back ------------------------------------------------------------------------------------
+
+
+def test_gradio_errors_are_cut():
+    """Gradio's own range and choice errors (a forged request's value) quote at most MAX_ECHO_CHARS of it."""
+    huge = "9" * 4000
+    for message in (
+        f"Value {huge} is greater than maximum value 150.",
+        f"Value: {huge!r} (type: <class 'str'>) is not in the list of choices: ['Euler', 'DDIM']",
+    ):
+        cut = capped_message(message)
+        assert len(cut) < 140 and "9" * 40 not in cut and ("greater than" in cut or "not in the list" in cut)
+    assert capped_message("steps must be between 1 and 150, got 0.") == "steps must be between 1 and 150, got 0."
