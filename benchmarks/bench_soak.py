@@ -48,7 +48,9 @@ class Page:
 
     def call(self, dependency: dict, values: dict) -> list:
         """Join the queue with the dependency's inputs (by label, else defaults) and read until it completes."""
-        data = [values.get(self.components[i].get("label"), self.components[i].get("value")) for i in dependency["inputs"]]
+        data = [
+            values.get(self.components[i].get("label"), self.components[i].get("value")) for i in dependency["inputs"]
+        ]
         body = {"data": data, "fn_index": dependency["id"], "session_hash": self.session}
         httpx.post(f"{self.base}/queue/join", json=body, timeout=60).raise_for_status()
         with httpx.stream("GET", f"{self.base}/queue/data", params={"session_hash": self.session}, timeout=600) as s:
@@ -109,7 +111,8 @@ def main() -> None:
             print(f"request {number} failed: {error}", file=sys.stderr)
         if number in (20, args.requests) or number % 50 == 0:
             rss[number] = process.memory_info().rss
-            print(f"{number:4d} requests  RSS {rss[number] / 2**20:7.1f} MiB  folder {folder_bytes(private) / 2**20:6.1f} MiB")
+            folder = folder_bytes(private) / 2**20
+            print(f"{number:4d} requests  RSS {rss[number] / 2**20:7.1f} MiB  folder {folder:6.1f} MiB", flush=True)
     seconds = time.perf_counter() - started
     disk = folder_bytes(private)
     interrupted = time.perf_counter()

@@ -16,6 +16,7 @@ import html
 import logging
 import math
 import random
+import string
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -105,7 +106,15 @@ def reading_text(reading) -> str:
 
 
 def caption_for(negative: str) -> str:
-    return f"**{html.escape(run_labels(negative)[1], quote=False)}**"
+    return f"**{markdown_text(run_labels(negative)[1])}**"
+
+
+def markdown_text(text: str) -> str:
+    """User text for a Markdown component, shown as the text it is: every ASCII punctuation mark escaped (no link,
+    emphasis or heading from a link's query), <, > and & as HTML entities."""
+    return "".join(
+        html.escape(char) if char in "<>&" else "\\" + char if char in string.punctuation else char for char in text
+    )
 
 
 class Handlers:

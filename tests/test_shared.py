@@ -4,6 +4,7 @@ who counts as one visitor, and which deployments get these bounds. The live atta
 
 from __future__ import annotations
 
+import html
 import os
 import stat
 import time
@@ -163,3 +164,20 @@ def test_gradio_errors_are_cut():
         cut = capped_message(message)
         assert len(cut) < 140 and "9" * 40 not in cut and ("greater than" in cut or "not in the list" in cut)
     assert capped_message("steps must be between 1 and 150, got 0.") == "steps must be between 1 and 150, got 0."
+
+
+@pytest.mark.parametrize(
+    "negative",
+    ["[click here](https://evil.example/login?next=1)", "**bold** _it_ # head", "<img src=x onerror=alert(1)>"],
+)
+def test_captions_render_user_text_as_text(negative):
+    """The caption over the with-negative image, rendered as CommonMark: no link, emphasis,
+    heading or tag from the user's text, and the text itself still readable."""
+    import markdown_it
+
+    from negprompt_demo.handlers import caption_for
+
+    rendered = markdown_it.MarkdownIt("commonmark").render(caption_for(negative))
+    inner = rendered.removeprefix("<p><strong>").removesuffix("</strong></p>\n")
+    assert "<a " not in inner and "<em>" not in inner and "<strong>" not in inner and "<img" not in inner
+    assert html.unescape(inner) == "negative: " + (negative if len(negative) <= 40 else negative[:37] + "...")
