@@ -102,9 +102,11 @@ def main() -> None:
                 page.call(seeds, {**values, "seeds": 4})
             else:
                 trace_id = page.call(compare, values)[trace_at]
+                if number == 1:
+                    print(f"first trace id: {trace_id!r}", flush=True)
                 for move in range(args.moves):
                     before = folder_bytes(private)
-                    page.call(step, {"step": 1 + (3 * move + number) % 10, "": trace_id})
+                    page.call(step, {"step": 1 + (3 * move + number) % 10, None: trace_id})  # trace_id: no label
                     moves_bytes.append(folder_bytes(private) - before)
         except RuntimeError as error:
             failures += 1
