@@ -112,7 +112,7 @@ def describe(settings, request: Request) -> str:
 
 def estimate_seconds(pipe, settings, request: Request, chunks: int = 1) -> float:
     """The estimated device time of a request (module docstring), from this device's rates for `pipe`."""
-    unet_rate, decode_rate = device_rates(pipe)
+    small_batch, large_batch, decode_rate = device_rates(pipe)
     scale = getattr(pipe, "vae_scale_factor", 8)
     pixels = (settings.width // scale) * (settings.height // scale)
     extra = int(settings.push_map) or int(settings.perp_neg)
@@ -122,42 +122,54 @@ def estimate_seconds(pipe, settings, request: Request, chunks: int = 1) -> float
         items, decodes = 2 + request.runs * (2 + extra), 1 + request.runs
     else:
         items, decodes = 4 + extra, 2 * settings.steps
+    unet_rate = large_batch if items >= LARGE_BATCH else small_batch  # a large batch costs less per item
     per_item = unet_rate * (1 + CHUNK_COST * (chunks - 1)) * (ATTENTION_COST if settings.attention_maps else 1.0)
     return items * settings.steps * pixels * per_item + decodes * pixels * decode_rate
 
 
 _rates: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+SMALL_BATCH, LARGE_BATCH = 4, 8  # a comparison's UNet batch; many seeds and the sweep batch 8 or more
 
 
-def device_rates(pipe) -> tuple[float, float]:
-    """(seconds per UNet item per latent pixel, seconds per decoded picture per latent pixel) on this device,
-    measured once per pipeline at its native size (the faster of two tries after a warm-up)."""
+def device_rates(pipe) -> tuple[float, float, float]:
+    """(seconds per UNet item per latent pixel in a batch of SMALL_BATCH, the same in a batch of LARGE_BATCH,
+    seconds per decoded picture per latent pixel) on this device, measured once per pipeline at its native size
+    (the fastest of two tries after a warm-up)."""
     if pipe in _rates:
         return _rates[pipe]
     denoiser = getattr(pipe, "unet", None)
     if denoiser is None:  # a transformer model (SD3, FLUX): no UNet call to time, assume a large one
-        _rates[pipe] = (2e-5, 2e-6)
+        _rates[pipe] = (2e-5, 2e-5, 2e-6)
         return _rates[pipe]
-    scale = pipe.vae_scale_factor
-    side = native_size(pipe) // scale
-    latents = torch.zeros(2, denoiser.config.in_channels, side, side, device=pipe.device, dtype=denoiser.dtype)
-    context_size = denoiser.config.cross_attention_dim
-    context = torch.zeros(2, 77, context_size, device=pipe.device, dtype=denoiser.dtype)
+    side = native_size(pipe) // pipe.vae_scale_factor
+    unet = [unet_seconds(pipe, batch, side) / (batch * side * side) for batch in (SMALL_BATCH, LARGE_BATCH)]
+    latents = torch.zeros(1, pipe.vae.config.latent_channels, side, side, device=pipe.device, dtype=pipe.vae.dtype)
+    timings = []
+    with pipeline_lock(pipe), torch.inference_mode():
+        for _ in range(3):
+            started = time.perf_counter()
+            pipe.vae.decode(latents)
+            timings.append(time.perf_counter() - started)
+    _rates[pipe] = (*unet, min(timings[1:]) / (side * side))
+    return _rates[pipe]
+
+
+def unet_seconds(pipe, batch: int, side: int) -> float:
+    """One UNet call on `batch` latents of side × side with a one-chunk context (the fastest of two, warm)."""
+    denoiser, dtype = pipe.unet, pipe.unet.dtype
+    latents = torch.zeros(batch, denoiser.config.in_channels, side, side, device=pipe.device, dtype=dtype)
+    context = torch.zeros(batch, 77, denoiser.config.cross_attention_dim, device=pipe.device, dtype=dtype)
     extra = {}
     if getattr(denoiser.config, "addition_embed_type", None) == "text_time":  # SDXL
         pooled = pipe.text_encoder_2.config.projection_dim if pipe.text_encoder_2 is not None else 1280
         extra["added_cond_kwargs"] = {
-            "text_embeds": torch.zeros(2, pooled, device=pipe.device, dtype=denoiser.dtype),
-            "time_ids": torch.zeros(2, 6, device=pipe.device, dtype=denoiser.dtype),
+            "text_embeds": torch.zeros(batch, pooled, device=pipe.device, dtype=dtype),
+            "time_ids": torch.zeros(batch, 6, device=pipe.device, dtype=dtype),
         }
     timings = []
     with pipeline_lock(pipe), torch.inference_mode():
         for _ in range(3):
             started = time.perf_counter()
             denoiser(latents, 500, encoder_hidden_states=context, **extra)
-            middle = time.perf_counter()
-            pipe.vae.decode(latents[:1, : pipe.vae.config.latent_channels])
-            timings.append((middle - started, time.perf_counter() - middle))
-    unet_s, decode_s = min(t[0] for t in timings[1:]), min(t[1] for t in timings[1:])
-    _rates[pipe] = (unet_s / (2 * side * side), decode_s / (side * side))
-    return _rates[pipe]
+            timings.append(time.perf_counter() - started)
+    return min(timings[1:])

@@ -503,7 +503,7 @@ def test_a_killed_clients_many_seeds_job_stops_within_one_step(shared_server, do
     session = f"killed-{door}"
     body = {"data": fn_data(config, index, labels), "fn_index": index, "session_hash": session}
     base = url.rstrip("/") + "/gradio_api"
-    device_rates(pipe)  # measured once per pipeline (three UNet calls), not counted below
+    device_rates(pipe)  # measured once per pipeline (a few UNet calls), not counted below
     calls = UnetCalls(pipe, hold_at=3)
     try:
         assert httpx.post(f"{base}/queue/join", json=body, timeout=30).status_code == 200

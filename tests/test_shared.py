@@ -61,7 +61,7 @@ def test_chunks_are_counted_as_a1111_counts_them(sd_pipe):
 @pytest.fixture
 def fixed_rates(sd_pipe, monkeypatch):
     """The device rates of the tiny pipeline fixed (1 µs per UNet item per latent pixel, 1 µs per decoded one)."""
-    monkeypatch.setitem(cost._rates, sd_pipe, (1e-6, 1e-6))
+    monkeypatch.setitem(cost._rates, sd_pipe, (1e-6, 1e-6, 1e-6))
     return sd_pipe
 
 
