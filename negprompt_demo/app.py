@@ -387,6 +387,7 @@ def run(args: argparse.Namespace) -> None:
     config = config_from_args(args)
     # This process's runs and Gradio's copies of what it serves live in one private folder (mode 0700), capped in
     # size (`Handlers.new_job`) and removed at exit; SIGINT and SIGTERM close the server and exit.
+    os.umask(0o077)  # every file this server writes (results, traces, Gradio's copies) is its user's only
     private = private_folder()
     os.environ["GRADIO_TEMP_DIR"] = str(private / "gradio")
     atexit.register(shutil.rmtree, private, ignore_errors=True)
