@@ -1,4 +1,4 @@
-"""The Gradio page: layout, event wiring and launch. `python demo.py` runs it.
+"""The Gradio page: layout and event wiring. `python demo.py` serves it (`launch.serve`).
 
 Reads top to bottom as the page does: inputs and results, examples, the step view, then the hidden public API
 endpoint. All event functions live in `handlers.py`; this module only places components and connects them.
@@ -8,23 +8,16 @@ that the layout does not place by name lands in the "sampling settings" accordio
 
 from __future__ import annotations
 
-import argparse
-import atexit
-import os
-import shutil
-import signal
-import sys
-import threading
 from pathlib import Path
 
 import gradio as gr
 
 from negprompt_demo import handlers
-from negprompt_demo.app_config import MAX_UPLOAD, AppConfig, config_from_args
+from negprompt_demo.app_config import MAX_UPLOAD, AppConfig
 from negprompt_demo.door import RENDER_CONCURRENCY, RENDER_LANE, Door
 from negprompt_demo.examples import example_cache_folder, examples_section, warm_example
 from negprompt_demo.handlers import EXAMPLE_NAMES, INPUT_NAMES, LINK_OUTPUTS, UI_OUTPUTS
-from negprompt_demo.loading import EMBEDDED, ModelLoadError, load_pipeline, model_defaults, native_size
+from negprompt_demo.loading import EMBEDDED, load_pipeline, model_defaults, native_size
 from negprompt_demo.seeds_view import SEEDS_API_INPUTS, SeedsHandlers, seeds_panel, wire_seeds
 from negprompt_demo.settings import DEFAULTS, FIELDS, GRID_DEFAULTS, GRID_FIELDS, MAX_SEED, size_limits
 from negprompt_demo.step_view import STEP_OUTPUTS
@@ -380,36 +373,6 @@ def api_endpoints(config: AppConfig, events, defaults: dict) -> None:
             concurrency_id="device",
             concurrency_limit=config.concurrency,
         )
-
-
-def run(args: argparse.Namespace) -> None:
-    """Build the page for the parsed command line (see `launch.py`) and serve it."""
-    config = config_from_args(args)
-    # This process's runs and Gradio's copies of what it serves live in one private folder (mode 0700), capped in
-    # size (`Handlers.new_job`) and removed at exit; SIGINT and SIGTERM close the server and exit.
-    os.umask(0o077)  # every file this server writes (results, traces, Gradio's copies) is its user's only
-    private = private_folder()
-    os.environ["GRADIO_TEMP_DIR"] = str(private / "gradio")
-    atexit.register(shutil.rmtree, private, ignore_errors=True)
-    try:
-        demo = build_app(config, warm_first_example=True, private=private)
-    except ModelLoadError as error:
-        print(f"error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
-    demo.launch(
-        server_name=args.host,
-        server_port=args.port,
-        share=args.share,
-        prevent_thread_lock=True,
-        **launch_options(config),
-    )
-    stopping = threading.Event()
-    for number in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(number, lambda *_: stopping.set())
-    while not stopping.wait(1.0):
-        pass
-    demo.close()
-    raise SystemExit(0)
 
 
 def launch_options(config: AppConfig | None = None) -> dict:

@@ -136,7 +136,7 @@ class Handlers:
 
     def new_job(self) -> JobFiles:
         """A folder for one job's files. Before it, jobs' folders older than RUN_MAX_AGE_S go (looked for at most
-        once a minute), and this process's folder (jobs, run traces and, when `app.run` put it there, Gradio's
+        once a minute), and this process's folder (jobs, run traces and, when `launch.serve` put it there, Gradio's
         cache) is trimmed to RUN_FOLDER_CAP, oldest first."""
         if time.monotonic() - self._last_cleanup > CLEANUP_INTERVAL_S:
             remove_old_folders(self.output_root, RUN_MAX_AGE_S)
