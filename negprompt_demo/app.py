@@ -1,4 +1,4 @@
-"""The Gradio page: layout, event wiring and launch. `python demo.py` runs it.
+"""The Gradio page: layout and event wiring. `python demo.py` serves it (`launch.serve`).
 
 Reads top to bottom as the page does: inputs and results, examples, the step view, then the hidden public API
 endpoint. All event functions live in `handlers.py`; this module only places components and connects them.
@@ -8,16 +8,16 @@ that the layout does not place by name lands in the "sampling settings" accordio
 
 from __future__ import annotations
 
-import argparse
-import sys
+from pathlib import Path
 
 import gradio as gr
 
 from negprompt_demo import handlers
-from negprompt_demo.app_config import MAX_UPLOAD, AppConfig, config_from_args
+from negprompt_demo.app_config import MAX_UPLOAD, AppConfig
+from negprompt_demo.door import RENDER_CONCURRENCY, RENDER_LANE, Door
 from negprompt_demo.examples import example_cache_folder, examples_section, warm_example
 from negprompt_demo.handlers import EXAMPLE_NAMES, INPUT_NAMES, LINK_OUTPUTS, UI_OUTPUTS
-from negprompt_demo.loading import EMBEDDED, ModelLoadError, load_pipeline, model_defaults, native_size
+from negprompt_demo.loading import EMBEDDED, load_pipeline, model_defaults, native_size
 from negprompt_demo.seeds_view import SEEDS_API_INPUTS, SeedsHandlers, seeds_panel, wire_seeds
 from negprompt_demo.settings import DEFAULTS, FIELDS, GRID_DEFAULTS, GRID_FIELDS, MAX_SEED, size_limits
 from negprompt_demo.step_view import STEP_OUTPUTS
@@ -63,18 +63,20 @@ def model_choices(config: AppConfig) -> list[tuple[str, str]]:
     return [("embedded (tiny face model, offline)" if name == EMBEDDED else name, name) for name in config.models]
 
 
-def build_app(config: AppConfig, warm_first_example: bool = False) -> gr.Blocks:
+def build_app(config: AppConfig, warm_first_example: bool = False, private: Path | None = None) -> gr.Blocks:
     """The whole page for one deployment; loads the default model to learn its defaults.
 
     With `warm_first_example`, the first example is computed now, before the server starts (once per model: the
     cache stays on disk), so a newcomer's first click on it is answered at once instead of after a whole run
     without a live view. Not in the background: Gradio computes an example through a temporary page-load event,
-    which a browser opening the page meanwhile would try to call after it is gone."""
+    which a browser opening the page meanwhile would try to call after it is gone.
+
+    `private` is this process's folder for runs (a new one by default; `run` also puts Gradio's cache there)."""
     pipe = load_pipeline(config.default_model)
     native = native_size(pipe)
     defaults = {"width": native, "height": native, **model_defaults(pipe)}
     cache_folder = example_cache_folder(pipe)
-    private = private_folder()  # this process's runs: traces and job files, mode 0700
+    private = private or private_folder()  # this process's runs: traces and job files, mode 0700
     (private / "jobs").mkdir()
     events = handlers.Handlers(config, TraceStore(private / "traces", cache_folder / "traces"), private / "jobs")
 
@@ -105,7 +107,15 @@ def build_app(config: AppConfig, warm_first_example: bool = False) -> gr.Blocks:
         )
         wire_seeds(config, events, inputs, seeds)
         api_endpoints(config, events, defaults)
-    demo.queue(max_size=config.max_queue, default_concurrency_limit=config.concurrency)
+    # A shared instance: no direct REST route beside the queue, and door.py's lane bounds and turns instead of
+    # Gradio's one max_size over every lane (which let one visitor's jobs refuse everyone's slider moves).
+    demo.queue(
+        max_size=None if config.shared else config.max_queue,
+        default_concurrency_limit=config.concurrency,
+        api_open=not config.shared,
+    )
+    if config.shared:
+        events.door = Door(demo, config)
     if warm_first_example:
         warm_example(examples, 0)
     return demo
@@ -300,8 +310,8 @@ def wire_page(demo, config: AppConfig, events, inputs: dict, buttons: dict, show
         api_visibility="private",
         trigger_mode="always_last",
         show_progress="hidden",
-        concurrency_id="render",
-        concurrency_limit=4,
+        concurrency_id=RENDER_LANE,
+        concurrency_limit=RENDER_CONCURRENCY,
     )
 
 
@@ -366,17 +376,9 @@ def api_endpoints(config: AppConfig, events, defaults: dict) -> None:
         )
 
 
-def run(args: argparse.Namespace) -> None:
-    """Build the page for the parsed command line (see `launch.py`) and serve it."""
-    config = config_from_args(args)
-    try:
-        demo = build_app(config, warm_first_example=True)
-    except ModelLoadError as error:
-        print(f"error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
-    demo.launch(server_name=args.host, server_port=args.port, share=args.share, **launch_options())
-
-
-def launch_options() -> dict:
-    """Theme, CSS and the upload bound, which Gradio 6 takes at launch (tests launch with the same)."""
-    return {"theme": gr.themes.Soft(), "css": CSS, "max_file_size": MAX_UPLOAD}
+def launch_options(config: AppConfig | None = None) -> dict:
+    """Theme, CSS and the upload bound, which Gradio 6 takes at launch (tests launch with the same). A shared
+    instance takes no file at all (its model list is locked, so it offers no embedding upload): every upload is
+    refused at the route, before anything is kept."""
+    shared = config is not None and config.shared
+    return {"theme": gr.themes.Soft(), "css": CSS, "max_file_size": 0 if shared else MAX_UPLOAD}

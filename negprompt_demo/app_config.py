@@ -37,7 +37,13 @@ class AppConfig:
     models: list[str] = field(default_factory=lambda: [EMBEDDED, *KNOWN_MODELS])
     lock_models: bool = False  # shared deployments: only `models`, no free-text model field
     concurrency: int = 1  # generations at once per device
-    max_queue: int = 16  # requests waiting beyond that are refused by Gradio ("Queue is full! Please try again.")
+    max_queue: int = 16  # device jobs that may wait (door.py: one per visitor, the rest refused)
+    # A shared instance (a Space, a share link, a network address): direct REST routes closed, one job per visitor,
+    # a device-time budget and a chunk cap per request, no upload route (door.py, cost.py).
+    shared: bool = False
+    trusted_proxy: bool = False  # a visitor is also the client address the proxy reports (X-Forwarded-For)
+    max_request_seconds: float = 30.0  # shared: estimated device time of one request (cost.py)
+    max_chunks: int = 3  # shared: 75-token chunks per prompt or negative prompt
 
     def __post_init__(self) -> None:
         # The default model is always offered, and first.
@@ -75,8 +81,10 @@ def is_loopback(host: str | None) -> bool:
 
 def config_from_args(args: argparse.Namespace) -> AppConfig:
     """Shared deployments (a --share link, a Hugging Face Space, any bind address that is not loopback) lock the
-    model list unless told otherwise (--no-lock-models)."""
+    model list unless told otherwise (--no-lock-models) and get a shared instance's bounds unless --no-shared."""
     shared = args.share or bool(os.environ.get("SPACE_ID")) or not is_loopback(args.host)
+    if args.shared is not None:
+        shared = args.shared
     offered = [name.strip() for name in (args.models or "").split(",") if name.strip()]
     return AppConfig(
         default_model=args.model,
@@ -84,4 +92,7 @@ def config_from_args(args: argparse.Namespace) -> AppConfig:
         lock_models=shared if args.lock_models is None else args.lock_models,
         concurrency=max(1, args.concurrency),
         max_queue=max(1, args.max_queue),
+        shared=shared,
+        trusted_proxy=bool(args.trust_proxy),
+        max_request_seconds=args.max_request_seconds,
     )

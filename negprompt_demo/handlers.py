@@ -16,6 +16,7 @@ import html
 import logging
 import math
 import random
+import string
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -25,17 +26,18 @@ import gradio as gr
 from negprompt_demo.app_config import AppConfig
 from negprompt_demo.attention_views import chosen_word, word_choices
 from negprompt_demo.attributes import sweep_reading
+from negprompt_demo.cost import CostLimits
 from negprompt_demo.engine import SWEEP_STARTS, GenerationCancelled, NonFiniteError, Sweep
 from negprompt_demo.export import trace_document, write_outputs
 from negprompt_demo.flow_models import DISTILLED_NOTE, FAMILY_NOTES
-from negprompt_demo.jobs import JobFiles
+from negprompt_demo.jobs import JobFiles, StepFiles
 from negprompt_demo.legends import difference_with_legend
 from negprompt_demo.links import NOT_IN_LINKS, link_query, link_values
 from negprompt_demo.loading import ModelLoadError, load_pipeline, model_defaults, model_family, native_size
 from negprompt_demo.runner import Done, Ready, Step, SweepDone, astream
 from negprompt_demo.settings import FIELDS, MAX_SEED, CompareSettings, InputError, resolve_settings, size_limits
 from negprompt_demo.step_view import STEP_OUTPUTS, live_trace, step_outputs
-from negprompt_demo.tracefile import RUN_MAX_AGE_S, TraceNotFound, TraceStore, remove_old_folders
+from negprompt_demo.tracefile import RUN_MAX_AGE_S, TraceNotFound, TraceStore, remove_old_folders, trim_folders
 from negprompt_demo.visualize import (
     curves_picture,
     run_labels,
@@ -104,7 +106,15 @@ def reading_text(reading) -> str:
 
 
 def caption_for(negative: str) -> str:
-    return f"**{html.escape(run_labels(negative)[1], quote=False)}**"
+    return f"**{markdown_text(run_labels(negative)[1])}**"
+
+
+def markdown_text(text: str) -> str:
+    """User text for a Markdown component, shown as the text it is: every ASCII punctuation mark escaped (no link,
+    emphasis or heading from a link's query), <, > and & as HTML entities."""
+    return "".join(
+        html.escape(char) if char in "<>&" else "\\" + char if char in string.punctuation else char for char in text
+    )
 
 
 class Handlers:
@@ -116,13 +126,23 @@ class Handlers:
         self.config, self.traces, self.output_root = config, traces, output_root
         self._last_cleanup = -math.inf
         self.examples: list[dict] = []  # the example rows by input name: a link to one shows its cached result
+        self.door = None  # door.Door once the queue exists: tells a running job that its client has gone
+        self.limits = CostLimits(config.max_request_seconds, config.max_chunks) if config.shared else None
+
+    def stream(self, request: gr.Request | None, model: str, settings: CompareSettings, **options) -> AsyncIterator:
+        """`runner.astream` with this deployment's cost limits, stopped when the client of `request` leaves."""
+        gone = self.door.gone(request) if self.door is not None else None
+        return astream(model, settings, limits=self.limits, gone=gone, **options)
 
     def new_job(self) -> JobFiles:
-        """A folder for one job's files; jobs' folders older than RUN_MAX_AGE_S go, looked for at most once a
-        minute (a slider move is a job too, and should not list the whole folder each time)."""
+        """A folder for one job's files. Before it, jobs' folders older than RUN_MAX_AGE_S go (looked for at most
+        once a minute), and this process's folder (jobs, run traces and, when `launch.serve` put it there, Gradio's
+        cache) is trimmed to RUN_FOLDER_CAP, oldest first."""
         if time.monotonic() - self._last_cleanup > CLEANUP_INTERVAL_S:
             remove_old_folders(self.output_root, RUN_MAX_AGE_S)
             self._last_cleanup = time.monotonic()
+        private = self.output_root.parent
+        trim_folders([self.output_root, private / "traces", private / "gradio"])
         return JobFiles(self.output_root)
 
     def unpack(self, values: dict) -> tuple[str, CompareSettings]:
@@ -162,13 +182,13 @@ class Handlers:
             **step_outputs(trace, last, files, curves),
         }
 
-    async def compare_ui(self, request: gr.Request, progress=gr.Progress(), **values) -> AsyncIterator[tuple]:  # noqa: B008
+    async def compare_ui(self, request: gr.Request = None, progress=gr.Progress(), **values) -> AsyncIterator[tuple]:  # noqa: B008
         """Stream previews, the step view and the curves while sampling, then the full result."""
         try:
             model, settings = self.unpack(values)
             progress(0, desc="loading the model")
             files, records, last_curves = self.new_job(), [], 0.0
-            async for event in astream(model, settings):
+            async for event in self.stream(request, model, settings):
                 if isinstance(event, Ready):
                     settings = event.settings
                     for warning in event.warnings:
@@ -229,12 +249,12 @@ class Handlers:
             raise input_error(error) from None
         raise gr.Error("The comparison ended without a result.")
 
-    async def compare_api(self, progress=gr.Progress(), **values):  # noqa: B008
+    async def compare_api(self, request: gr.Request = None, progress=gr.Progress(), **values):  # noqa: B008
         """Public `/compare`: (image without negative, image with negative, seed used, trace JSON), the images as
         PNG files with their generation parameters. Cancelling the job stops sampling after the current step."""
         try:
             model, settings = self.unpack(values)
-            async for event in astream(model, settings):
+            async for event in self.stream(request, model, settings):
                 if isinstance(event, Step):
                     progress((event.done, event.total), desc="sampling", unit="steps")
                 elif isinstance(event, Done):
@@ -250,20 +270,20 @@ class Handlers:
             raise input_error(error, for_html=False) from None  # API clients get the message as plain text
         raise gr.Error("The comparison ended without a result.")
 
-    async def sweep_ui(self, progress=gr.Progress(), **values) -> tuple:  # noqa: B008
+    async def sweep_ui(self, request: gr.Request = None, progress=gr.Progress(), **values) -> tuple:  # noqa: B008
         """ "When does it act?": the negative started at several steps, one batched call; (picture, reading)."""
         try:
-            sweep = await self.run_sweep(values, progress)
+            sweep = await self.run_sweep(values, progress, request)
         except Exception as error:
             raise input_error(error) from None
         marks, reading = sweep_reading(sweep)
         picture = self.new_job().png(sweep_picture(sweep, marks), "sweep")
         return picture, reading
 
-    async def sweep_api(self, progress=gr.Progress(), **values) -> tuple:  # noqa: B008
+    async def sweep_api(self, request: gr.Request = None, progress=gr.Progress(), **values) -> tuple:  # noqa: B008
         """Public `/sweep`: (the images, no negative first; what each is) — see `engine.sweep_starts`."""
         try:
-            sweep = await self.run_sweep(values, progress)
+            sweep = await self.run_sweep(values, progress, request)
         except Exception as error:
             raise input_error(error, for_html=False) from None
         files = self.new_job()
@@ -282,9 +302,9 @@ class Handlers:
         }
         return gallery, info
 
-    async def run_sweep(self, values: dict, progress) -> Sweep:
+    async def run_sweep(self, values: dict, progress, request: gr.Request | None = None) -> Sweep:
         model, settings = self.unpack(values)
-        async for event in astream(model, settings, sweep=SWEEP_STARTS):
+        async for event in self.stream(request, model, settings, sweep=SWEEP_STARTS):
             if isinstance(event, Step):
                 progress((event.done, event.total), desc="sampling the sweep", unit="steps")
             elif isinstance(event, SweepDone):
@@ -350,6 +370,7 @@ class Handlers:
             trace, curves = self.traces.load(trace_id, index, owner)
             word = chosen_word(trace, word)
             strip = self.traces.word_maps(trace_id, word, owner) if word is not None else None
+            folder = self.traces.picture_folder(trace_id, owner)
         except (TraceNotFound, OSError, ValueError):
             raise gr.Error(
                 "This result is no longer stored on the server; run Compare again.", print_exception=False
@@ -357,7 +378,8 @@ class Handlers:
         if not trace.steps:
             return ordered({}, STEP_OUTPUTS)
         index = min(max(index, 0), len(trace.steps) - 1)
-        return ordered(step_outputs(trace, index, self.new_job(), curves, word, strip), STEP_OUTPUTS)
+        files = StepFiles(folder, f"{index}-{word}")  # one set of pictures per step and word, written once
+        return ordered(step_outputs(trace, index, files, curves, word, strip), STEP_OUTPUTS)
 
 
 def model_widgets(pipe) -> tuple:

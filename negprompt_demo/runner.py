@@ -21,9 +21,10 @@ import asyncio
 import queue
 import threading
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 
+from negprompt_demo.cost import CostLimits, Request, check_request
 from negprompt_demo.engine import (
     Comparison,
     GenerationCancelled,
@@ -114,6 +115,8 @@ def on_accelerator(function):
         return function
     return spaces.GPU(duration=120)(function)
 
+
+GONE_POLL_S = 0.2  # how often a running job looks whether its client is still there
 
 # Stop flags of the runs in this process, by run id. A run sampled in this process sees its caller's flag at once;
 # in a ZeroGPU worker (another process) the id finds no live flag and the run stops when its generator is closed.
@@ -218,15 +221,24 @@ def stream(
     stop: threading.Event | None = None,
     sweep: tuple[float, ...] | None = None,
     seeds: tuple[int, bool | None] | None = None,
+    limits: CostLimits | None = None,
 ) -> Iterator[Event]:
     """Load the model, check the settings, then sample on the device, yielding Ready, Steps and Done (or, with
     `sweep` starts, SweepDone; or, with `seeds` = (count, phrased) from `settings.resolve_grid`, SeedRows per
     chunk and SeedsDone with the whole grid).
 
     Errors are raised as the engine's own classes. When `stop` is set, the run ends after the step it is on and
-    the iterator ends without Done."""
+    the iterator ends without Done. Weights are checked before sampling; with `limits` (a shared instance) also
+    the prompt chunks and the estimated device time (`cost.check_request`)."""
     pipe = load_pipeline(model)
     resolved, warnings = prepare(pipe, settings)
+    if sweep is not None:
+        request = Request("sweep", runs=len(sweep))
+    elif seeds is not None:
+        request = Request("seeds", runs=2 if seeds[1] is False else 3, seeds=seeds[0])
+    else:
+        request = Request()
+    check_request(pipe, resolved, request, limits)
     yield Ready(resolved, warnings, model_label(pipe))
     run_id = uuid.uuid4().hex
     _stop_flags[run_id] = stop or threading.Event()
@@ -261,18 +273,31 @@ async def astream(
     settings: CompareSettings,
     sweep: tuple[float, ...] | None = None,
     seeds: tuple[int, bool | None] | None = None,
+    limits: CostLimits | None = None,
+    gone: Callable[[], bool] | None = None,
 ) -> AsyncIterator[Event]:
     """`stream` on a worker thread, for an event loop. When the page falls behind, waiting Steps are merged into
     one (records concatenated), so it always draws the newest. If the consumer stops (Stop button, a cancelled
-    API job), the run is told to stop and this waits until the device is free again."""
+    API job), the run is told to stop and this waits until the device is free again.
+
+    `gone` tells whether the client has left; it is polled on the event loop every GONE_POLL_S whether or not
+    anyone is reading this iterator (Gradio stops reading a job whose client left, without closing it), and the
+    run then stops after the step it is on."""
     loop = asyncio.get_running_loop()
     updates: asyncio.Queue = asyncio.Queue()
     stop = threading.Event()
     finished = object()
 
+    async def watch() -> None:
+        while not stop.is_set():
+            if gone():
+                stop.set()
+                return
+            await asyncio.sleep(GONE_POLL_S)
+
     def pump() -> None:
         try:
-            for event in stream(model, settings, stop, sweep, seeds):
+            for event in stream(model, settings, stop, sweep, seeds, limits):
                 loop.call_soon_threadsafe(updates.put_nowait, event)
         except BaseException as error:  # handed to the event loop, raised there
             loop.call_soon_threadsafe(updates.put_nowait, error)
@@ -281,6 +306,7 @@ async def astream(
 
     worker = threading.Thread(target=pump, name="negprompt-compare", daemon=True)
     worker.start()
+    watcher = loop.create_task(watch()) if gone is not None else None
     try:
         while True:
             batch = [await updates.get()]
@@ -293,6 +319,8 @@ async def astream(
                     raise event
                 yield event
     finally:
+        if watcher is not None:
+            watcher.cancel()
         if worker.is_alive():
             stop.set()
             await asyncio.to_thread(worker.join)

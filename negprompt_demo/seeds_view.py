@@ -25,7 +25,7 @@ from negprompt_demo.attributes import (
 )
 from negprompt_demo.handlers import INPUT_NAMES, Handlers, input_error, user_message
 from negprompt_demo.many_seeds import SeedGrid, phrased_by_default
-from negprompt_demo.runner import Ready, SeedRows, SeedsDone, Step, astream
+from negprompt_demo.runner import Ready, SeedRows, SeedsDone, Step
 from negprompt_demo.seed_pictures import column_titles, figure_image, sampling_space_figure
 from negprompt_demo.settings import GRID_DEFAULTS, GRID_FIELDS, resolve_grid
 from negprompt_demo.widgets import field_widget
@@ -104,18 +104,18 @@ class SeedsHandlers:
     def __init__(self, events: Handlers):
         self.events = events
 
-    def run_grid(self, values: dict) -> AsyncIterator:
+    def run_grid(self, values: dict, request: gr.Request | None = None) -> AsyncIterator:
         """The runner's events of one many-seeds run, its own inputs checked: Ready, Steps, SeedRows per chunk,
         then SeedsDone with the whole grid."""
         count, phrased = resolve_grid(values.pop("seed_count", None), values.pop("phrased", None))
         model, settings = self.events.unpack(values)
-        return astream(model, settings, seeds=(count, phrased))
+        return self.events.stream(request, model, settings, seeds=(count, phrased))
 
-    async def seeds_ui(self, progress=gr.Progress(), **values) -> AsyncIterator[tuple]:  # noqa: B008
+    async def seeds_ui(self, request: gr.Request = None, progress=gr.Progress(), **values) -> AsyncIterator[tuple]:  # noqa: B008
         """Stream the rows into the three galleries, then the probe's reading (or the click-to-count line)."""
         files, shown = self.events.new_job(), None
         try:
-            async for event in self.run_grid(values):
+            async for event in self.run_grid(values, request):
                 if isinstance(event, Ready):
                     warnings = "".join(f"\n\n⚠️ {html.escape(w, quote=False)}" for w in event.warnings)
                     shown = {"seeds": [], "paths": {}, "negative": event.settings.negative, "warnings": warnings}
@@ -197,10 +197,10 @@ class SeedsHandlers:
 
         return toggle
 
-    async def seeds_api(self, progress=gr.Progress(), **values) -> tuple:  # noqa: B008
+    async def seeds_api(self, request: gr.Request = None, progress=gr.Progress(), **values) -> tuple:  # noqa: B008
         """Public `/seeds`: (every image, captioned "column · seed", in the article's order; the run as JSON)."""
         try:
-            async for event in self.run_grid(values):
+            async for event in self.run_grid(values, request):
                 if isinstance(event, Step):
                     progress((event.done, event.total), desc="sampling the seeds", unit="steps")
                 elif isinstance(event, SeedsDone):

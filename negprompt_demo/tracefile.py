@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import bisect
 import json
+import os
 import re
 import secrets
 import shutil
@@ -34,6 +35,7 @@ from negprompt_demo.visualize import CurvesPicture
 FORMAT_VERSION = 2
 TRACE_ID = re.compile(r"^(run|example)-([0-9a-f]{32})$")
 RUN_MAX_AGE_S = 3600  # a run's files are kept this long (Gradio has copied what it serves into its cache by then)
+RUN_FOLDER_CAP = 1024 * 2**20  # bytes: this process's runs, traces and Gradio's cache together, oldest go first
 ARRAYS = ("previews", "guidance_map", "push_map", "attention_maps", "nag_map")
 
 
@@ -131,6 +133,11 @@ class TraceStore:
             raise TraceNotFound(trace_id)
         return np.array(array[:, word])
 
+    def picture_folder(self, trace_id: str, owner: str | None = None) -> Path:
+        """Where the step view's pictures of a trace this session may read are kept (`jobs.StepFiles`)."""
+        folder, _ = self._open(trace_id, owner)
+        return folder / "pictures"
+
     def _open(self, trace_id: str, owner: str | None) -> tuple[Path, dict]:
         """The folder and header of a trace this session may read."""
         match = TRACE_ID.match(trace_id) if isinstance(trace_id, str) else None
@@ -203,3 +210,37 @@ def remove_old_folders(root: Path, max_age_s: float) -> None:
                 shutil.rmtree(entry, ignore_errors=True)
         except OSError:
             pass
+
+
+def trim_folders(roots: list[Path], cap: int = RUN_FOLDER_CAP) -> int:
+    """Delete the oldest sub-folders of `roots` (one job, one trace, one Gradio cache entry each) until all of them
+    together hold at most `cap` bytes; links are never followed. Returns the bytes kept."""
+    entries = []
+    for root in roots:
+        if not root.is_dir():
+            continue
+        for entry in root.iterdir():
+            try:
+                if entry.is_dir() and not entry.is_symlink():
+                    entries.append((entry.stat().st_mtime, folder_bytes(entry), entry))
+            except OSError:
+                pass
+    total = sum(size for _, size, _ in entries)
+    for _, size, entry in sorted(entries, key=lambda item: item[0]):
+        if total <= cap:
+            break
+        shutil.rmtree(entry, ignore_errors=True)
+        total -= size
+    return total
+
+
+def folder_bytes(folder: Path) -> int:
+    """The size of the files under a folder (links not followed)."""
+    total = 0
+    for dirpath, _, filenames in os.walk(folder):
+        for name in filenames:
+            try:
+                total += os.lstat(os.path.join(dirpath, name)).st_size
+            except OSError:
+                pass
+    return total

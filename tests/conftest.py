@@ -72,7 +72,9 @@ def running_app(config, cache_dir: Path):
         patch.setenv("GRADIO_EXAMPLES_CACHE", str(cache_dir))
         demo = build_app(config)
     port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **launch_options())
+    demo.launch(
+        server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **launch_options(config)
+    )
     try:
         yield f"http://127.0.0.1:{port}/"
     finally:

@@ -112,7 +112,7 @@ def test_compare_ui_streams_steps_then_the_full_result(ui_run):
     without, with_negative = pixels(final["image_without"]), pixels(final["image_with"])
     assert without.shape == with_negative.shape == (32, 32, 3)  # true size; the page enlarges with CSS
     assert not np.array_equal(without, with_negative)
-    assert final["caption_with"] == "**negative: blue**"
+    assert final["caption_with"] == "**negative\\: blue**"  # punctuation escaped: the caption is text (markdown_text)
     assert final["seed_used"] == 7 and "seed `7`" in final["status"]
     assert final["step"]["maximum"] == STEPS and final["step"]["value"] == STEPS
     assert final["push"] is not None and pixels(final["legend"]).shape[1] > 0
