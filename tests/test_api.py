@@ -142,9 +142,9 @@ def test_a_second_comparison_waits_for_the_first(client, tiny_sd_folder, monkeyp
     spans = {}
     original = handlers.astream
 
-    async def spied(model, settings):
+    async def spied(model, settings, **options):  # options: the cost limits and the client-gone check
         began = time.monotonic()
-        async for event in original(model, settings):
+        async for event in original(model, settings, **options):
             if isinstance(event, Done):
                 spans[settings.steps] = (began, time.monotonic())
             yield event
