@@ -15,11 +15,17 @@ import gradio as gr
 
 from negprompt_demo import handlers
 from negprompt_demo.app_config import MAX_UPLOAD, AppConfig, config_from_args
-from negprompt_demo.examples import example_cache_folder, examples_section, warm_example
+from negprompt_demo.examples import (
+    EXAMPLES_FILE,
+    example_cache_folder,
+    example_rows,
+    examples_section,
+    warm_example,
+)
 from negprompt_demo.handlers import EXAMPLE_NAMES, INPUT_NAMES, LINK_OUTPUTS, UI_OUTPUTS
 from negprompt_demo.loading import EMBEDDED, ModelLoadError, load_pipeline, model_defaults, native_size
 from negprompt_demo.seeds_view import SEEDS_API_INPUTS, SeedsHandlers, seeds_panel, wire_seeds
-from negprompt_demo.settings import DEFAULTS, FIELDS, GRID_DEFAULTS, GRID_FIELDS, MAX_SEED, size_limits
+from negprompt_demo.settings import DEFAULTS, FIELDS, GRID_DEFAULTS, GRID_FIELDS, size_limits
 from negprompt_demo.step_view import STEP_OUTPUTS
 from negprompt_demo.tracefile import TraceStore, private_folder
 from negprompt_demo.widgets import (
@@ -84,7 +90,9 @@ def build_app(config: AppConfig, warm_first_example: bool = False) -> gr.Blocks:
             gr.Markdown(HELP)
         with gr.Row(equal_height=False):
             with gr.Column(scale=2, min_width=320):
-                inputs, buttons, examples_slot, model_info = input_panel(config, defaults, native)
+                inputs, buttons, examples_slot, model_info = input_panel(
+                    config, defaults, native, first_example_seed(defaults, config)
+                )
                 shown = {"seed_used": buttons.pop("seed_used")}
             with gr.Column(scale=3):
                 shown |= result_panel()
@@ -106,12 +114,15 @@ def build_app(config: AppConfig, warm_first_example: bool = False) -> gr.Blocks:
         wire_seeds(config, events, inputs, seeds)
         api_endpoints(config, events, defaults)
     demo.queue(max_size=config.max_queue, default_concurrency_limit=config.concurrency)
+    demo.page_examples = examples  # the gr.Examples behind the list (tests click its rows as the page does)
     if warm_first_example:
         warm_example(examples, 0)
     return demo
 
 
-def input_panel(config: AppConfig, defaults: dict, native: int) -> tuple[dict, dict, gr.Column, gr.Markdown]:
+def input_panel(
+    config: AppConfig, defaults: dict, native: int, page_seed: int
+) -> tuple[dict, dict, gr.Column, gr.Markdown]:
     """Prompt, negative prompt, the buttons, the seed row, the model and then every other settings field."""
     inputs: dict[str, gr.components.Component] = {}
     inputs["prompt"] = field_widget("prompt", FIELDS["prompt"], "")
@@ -125,11 +136,10 @@ def input_panel(config: AppConfig, defaults: dict, native: int) -> tuple[dict, d
         }
     examples_slot = gr.Column()  # filled once the outputs exist
     with gr.Row(equal_height=True):
-        inputs["seed"] = gr.Number(
-            label="seed (−1: random)", value=-1, precision=0, minimum=-1, maximum=MAX_SEED, elem_id="seed"
-        )
-        buttons["random"] = gr.Button("random seed", size="sm", scale=0, min_width=90)
-        buttons["seed_used"] = gr.Number(label="seed used", precision=0, interactive=False)
+        # A fixed seed (the first example's), so that changing only the negative keeps the same face
+        inputs["seed"] = field_widget("seed", FIELDS["seed"], page_seed)
+        buttons["random"] = gr.Button("new random seed", size="sm", scale=0, min_width=90, elem_id="random-seed")
+        buttons["seed_used"] = gr.Textbox(label="seed used", interactive=False, elem_id="seed-used")  # empty: no run
     inputs["model"] = gr.Dropdown(
         model_choices(config),
         value=config.default_model,
@@ -146,6 +156,12 @@ def input_panel(config: AppConfig, defaults: dict, native: int) -> tuple[dict, d
                 bounds = (low, high) if name in ("width", "height") else None
                 inputs[name] = field_widget(name, field, defaults.get(name, DEFAULTS[name]), bounds)
     return {name: inputs[name] for name in INPUT_NAMES}, buttons, examples_slot, model_info
+
+
+def first_example_seed(defaults: dict, config: AppConfig) -> int:
+    """The seed the page starts with: the first example's, so a newcomer's own negatives land on the same face."""
+    rows, _ = example_rows(EXAMPLES_FILE, defaults, config.default_model)
+    return int(rows[0][EXAMPLE_NAMES.index("seed")])
 
 
 def result_panel() -> dict:

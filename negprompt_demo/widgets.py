@@ -28,19 +28,34 @@ PLACEHOLDERS = {
 
 
 def field_widget(name: str, field: Field, value, bounds: tuple | None = None) -> gr.components.Component:
-    """The page's widget for one settings field, from its declaration (bounds: a model's size limits)."""
-    low, high = bounds or (field.minimum, field.maximum)
+    """The page's widget for one settings field, from its declaration (bounds: a model's size limits).
+
+    No widget bounds, rounds or cuts a value: Gradio's Slider and Number clamp to their minimum and maximum and round
+    to their precision without a word, and a Textbox's max_length cuts a long prompt, so the page would run other
+    values than those typed (and than the API and CLI run). Numbers are plain boxes that say their range; the server
+    checks every value once (`settings.resolve_settings`) and answers with the same message as the API and CLI."""
     if field.kind == "text":
-        return gr.Textbox(label=field.label, value=value, lines=2 if name == "prompt" else 1, max_length=int(high))
+        return gr.Textbox(label=field.label, value=value, lines=2 if name == "prompt" else 1, elem_id=name)
     if field.kind == "choice":
         return gr.Dropdown(list(field.choices), value=value, label=field.label)
     if field.kind == "flag":
-        return gr.Checkbox(value=bool(value), label=f"{field.label} ({field.help})")
+        return gr.Checkbox(value=bool(value), label=f"{field.label} ({field.help})", elem_id=name)
     if field.kind == "file":
         return embedding_upload(field, visible=True)
-    if low is not None and high is not None and name != "seed":
-        return gr.Slider(low, high, value=value, step=field.step, label=field.label, elem_id=name)
-    return gr.Number(label=field.label, value=value, precision=0 if field.kind == "int" else None)
+    return gr.Number(label=field.label, value=value, info=range_note(name, field, bounds), elem_id=name)
+
+
+def range_note(name: str, field: Field, bounds: tuple | None = None) -> str:
+    """What a number field allows, under its box ("1 to 150, whole numbers")."""
+    low, high = bounds or (field.minimum, field.maximum)
+    if low is None or high is None:
+        return field.help
+    whole = ", whole numbers" if field.kind == "int" else ""
+    if name in ("width", "height"):
+        return f"{low} to {high} px, a multiple of 8 (0: native)"
+    if name == "seed":
+        return f"0 to {high}{whole} (−1: random)"
+    return f"{low:g} to {high:g}{whole}"
 
 
 def api_widget(name: str, field: Field | None, default) -> gr.components.Component:
