@@ -15,6 +15,7 @@ import gradio as gr
 
 from negprompt_demo import handlers
 from negprompt_demo.app_config import MAX_UPLOAD, AppConfig, config_from_args
+from negprompt_demo.article import Article, article_row
 from negprompt_demo.examples import (
     EXAMPLES_FILE,
     example_cache_folder,
@@ -30,6 +31,7 @@ from negprompt_demo.step_view import STEP_OUTPUTS
 from negprompt_demo.tracefile import TraceStore, private_folder
 from negprompt_demo.widgets import (
     CSS,
+    SHOW_RESULT_ON_PHONE_JS,
     api_widget,
     attention_row,
     embedding_upload,
@@ -40,9 +42,9 @@ from negprompt_demo.widgets import (
 )
 
 INTRO = """# What does a negative prompt do?
-One seed, generated twice: once with an **empty** negative prompt, once with **yours**. Everything else is the
-same, so every difference comes from the negative prompt. Below, scrub through the denoising steps to see where
-and when it acts."""
+One seed, generated with an **empty** negative prompt and with **yours**; everything else is the same, so every
+difference comes from the negative prompt. Below: why (what each guidance branch predicts), over many seeds, when
+and how strongly it acts, and where its words look."""
 
 HELP = """Stable Diffusion uses *classifier-free guidance* (CFG). At every step the model predicts the noise twice,
 once for your prompt (ε_text) and once for the negative prompt (ε_neg; an empty one when you give none), and mixes:
@@ -86,6 +88,9 @@ def build_app(config: AppConfig, warm_first_example: bool = False) -> gr.Blocks:
 
     with gr.Blocks(title="negprompt-demo: what a negative prompt does", delete_cache=(1800, 7200)) as demo:
         gr.Markdown(INTRO)
+        article_panel(
+            article_row(config.default_model, first_example_values(defaults, config), cache_folder / "article")
+        )
         with gr.Accordion("How negative prompts work", open=False):
             gr.Markdown(HELP)
         with gr.Row(equal_height=False):
@@ -97,10 +102,12 @@ def build_app(config: AppConfig, warm_first_example: bool = False) -> gr.Blocks:
             with gr.Column(scale=3):
                 shown |= result_panel()
         shown |= step_panel(defaults["steps"])
-        sweep = sweep_panel()
         seeds = seeds_panel()
+        sweep = sweep_panel()
+        shown |= attention_row()
         with examples_slot:
             examples = examples_section(events, inputs, shown, defaults, config, cache_folder)
+        examples.dataset.click(None, js=SHOW_RESULT_ON_PHONE_JS)
         wire_page(demo, config, events, inputs, buttons, shown, model_info)
         wire_links(demo, config, events, inputs, shown, model_info, examples)
         sweep["button"].click(
@@ -127,8 +134,6 @@ def input_panel(
     inputs: dict[str, gr.components.Component] = {}
     inputs["prompt"] = field_widget("prompt", FIELDS["prompt"], "")
     inputs["negative"] = field_widget("negative", FIELDS["negative"], "")
-    # A file from a visitor only where the model list is not locked (`AppConfig.check_embedding`).
-    inputs["negative_embedding"] = embedding_upload(FIELDS["negative_embedding"], visible=not config.lock_models)
     with gr.Row():
         buttons = {
             "compare": gr.Button("Compare", variant="primary", elem_id="compare-button"),
@@ -152,16 +157,45 @@ def input_panel(
     model_info = gr.Markdown(f"Native size {native} px; sizes {low}–{high} px allowed.")
     with gr.Accordion("sampling settings", open=False):
         for name, field in FIELDS.items():
-            if name not in inputs:
+            if name == "negative_embedding":  # a visitor's file only where the model list is not locked
+                inputs[name] = embedding_upload(field, visible=not config.lock_models)
+            elif name not in inputs:
                 bounds = (low, high) if name in ("width", "height") else None
                 inputs[name] = field_widget(name, field, defaults.get(name, DEFAULTS[name]), bounds)
     return {name: inputs[name] for name in INPUT_NAMES}, buttons, examples_slot, model_info
 
 
+def first_example_values(defaults: dict, config: AppConfig) -> dict:
+    """The first example's inputs by name (the model left out)."""
+    rows, _ = example_rows(EXAMPLES_FILE, defaults, config.default_model)
+    values = dict(zip(EXAMPLE_NAMES, rows[0], strict=True))
+    values.pop("model")
+    return values
+
+
 def first_example_seed(defaults: dict, config: AppConfig) -> int:
     """The seed the page starts with: the first example's, so a newcomer's own negatives land on the same face."""
-    rows, _ = example_rows(EXAMPLES_FILE, defaults, config.default_model)
-    return int(rows[0][EXAMPLE_NAMES.index("seed")])
+    return int(first_example_values(defaults, config)["seed"])
+
+
+def article_panel(article: Article) -> None:
+    """The article's contrast on the first screen: one seed three ways, and the sentence that reads it."""
+    with gr.Row(elem_id="article", equal_height=True):
+        for column, path in article.pictures.items():
+            with gr.Column(min_width=110, elem_id=f"article-{column}"):
+                gr.Image(
+                    str(path),
+                    show_label=False,
+                    format="png",
+                    type="filepath",
+                    interactive=False,
+                    height=150,
+                    elem_classes=["pixelated", "result-image"],
+                    buttons=["download"],
+                )
+                gr.Markdown(article.caption(column), elem_classes="caption")
+    gr.Markdown(f"{article.reading} <small>(seed {article.seed}; click the examples to see each run.)</small>",
+                elem_id="article-reading")  # fmt: skip
 
 
 def result_panel() -> dict:
@@ -253,7 +287,6 @@ def step_panel(steps: int) -> dict:
                 gr.Markdown(caption, elem_classes="caption")
                 shown[f"branch_{name}"] = step_image(caption, f"branch-{name}")
     shown["branch_note"] = gr.Markdown(elem_id="branch-note")
-    shown |= attention_row()
     # The shown result's trace id (server-chosen; the step slider reads the trace by it). Not a file path.
     shown["trace_id"] = gr.Textbox(visible=False)
     return shown

@@ -100,6 +100,16 @@ def status_text(settings: CompareSettings, model: str, warnings: list[str], note
     return "\n\n".join(lines)
 
 
+def run_context(settings: CompareSettings) -> str:
+    """Which prompt, negative, seed and settings a result shows (the sweep's line above its reading)."""
+    return (
+        f"Prompt “{html.escape(settings.prompt, quote=False)}” · "
+        f"negative “{html.escape(settings.negative, quote=False)}”"
+        f" · seed `{settings.seed}` · {settings.steps} steps · guidance {settings.guidance:g} · {settings.scheduler}"
+        f"{negative_settings(settings)}"
+    )
+
+
 def negative_settings(settings: CompareSettings) -> str:
     """How the negative acted, when not plain CFG over every step (the window, strength and Perp-Neg)."""
     parts = []
@@ -273,7 +283,7 @@ class Handlers:
             raise input_error(error) from None
         marks, reading = sweep_reading(sweep)
         picture = self.new_job().png(sweep_picture(sweep, marks), "sweep")
-        return picture, reading
+        return picture, f"{run_context(sweep.settings)}\n\n{reading}"
 
     async def sweep_api(self, progress=gr.Progress(), **values) -> tuple:  # noqa: B008
         """Public `/sweep`: (the images, no negative first; what each is) — see `engine.sweep_starts`."""

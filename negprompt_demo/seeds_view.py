@@ -57,8 +57,10 @@ def seeds_panel() -> dict:
     ):  # one above the other: the same seed sits at the same place in each grid
         panel[f"grid_{column}"] = gr.Gallery(
             label=title,
-            columns=8,
-            height="auto",
+            columns=8,  # fixed columns and height: the first streamed seed is one cell, never the whole width
+            rows=2,
+            height=240,
+            object_fit="contain",
             format="png",
             allow_preview=False,
             elem_id=f"grid-{column}",

@@ -17,7 +17,16 @@ CSS = """
 .result-image .image-frame { width: 100% !important; height: 100% !important; }
 .result-image .image-frame img { width: 100% !important; height: 100% !important; object-fit: contain !important; }
 .caption p { margin: 0; text-align: center; }
+#effects table, #status table { display: block; overflow-x: auto; }
+#effects td, #effects th { word-break: normal; overflow-wrap: normal; hyphens: none; white-space: nowrap; }
+#attention-strip .image-frame { overflow-x: auto; justify-content: flex-start; }
+#attention-strip img { min-height: 96px; max-width: none !important; width: auto !important; }
+#article .caption small { color: var(--body-text-color-subdued); }
 """
+# On a phone the results are below the examples: a tap on one scrolls to its result (a wide screen shows both).
+SHOW_RESULT_ON_PHONE_JS = """() => {
+  if (window.innerWidth < 700) document.querySelector('#status')?.scrollIntoView({behavior: 'smooth'});
+}"""
 
 
 RECORDED = "tick “record what the empty prompt predicts” to see it"  # these need the ε_∅ item
@@ -79,7 +88,7 @@ def embedding_upload(field: Field, visible: bool) -> gr.File:
         type="filepath",
         file_count="single",
         visible=visible,
-        height=90,
+        height=130,
         elem_id="negative-embedding",
     )
 
@@ -156,16 +165,19 @@ def attention_row() -> dict:
     """The step view's attention maps: the words of the negative and the prompt as chips, the chosen word's map
     over the with-run's x0 at the chosen step, and its strip over the steps."""
     gr.Markdown(
-        "**Where each word looks** (cross-attention maps, when *record attention maps* is ticked): "
-        "− words of the negative prompt, + words of the prompt"
+        "## Where each word looks\nCross-attention maps of the shown comparison at the step chosen with the step "
+        "slider above (tick *record attention maps* in the sampling settings): − words of the negative prompt, "
+        "+ words of the prompt."
     )
     row = {"attention_word": gr.Radio([], label="word", show_label=False, elem_id="attention-word")}
     with gr.Row(equal_height=False):
         with gr.Column(min_width=130, scale=1):
             row["attention"] = step_image("attention map of the chosen word", "attention")
         with gr.Column(scale=3):
+            gr.Markdown("the word's map over the steps (the framed one is shown left)", elem_classes="caption")
             row["attention_strip"] = gr.Image(
-                label="the word's map over the steps (the framed one is shown left)",
+                label="the word's map over the steps",
+                show_label=False,  # Gradio's label sits over the strip's first frames
                 format="png",
                 type="filepath",
                 interactive=False,
