@@ -23,7 +23,7 @@ from negprompt_demo.settings import CompareSettings
 
 @dataclass
 class Article:
-    """One seed three ways (the article's order, `attributes.READING_ORDER`), the prompts each was run with, and the reading."""
+    """One seed three ways (in the article's order, `attributes.READING_ORDER`), each run's prompts and the reading."""
 
     pictures: dict[str, Path]  # column → PNG
     prompts: dict[str, list[str]]  # column → [prompt, negative prompt]
@@ -69,7 +69,8 @@ def reading(model: str, negative: str, images: dict[str, Image.Image]) -> str:
             f"“{negative}” in front of the text encoder, while the negative prompt is the direction guidance "
             "steps away from. Compare the middle image with the right one."
         )
-    seen = dict(zip(READING_ORDER, attribute_present(attribute, [images[column] for column in READING_ORDER]), strict=True))
+    present = attribute_present(attribute, [images[column] for column in READING_ORDER])
+    seen = dict(zip(READING_ORDER, present, strict=True))
     titles = column_titles(negative)
     said = "; ".join(f"{titles[column]}: {'a' if seen[column] else 'no'} {attribute}" for column in READING_ORDER)
     if seen["without"] and seen["phrased"] and not seen["with"]:
