@@ -94,7 +94,7 @@ def wire_seeds(config, events: Handlers, inputs: dict, panel: dict) -> None:
         panel[f"grid_{column}"].select(
             seeds.toggler(column),
             panel["marks"],
-            [panel[f"grid_{column}"], panel["seeds_status"], panel["marks"]],
+            [panel[f"grid_{column}"], panel["seeds_status"], panel["space"], panel["effects"], panel["marks"]],
             queue=False,
             api_visibility="private",
         )
@@ -147,20 +147,28 @@ class SeedsHandlers:
         if reading is not None and reading.attribute is not None:
             shown["name"] = reading.attribute
             shown["marks"] = {c: [bool(v > 0) for v in reading.scores[c][reading.attribute]] for c in grid.columns}
-            space = sampling_space_figure(reading, reading.attribute, negative, grid.columns)
-            updates["space"] = files.png(figure_image(space), "sampling-space")
+            shown["reading"], shown["columns"], shown["files"] = reading, grid.columns, files
+            reading.marks = shown["marks"]  # the same lists the clicks flip: rate line, plot and table agree
+            updates |= self.readings(shown)
             how = f"The probe marked every image (✓ {html.escape(reading.attribute)}, ✗ none); click one to correct it."
         else:
             shown["name"] = negative
             shown["marks"] = {column: [False] * len(grid.seeds) for column in grid.columns}
             how = f"Click each image that has {html.escape(negative, quote=False)} to count it (✓)."
-        if reading is not None:
-            updates["effects"] = (
-                "**What else the negative moved** (every attribute the probe knows; bold: the 95 % "
-                "interval of the change excludes 0):\n\n" + side_effects_markdown(side_effects(reading))
-            )
+        if reading is not None and "with" in grid.columns:
+            updates["effects"] = effects_markdown(reading)
         shown["note"] = f"{note} {how}{shown['warnings']}"
         return {**self.galleries(shown), "seeds_status": self.status(shown), **updates, "marks": shown}
+
+    @staticmethod
+    def readings(shown: dict) -> dict:
+        """The sampling space and the side-effects table for the shown marks (after each click, too)."""
+        reading, negative = shown["reading"], shown["negative"] or "it"
+        space = sampling_space_figure(reading, reading.attribute, negative, shown["columns"])
+        updates = {"space": shown["files"].png(figure_image(space), "sampling-space")}
+        if "with" in shown["columns"]:
+            updates["effects"] = effects_markdown(reading)
+        return updates
 
     def status(self, shown: dict) -> str:
         rates = {column: Rate(sum(marks), len(marks)) for column, marks in shown["marks"].items()}
@@ -191,11 +199,13 @@ class SeedsHandlers:
 
         def toggle(shown: dict | None, event: gr.SelectData) -> tuple:
             if not shown or "marks" not in shown or column not in shown["marks"]:
-                return gr.skip(), gr.skip(), gr.skip()
+                return (gr.skip(),) * 5
             marks = shown["marks"][column]
             if 0 <= event.index < len(marks):
                 marks[event.index] = not marks[event.index]
-            return self.galleries(shown)[f"grid_{column}"], self.status(shown), shown
+            drawn = self.readings(shown) if "reading" in shown else {}
+            space, effects = drawn.get("space", gr.skip()), drawn.get("effects", gr.skip())
+            return self.galleries(shown)[f"grid_{column}"], self.status(shown), space, effects, shown
 
         return toggle
 
@@ -226,3 +236,10 @@ class SeedsHandlers:
 
 
 SEEDS_API_INPUTS = (*INPUT_NAMES, *GRID_INPUTS)
+
+
+def effects_markdown(reading) -> str:
+    return (
+        "**What else the negative moved** (every attribute the probe knows; bold: the 95 % interval of the change "
+        "excludes 0):\n\n" + side_effects_markdown(side_effects(reading))
+    )
