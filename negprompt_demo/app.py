@@ -204,6 +204,8 @@ def result_panel() -> dict:
         "status": gr.Markdown(
             "Write a prompt and a negative prompt and press **Compare**, or click an example.", elem_id="status"
         ),
+        # the live progress bar and its text land here, not over the status line
+        "progress": gr.Markdown("", elem_id="progress", min_height=28),
         "negative_reading": gr.Markdown(elem_id="negative-reading"),  # tokens, chunks and weights of the negative
     }
     with gr.Row():
@@ -326,7 +328,7 @@ def wire_page(demo, config: AppConfig, events, inputs: dict, buttons: dict, show
         api_visibility="private",
         concurrency_id="device",
         concurrency_limit=config.concurrency,
-        show_progress_on=[shown["status"]],
+        show_progress_on=[shown["progress"]],
     )
     buttons["stop"].click(
         handlers.stopped_message, None, shown["status"], cancels=[comparison], queue=False, api_visibility="private"

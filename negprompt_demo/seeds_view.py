@@ -50,6 +50,7 @@ def seeds_panel() -> dict:
     panel["seeds_status"] = gr.Markdown(
         "The grids use the prompt, negative and settings above.", elem_id="seeds-status"
     )
+    panel["seeds_progress"] = gr.Markdown("", elem_id="seeds-progress", min_height=28)  # not over the rate line
     for column, title in (
         ("without", "no negative prompt"),
         ("phrased", "…without X in the prompt"),
@@ -85,7 +86,7 @@ def wire_seeds(config, events: Handlers, inputs: dict, panel: dict) -> None:
         api_visibility="private",
         concurrency_id="device",
         concurrency_limit=config.concurrency,
-        show_progress_on=[panel["seeds_status"]],
+        show_progress_on=[panel["seeds_progress"]],
     )
     inputs["negative"].change(
         phrased_by_default, inputs["negative"], panel["phrased"], queue=False, api_visibility="private"
