@@ -1,7 +1,8 @@
 """The Gradio page: layout, event wiring and launch. `python demo.py` runs it.
 
-Reads top to bottom as the page does: inputs and results, examples, the step view, then the hidden public API
-endpoint. All event functions live in `handlers.py`; this module only places components and connects them.
+Reads top to bottom as the page does, in the article's order: the three-way row (`article.py`), inputs and results
+with the examples, the step view (why: the branches), many seeds, the sweep (when and how strongly), where each word
+looks, then the hidden public API endpoints. All event functions live in `handlers.py`; this module only places components and connects them.
 The comparison's input widgets, the API's inputs and the example rows are built from `settings.FIELDS`: a field
 that the layout does not place by name lands in the "sampling settings" accordion.
 """
