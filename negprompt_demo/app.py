@@ -2,9 +2,9 @@
 
 Reads top to bottom as the page does, in the article's order: the three-way row (`article.py`), inputs and results
 with the examples, the step view (why: the branches), many seeds, the sweep (when and how strongly), where each word
-looks, then the hidden public API endpoints. All event functions live in `handlers.py`; this module only places components and connects them.
-The comparison's input widgets, the API's inputs and the example rows are built from `settings.FIELDS`: a field
-that the layout does not place by name lands in the "sampling settings" accordion.
+looks, then the hidden public API endpoints. All event functions live in `handlers.py`; this module only places
+components and connects them. The comparison's input widgets, the API's inputs and the example rows are built from
+`settings.FIELDS`: a field that the layout does not place by name lands in the "sampling settings" accordion.
 """
 
 from __future__ import annotations
