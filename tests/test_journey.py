@@ -213,6 +213,8 @@ def the_rest_of_the_page(journey: Journey) -> None:
     assert "a red hat" in page.inner_text("#sweep-reading")
     journey.shot("sweep")
     # every download answers
+    page.get_by_role("tab", name="downloads").click()
+    page.wait_for_selector("#downloads a")
     links = page.eval_on_selector_all("#downloads a", "links => links.map(link => link.href)")
     assert len(links) >= 4
     for link in links:
@@ -255,7 +257,9 @@ def test_the_journey_of_a_newcomer(tiny_sd_folder, tmp_path):
                 assert page.input_value("#seed input") == seed, "the default seed is not stable"
                 journey.shot("first-screen")
                 click_every_example(journey, "fresh")
+                before = journey.status()
                 page.get_by_text(example_labels()[0], exact=True).first.click()
+                journey.wait_done(before)
                 page.wait_for_function("document.querySelector('#caption-with').innerText.includes('mustache')")
                 page.evaluate("window.scrollTo(0, 0)")
                 first_screen_contrast(journey)
