@@ -79,9 +79,9 @@ def sampling_space_figure(reading: GridReading, attribute: str, negative: str, c
     axes.set_yticks(range(len(shown)), [titles[column] for column in reversed(shown)])
     axes.set_ylim(-0.6, len(shown) - 0.4)
     axes.set_xlabel(f"probe score for {attribute}:  ← no {attribute}  |  {attribute} →")
-    axes.set_title(
-        f"The sampling space over {len(score)} seeds, as the probe sees {attribute} (ringed: a click's correction)",
-        fontsize=10,
+    figure.suptitle(  # over the whole figure: above the axes alone it was cut at the sides
+        f"The sampling space over {len(score)} seeds, as the probe sees {attribute} (ringed: corrected by a click)",
+        fontsize=9,
     )
     axes.grid(axis="x", alpha=0.3)
     figure.tight_layout()

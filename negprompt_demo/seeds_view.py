@@ -59,8 +59,7 @@ def seeds_panel() -> dict:
         panel[f"grid_{column}"] = gr.Gallery(
             label=title,
             columns=8,  # fixed columns and height: the first streamed seed is one cell, never the whole width
-            rows=2,
-            height=240,
+            height=290,  # two rows of 8 at full width; more seeds scroll inside
             object_fit="contain",
             format="png",
             allow_preview=False,

@@ -13,7 +13,7 @@ from negprompt_demo.attention_views import step_attention
 from negprompt_demo.jobs import JobFiles
 from negprompt_demo.legends import step_legend
 from negprompt_demo.trace import GuidanceTrace
-from negprompt_demo.visualize import CurvesPicture, describe, step_views
+from negprompt_demo.visualize import PART_THRESHOLD, CurvesPicture, describe, step_views
 
 STEP_OUTPUTS = (
     *("x0_without", "guidance_without", "x0_with", "guidance_with", "push", "legend", "curves", "reading"),
@@ -53,18 +53,14 @@ def step_outputs(
 
 
 def telling_step(trace: GuidanceTrace) -> int:
-    """The step the view opens at (0-based): where the two runs part fastest while the negative acts, so the
-    branch pictures differ there (at the last step they all look alike). The last step when nothing parts."""
+    """The step the view opens at (0-based): where the two runs part (their latents first differ by
+    `visualize.PART_THRESHOLD`, the step the curves' reading names), while the negative acts. There the branch
+    pictures still differ; at the last step they all look alike. The last step when the runs never part."""
     steps = trace.steps
     if not steps or not trace.cfg_active:
         return max(len(steps) - 1, 0)
-    growth = [
-        (step.divergence - (steps[i - 1].divergence if i else 0.0), i)
-        for i, step in enumerate(steps)
-        if step.negative_active and math.isfinite(step.divergence)
-    ]
-    best = max(growth, default=(0.0, len(steps) - 1))
-    return best[1] if best[0] > 0 else len(steps) - 1
+    parted = [i for i, step in enumerate(steps) if step.negative_active and step.divergence > PART_THRESHOLD]
+    return parted[0] if parted else len(steps) - 1
 
 
 def guidance_rule(trace: GuidanceTrace, index: int) -> str:

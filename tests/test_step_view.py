@@ -21,11 +21,11 @@ def trace_of(divergences, active=None, **negative) -> GuidanceTrace:
     return trace
 
 
-def test_the_view_opens_where_the_runs_part_fastest():
-    assert telling_step(trace_of([0.0, 0.05, 0.30, 0.35, 0.36])) == 2
-    # the negative acts only from step 4 on: the step it starts parting the runs there is chosen
+def test_the_view_opens_where_the_runs_part():
+    assert telling_step(trace_of([0.0, 0.03, 0.08, 0.35, 0.50])) == 2  # the first step past 5 % (as the reading)
+    # the negative acts only from step 4 on: the runs part there
     assert telling_step(trace_of([0.0, 0.0, 0.0, 0.2, 0.25], [False, False, False, True, True])) == 3
-    assert telling_step(trace_of([0.0, 0.0, 0.0])) == 2  # nothing parts: the last step
+    assert telling_step(trace_of([0.0, 0.01, 0.02])) == 2  # never part: the last step
     assert telling_step(trace_of([0.0, math.nan, 0.1])) == 2
     off = trace_of([0.0, 0.2, 0.3])
     off.cfg_active = False
