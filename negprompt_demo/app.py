@@ -183,7 +183,7 @@ def article_panel(article: Article) -> None:
     """The article's contrast on the first screen: one seed three ways, and the sentence that reads it."""
     with gr.Row(elem_id="article", equal_height=True):
         for column, path in article.pictures.items():
-            with gr.Column(min_width=110, elem_id=f"article-{column}"):
+            with gr.Column(min_width=90, elem_id=f"article-{column}"):  # three across on a 390 px phone
                 gr.Image(
                     str(path),
                     show_label=False,
