@@ -143,7 +143,8 @@ def own_comparison(journey: Journey) -> None:
     source = page.get_attribute("#x0-with img", "src")
     step = move_step(page)
     page.wait_for_function("src => document.querySelector('#x0-with img').src !== src", arg=source)
-    assert f"Step {step}," in page.inner_text("#branch-note")
+    page.wait_for_function("step => document.querySelector('#branch-note').innerText.includes(`Step ${step},`)",
+                           arg=step)  # fmt: skip
     journey.shot("own-comparison")
 
 
