@@ -242,6 +242,7 @@ def result_panel() -> dict:
                 label="side-by-side PNG, step animation, trace JSON, both images (PNGs carry their parameters)",
                 file_count="multiple",
                 interactive=False,
+                elem_id="downloads",
             )
     return shown | link_row()
 
