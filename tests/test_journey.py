@@ -226,6 +226,7 @@ def the_rest_of_the_page(journey: Journey) -> None:
     link = page.input_value("#link textarea")
     assert link.startswith("http")
     page.goto(link)
+    page.wait_for_selector("#status")
     page.wait_for_function("document.querySelector('#status').innerText.includes('Done in')", timeout=TIMEOUT_MS)
     journey.no_error_badges("the opened link")
     journey.shot("opened-link")
