@@ -280,6 +280,7 @@ def test_the_journey_of_a_newcomer(tiny_sd_folder, tmp_path):
                 click_every_example(journey, "restarted")
                 own_comparison(journey)
                 page.click("text=sampling settings")
+                page.wait_for_selector("#negative_strength input")  # the accordion's boxes are mounted
                 inputs_at_their_bounds(journey)
                 the_rest_of_the_page(journey)
                 context.close()
