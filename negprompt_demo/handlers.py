@@ -53,7 +53,7 @@ INPUT_NAMES = ("model", *FIELDS)
 EXAMPLE_NAMES = tuple(name for name in INPUT_NAMES if name != "negative_embedding")
 UI_OUTPUTS = (
     *("image_without", "image_with", "caption_with", "slider", "difference", "status", "negative_reading", "seed_used"),
-    *("downloads", "trace_id", "step", "link", "attention_word"),
+    *("downloads", "trace_id", "step", "link", "attention_word", "progress"),
     *STEP_OUTPUTS,
 )
 # What opening a link fills in: the inputs, then the model's size note, the status and the two hidden triggers
@@ -185,6 +185,7 @@ class Handlers:
             "link": link_query(model or comparison.model, settings, self.config.default_model),
             "attention_word": gr.update(choices=word_choices(trace), value=chosen_word(trace, None)),
             **step_outputs(trace, shown_step, files, curves),
+            "progress": "",  # the progress line is an output so that Gradio tracks the run's progress there
         }
 
     async def compare_ui(self, request: gr.Request, progress=gr.Progress(), **values) -> AsyncIterator[tuple]:  # noqa: B008

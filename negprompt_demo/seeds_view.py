@@ -35,7 +35,10 @@ One seed shows one sample. Here the same prompt runs on many seeds, three ways o
 **no negative prompt** (the prompt gives men with and without a mustache), the negative **phrased in the prompt**
 ("…without mustache": the text encoder barely reads "without", so it asks for a mustache), and the **negative
 prompt** (guidance pushes away from it). Click an image to mark whether it has the thing you are counting."""
-SEEDS_OUTPUTS = ("grid_without", "grid_phrased", "grid_with", "seeds_status", "space", "effects", "marks")
+# the progress line is an output too (always left as it is): Gradio tracks an event's progress on its outputs
+SEEDS_OUTPUTS = (
+    *("grid_without", "grid_phrased", "grid_with", "seeds_status", "space", "effects", "marks", "seeds_progress"),
+)
 GRID_INPUTS = ("seed_count", "phrased")
 
 
