@@ -1,9 +1,10 @@
 """The Gradio page: layout and event wiring. `python demo.py` serves it (`launch.serve`).
 
-Reads top to bottom as the page does: inputs and results, examples, the step view, then the hidden public API
-endpoint. All event functions live in `handlers.py`; this module only places components and connects them.
-The comparison's input widgets, the API's inputs and the example rows are built from `settings.FIELDS`: a field
-that the layout does not place by name lands in the "sampling settings" accordion.
+Reads top to bottom as the page does, in the article's order: the three-way row (`article.py`), inputs and results
+with the examples, the step view (why: the branches), many seeds, the sweep (when and how strongly), where each word
+looks, then the hidden public API endpoints. All event functions live in `handlers.py`; this module only places
+components and connects them. The comparison's input widgets, the API's inputs and the example rows are built from
+`settings.FIELDS`: a field that the layout does not place by name lands in the "sampling settings" accordion.
 """
 
 from __future__ import annotations
@@ -14,16 +15,24 @@ import gradio as gr
 
 from negprompt_demo import handlers
 from negprompt_demo.app_config import MAX_UPLOAD, AppConfig
+from negprompt_demo.article import Article, article_row
 from negprompt_demo.door import RENDER_CONCURRENCY, RENDER_LANE, Door
-from negprompt_demo.examples import example_cache_folder, examples_section, warm_example
+from negprompt_demo.examples import (
+    EXAMPLES_FILE,
+    example_cache_folder,
+    example_rows,
+    examples_section,
+    warm_example,
+)
 from negprompt_demo.handlers import EXAMPLE_NAMES, INPUT_NAMES, LINK_OUTPUTS, UI_OUTPUTS
 from negprompt_demo.loading import EMBEDDED, load_pipeline, model_defaults, native_size
 from negprompt_demo.seeds_view import SEEDS_API_INPUTS, SeedsHandlers, seeds_panel, wire_seeds
-from negprompt_demo.settings import DEFAULTS, FIELDS, GRID_DEFAULTS, GRID_FIELDS, MAX_SEED, size_limits
+from negprompt_demo.settings import DEFAULTS, FIELDS, GRID_DEFAULTS, GRID_FIELDS, size_limits
 from negprompt_demo.step_view import STEP_OUTPUTS
 from negprompt_demo.tracefile import TraceStore, private_folder
 from negprompt_demo.widgets import (
     CSS,
+    SHOW_RESULT_ON_PHONE_JS,
     api_widget,
     attention_row,
     embedding_upload,
@@ -34,9 +43,9 @@ from negprompt_demo.widgets import (
 )
 
 INTRO = """# What does a negative prompt do?
-One seed, generated twice: once with an **empty** negative prompt, once with **yours**. Everything else is the
-same, so every difference comes from the negative prompt. Below, scrub through the denoising steps to see where
-and when it acts."""
+One seed, generated with an **empty** negative prompt and with **yours**; everything else is the same, so every
+difference comes from the negative prompt. Below: why (what each guidance branch predicts), over many seeds, when
+and how strongly it acts, and where its words look."""
 
 HELP = """Stable Diffusion uses *classifier-free guidance* (CFG). At every step the model predicts the noise twice,
 once for your prompt (ε_text) and once for the negative prompt (ε_neg; an empty one when you give none), and mixes:
@@ -82,19 +91,26 @@ def build_app(config: AppConfig, warm_first_example: bool = False, private: Path
 
     with gr.Blocks(title="negprompt-demo: what a negative prompt does", delete_cache=(1800, 7200)) as demo:
         gr.Markdown(INTRO)
+        article_panel(
+            article_row(config.default_model, first_example_values(defaults, config), cache_folder / "article")
+        )
         with gr.Accordion("How negative prompts work", open=False):
             gr.Markdown(HELP)
         with gr.Row(equal_height=False):
             with gr.Column(scale=2, min_width=320):
-                inputs, buttons, examples_slot, model_info = input_panel(config, defaults, native)
+                inputs, buttons, examples_slot, model_info = input_panel(
+                    config, defaults, native, first_example_seed(defaults, config)
+                )
                 shown = {"seed_used": buttons.pop("seed_used")}
             with gr.Column(scale=3):
                 shown |= result_panel()
         shown |= step_panel(defaults["steps"])
-        sweep = sweep_panel()
         seeds = seeds_panel()
+        sweep = sweep_panel()
+        shown |= attention_row()
         with examples_slot:
             examples = examples_section(events, inputs, shown, defaults, config, cache_folder)
+        examples.dataset.click(None, js=SHOW_RESULT_ON_PHONE_JS)
         wire_page(demo, config, events, inputs, buttons, shown, model_info)
         wire_links(demo, config, events, inputs, shown, model_info, examples)
         sweep["button"].click(
@@ -116,19 +132,20 @@ def build_app(config: AppConfig, warm_first_example: bool = False, private: Path
     )
     if config.shared:
         events.door = Door(demo, config)
+    demo.page_examples = examples  # the gr.Examples behind the list (tests click its rows as the page does)
     if warm_first_example:
         warm_example(examples, 0)
     return demo
 
 
-def input_panel(config: AppConfig, defaults: dict, native: int) -> tuple[dict, dict, gr.Column, gr.Markdown]:
+def input_panel(
+    config: AppConfig, defaults: dict, native: int, page_seed: int
+) -> tuple[dict, dict, gr.Column, gr.Markdown]:
     """Prompt, negative prompt, the buttons, the seed row, the model and then every other settings field."""
     inputs: dict[str, gr.components.Component] = {}
     inputs["prompt"] = field_widget("prompt", FIELDS["prompt"], "")
     inputs["negative"] = field_widget("negative", FIELDS["negative"], "")
     inputs["negative_mode"] = field_widget("negative_mode", FIELDS["negative_mode"], DEFAULTS["negative_mode"])
-    # A file from a visitor only where the model list is not locked (`AppConfig.check_embedding`).
-    inputs["negative_embedding"] = embedding_upload(FIELDS["negative_embedding"], visible=not config.lock_models)
     with gr.Row():
         buttons = {
             "compare": gr.Button("Compare", variant="primary", elem_id="compare-button"),
@@ -136,11 +153,10 @@ def input_panel(config: AppConfig, defaults: dict, native: int) -> tuple[dict, d
         }
     examples_slot = gr.Column()  # filled once the outputs exist
     with gr.Row(equal_height=True):
-        inputs["seed"] = gr.Number(
-            label="seed (−1: random)", value=-1, precision=0, minimum=-1, maximum=MAX_SEED, elem_id="seed"
-        )
-        buttons["random"] = gr.Button("random seed", size="sm", scale=0, min_width=90)
-        buttons["seed_used"] = gr.Number(label="seed used", precision=0, interactive=False)
+        # A fixed seed (the first example's), so that changing only the negative keeps the same face
+        inputs["seed"] = field_widget("seed", FIELDS["seed"], page_seed)
+        buttons["random"] = gr.Button("new random seed", size="sm", scale=0, min_width=90, elem_id="random-seed")
+        buttons["seed_used"] = gr.Textbox(label="seed used", interactive=False, elem_id="seed-used")  # empty: no run
     inputs["model"] = gr.Dropdown(
         model_choices(config),
         value=config.default_model,
@@ -153,10 +169,45 @@ def input_panel(config: AppConfig, defaults: dict, native: int) -> tuple[dict, d
     model_info = gr.Markdown(f"Native size {native} px; sizes {low}–{high} px allowed.")
     with gr.Accordion("sampling settings", open=False):
         for name, field in FIELDS.items():
-            if name not in inputs:
+            if name == "negative_embedding":  # a visitor's file only where the model list is not locked
+                inputs[name] = embedding_upload(field, visible=not config.lock_models)
+            elif name not in inputs:
                 bounds = (low, high) if name in ("width", "height") else None
                 inputs[name] = field_widget(name, field, defaults.get(name, DEFAULTS[name]), bounds)
     return {name: inputs[name] for name in INPUT_NAMES}, buttons, examples_slot, model_info
+
+
+def first_example_values(defaults: dict, config: AppConfig) -> dict:
+    """The first example's inputs by name (the model left out)."""
+    rows, _ = example_rows(EXAMPLES_FILE, defaults, config.default_model)
+    values = dict(zip(EXAMPLE_NAMES, rows[0], strict=True))
+    values.pop("model")
+    return values
+
+
+def first_example_seed(defaults: dict, config: AppConfig) -> int:
+    """The seed the page starts with: the first example's, so a newcomer's own negatives land on the same face."""
+    return int(first_example_values(defaults, config)["seed"])
+
+
+def article_panel(article: Article) -> None:
+    """The article's contrast on the first screen: one seed three ways, and the sentence that reads it."""
+    with gr.Row(elem_id="article", equal_height=True):
+        for column, path in article.pictures.items():
+            with gr.Column(min_width=90, elem_id=f"article-{column}"):  # three across on a 390 px phone
+                gr.Image(
+                    str(path),
+                    show_label=False,
+                    format="png",
+                    type="filepath",
+                    interactive=False,
+                    height=150,
+                    elem_classes=["pixelated", "result-image"],
+                    buttons=["download"],
+                )
+                gr.Markdown(article.caption(column), elem_classes="caption")
+    gr.Markdown(f"{article.reading} <small>(seed {article.seed}; click the examples to see each run.)</small>",
+                elem_id="article-reading")  # fmt: skip
 
 
 def result_panel() -> dict:
@@ -165,6 +216,8 @@ def result_panel() -> dict:
         "status": gr.Markdown(
             "Write a prompt and a negative prompt and press **Compare**, or click an example.", elem_id="status"
         ),
+        # the live progress bar and its text land here, not over the status line
+        "progress": gr.Markdown("", elem_id="progress", min_height=28),
         "negative_reading": gr.Markdown(elem_id="negative-reading"),  # tokens, chunks and weights of the negative
     }
     with gr.Row():
@@ -200,6 +253,7 @@ def result_panel() -> dict:
                 label="side-by-side PNG, step animation, trace JSON, both images (PNGs carry their parameters)",
                 file_count="multiple",
                 interactive=False,
+                elem_id="downloads",
             )
     return shown | link_row()
 
@@ -248,7 +302,6 @@ def step_panel(steps: int) -> dict:
                 gr.Markdown(caption, elem_classes="caption")
                 shown[f"branch_{name}"] = step_image(caption, f"branch-{name}")
     shown["branch_note"] = gr.Markdown(elem_id="branch-note")
-    shown |= attention_row()
     # The shown result's trace id (server-chosen; the step slider reads the trace by it). Not a file path.
     shown["trace_id"] = gr.Textbox(visible=False)
     return shown
@@ -288,7 +341,7 @@ def wire_page(demo, config: AppConfig, events, inputs: dict, buttons: dict, show
         api_visibility="private",
         concurrency_id="device",
         concurrency_limit=config.concurrency,
-        show_progress_on=[shown["status"]],
+        show_progress_on=[shown["progress"]],
     )
     buttons["stop"].click(
         handlers.stopped_message, None, shown["status"], cancels=[comparison], queue=False, api_visibility="private"

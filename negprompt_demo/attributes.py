@@ -99,10 +99,18 @@ class GridReading:
 
     attribute: str | None  # the attribute the negative names, if the probe knows it
     scores: dict[str, dict[str, np.ndarray]]  # column → attribute → logit per seed (> 0: present)
+    # column → per seed: the page's marks for the named attribute (the probe's, corrected by clicks); None: probe's
+    marks: dict[str, list[bool]] | None = None
+
+    def present(self, column: str, attribute: str) -> np.ndarray:
+        """Per seed, whether `attribute` counts as present: a user's mark for the named attribute, else the probe."""
+        if self.marks is not None and attribute == self.attribute and column in self.marks:
+            return np.asarray(self.marks[column], dtype=bool)
+        return self.scores[column][attribute] > 0
 
     def rate(self, column: str, attribute: str) -> Rate:
-        score = self.scores[column][attribute]
-        return Rate(int((score > 0).sum()), len(score))
+        present = self.present(column, attribute)
+        return Rate(int(present.sum()), len(present))
 
 
 def grid_reading(grid) -> GridReading | None:

@@ -66,13 +66,27 @@ def examples_section(events, inputs: dict, shown: dict, defaults: dict, config: 
             rows,
             [inputs[name] for name in EXAMPLE_NAMES],
             [shown[name] for name in UI_OUTPUTS],
-            fn=events.compare_example,
+            fn=cacheable(events.compare_example),
             cache_examples=True,
             cache_mode="lazy",
             example_labels=labels,
             label="examples (click one)",
             api_visibility="private",
         )
+
+
+def cacheable(compute):
+    """`compute` for Gradio's example cache, with every output that has no value (an image not recorded, such as the
+    attention maps of an example without them) returned as an explicit `gr.update(value=None)`.
+
+    Why: Gradio 6's cache writes a bare None as an empty CSV cell and reads a file component's cell back with
+    `json.loads`, which fails on "" (JSONDecodeError in `read_from_flag`), so the example failed on every click and
+    after every restart. An update is written as its Python literal and read back as the same update."""
+
+    async def compute_for_cache(*values) -> tuple:
+        return tuple(gr.update(value=None) if value is None else value for value in await compute(*values))
+
+    return compute_for_cache
 
 
 def warm_example(examples: gr.Examples, index: int) -> None:

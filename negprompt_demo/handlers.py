@@ -36,7 +36,7 @@ from negprompt_demo.links import NOT_IN_LINKS, link_query, link_values
 from negprompt_demo.loading import ModelLoadError, load_pipeline, model_defaults, model_family, native_size
 from negprompt_demo.runner import Done, Ready, Step, SweepDone, astream
 from negprompt_demo.settings import FIELDS, MAX_SEED, CompareSettings, InputError, resolve_settings, size_limits
-from negprompt_demo.step_view import STEP_OUTPUTS, live_trace, step_outputs
+from negprompt_demo.step_view import STEP_OUTPUTS, live_trace, step_outputs, step_slider, telling_step
 from negprompt_demo.tracefile import RUN_MAX_AGE_S, TraceNotFound, TraceStore, remove_old_folders, trim_folders
 from negprompt_demo.visualize import (
     curves_picture,
@@ -44,6 +44,7 @@ from negprompt_demo.visualize import (
     sweep_labels,
     sweep_picture,
 )
+from negprompt_demo.widgets import range_note
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ INPUT_NAMES = ("model", *FIELDS)
 EXAMPLE_NAMES = tuple(name for name in INPUT_NAMES if name != "negative_embedding")
 UI_OUTPUTS = (
     *("image_without", "image_with", "caption_with", "slider", "difference", "status", "negative_reading", "seed_used"),
-    *("downloads", "trace_id", "step", "link", "attention_word"),
+    *("downloads", "trace_id", "step", "link", "attention_word", "progress"),
     *STEP_OUTPUTS,
 )
 # What opening a link fills in: the inputs, then the model's size note, the status and the two hidden triggers
@@ -94,10 +95,33 @@ def input_error(error: BaseException, for_html: bool = True) -> gr.Error:
 def status_text(settings: CompareSettings, model: str, warnings: list[str], note: str) -> str:
     lines = [
         f"**{note}** · seed `{settings.seed}` · {settings.steps} steps · guidance {settings.guidance:g} · "
-        f"{settings.scheduler} · {settings.width}×{settings.height} px · model `{html.escape(model)}`"
+        f"{settings.scheduler} · {settings.width}×{settings.height} px{negative_settings(settings)} · "
+        f"model `{html.escape(model)}`"
     ]
     lines += [f"⚠️ {html.escape(warning, quote=False)}" for warning in warnings]
     return "\n\n".join(lines)
+
+
+def run_context(settings: CompareSettings) -> str:
+    """Which prompt, negative, seed and settings a result shows (the sweep's line above its reading)."""
+    return (
+        f"Prompt “{html.escape(settings.prompt, quote=False)}” · "
+        f"negative “{html.escape(settings.negative, quote=False)}”"
+        f" · seed `{settings.seed}` · {settings.steps} steps · guidance {settings.guidance:g} · {settings.scheduler}"
+        f"{negative_settings(settings)}"
+    )
+
+
+def negative_settings(settings: CompareSettings) -> str:
+    """How the negative acted, when not plain CFG over every step (the window, strength and Perp-Neg)."""
+    parts = []
+    if (settings.negative_start, settings.negative_end) != (0.0, 1.0):
+        parts.append(f"negative from {settings.negative_start:g} to {settings.negative_end:g} of the steps")
+    if settings.negative_strength != 1.0:
+        parts.append(f"strength {settings.negative_strength:g}")
+    if settings.perp_neg:
+        parts.append("Perp-Neg")
+    return "".join(f" · {part}" for part in parts)
 
 
 def reading_text(reading) -> str:
@@ -156,13 +180,14 @@ class Handlers:
         settings, trace = comparison.settings, comparison.trace
         files = self.new_job()
         written = write_outputs(comparison, files.folder)
+        trace.negative_strength, trace.perp_neg = settings.negative_strength, settings.perp_neg
         curves = curves_picture(trace)
         trace_id = self.traces.save(trace, curves, kind=kind, owner=owner)
         difference, peak = difference_with_legend(comparison.without_negative, comparison.with_negative)
         note = f"Done in {comparison.seconds:.1f} s. The images differ by up to {100 * peak:.0f} % (difference map)"
         warnings = comparison.warnings + ([DISTILLED_NOTE] if "distilled" in written else [])
         without_png, with_png = str(written["without_negative"]), str(written["with_negative"])
-        last = len(trace.steps) - 1
+        shown_step = telling_step(trace)
         return {
             "image_without": without_png,
             "image_with": with_png,
@@ -176,10 +201,11 @@ class Handlers:
             + [without_png, with_png]
             + ([str(written["distilled"])] if "distilled" in written else []),
             "trace_id": trace_id,
-            "step": gr.update(maximum=max(1, len(trace.steps)), value=len(trace.steps)),
+            "step": step_slider(len(trace.steps), shown_step + 1),
             "link": link_query(model or comparison.model, settings, self.config.default_model),
             "attention_word": gr.update(choices=word_choices(trace), value=chosen_word(trace, None)),
-            **step_outputs(trace, last, files, curves),
+            **step_outputs(trace, shown_step, files, curves),
+            "progress": "",  # the progress line is an output so that Gradio tracks the run's progress there
         }
 
     async def compare_ui(self, request: gr.Request = None, progress=gr.Progress(), **values) -> AsyncIterator[tuple]:  # noqa: B008
@@ -212,7 +238,7 @@ class Handlers:
                     if records[-1].previews is None:
                         continue  # not a step the live view draws
                     draw_curves = time.monotonic() - last_curves > CURVE_INTERVAL_S  # Done draws the final ones
-                    trace = live_trace(records, settings.guidance)
+                    trace = live_trace(records, settings)
                     curves = await asyncio.to_thread(curves_picture, trace) if draw_curves else None
                     # attention maps are drawn once the run is done (the live trace does not know its words yet)
                     updates = await asyncio.to_thread(
@@ -222,7 +248,7 @@ class Handlers:
                     updates.update(
                         image_without=files.png(records[-1].previews[0], "live_without"),
                         image_with=files.png(records[-1].previews[1], "live_with"),
-                        step=gr.update(maximum=event.total, value=event.done),
+                        step=step_slider(event.total, event.done),
                     )  # not the status text: an update still in flight after Stop would overwrite "Stopped"
                     yield ordered(updates)
                 elif isinstance(event, Done):
@@ -278,7 +304,7 @@ class Handlers:
             raise input_error(error) from None
         marks, reading = sweep_reading(sweep)
         picture = self.new_job().png(sweep_picture(sweep, marks), "sweep")
-        return picture, reading
+        return picture, f"{run_context(sweep.settings)}\n\n{reading}"
 
     async def sweep_api(self, request: gr.Request = None, progress=gr.Progress(), **values) -> tuple:  # noqa: B008
         """Public `/sweep`: (the images, no negative first; what each is) — see `engine.sweep_starts`."""
@@ -333,7 +359,10 @@ class Handlers:
         low, high = size_limits(native)
         updates = {
             **{name: value for name, value in inputs.items() if name not in NOT_IN_LINKS},  # the upload stays as is
-            **{name: gr.update(minimum=low, maximum=high, value=inputs[name]) for name in ("width", "height")},
+            **{
+                name: gr.update(info=range_note(name, FIELDS[name], (low, high)), value=inputs[name])
+                for name in ("width", "height")
+            },  # fmt: skip
             "model_info": f"Native size {native} px; sizes {low}–{high} px allowed.",
             "status": "Opening the linked comparison…",
         }
@@ -386,7 +415,10 @@ def model_widgets(pipe) -> tuple:
     """(info text, steps, guidance, scheduler, width, height) updates for a loaded model."""
     defaults, native = model_defaults(pipe), native_size(pipe)
     low, high = size_limits(native)
-    sizes = [gr.update(minimum=low, maximum=high, value=defaults.get(name, native)) for name in ("width", "height")]
+    sizes = [
+        gr.update(info=range_note(name, FIELDS[name], (low, high)), value=defaults.get(name, native))
+        for name in ("width", "height")
+    ]
     info = f"Native size {native} px; sizes {low}–{high} px allowed." + FAMILY_NOTES.get(model_family(pipe), "")
     return (
         info,

@@ -32,8 +32,10 @@ COLUMNS = ("without", "with", "phrased")
 
 
 def phrased_prompt(prompt: str, negative: str) -> str:
-    """The negative phrased inside the prompt, as people first try it (the text encoder ignores "without")."""
-    return f"{prompt} without {negative}"
+    """The negative phrased inside the prompt, as people first try it (the text encoder ignores "without"), before
+    the prompt's closing full stop: "Portrait photo of a man." → "Portrait photo of a man without mustache."."""
+    body, stop = (prompt[:-1], ".") if prompt.endswith(".") else (prompt, "")
+    return f"{body} without {negative}{stop}"
 
 
 def phrased_by_default(negative: str) -> bool:

@@ -71,12 +71,18 @@ def sampling_space_figure(reading: GridReading, attribute: str, negative: str, c
         rate = reading.rate(column, attribute)
         y = row + jitter.uniform(-0.18, 0.18, len(score))
         axes.scatter(score, y, s=22, color=COLUMN_COLORS[column], alpha=0.8, edgecolors="none")
+        corrected = reading.present(column, attribute) != (score > 0)  # a click overruled the probe
+        if corrected.any():
+            axes.scatter(score[corrected], y[corrected], s=70, facecolors="none", edgecolors="black", linewidths=1.2)
         axes.text(1.01, row, f"{rate.present}/{rate.total}", transform=axes.get_yaxis_transform(), va="center")
     axes.axvline(0, color="black", linewidth=1)
     axes.set_yticks(range(len(shown)), [titles[column] for column in reversed(shown)])
     axes.set_ylim(-0.6, len(shown) - 0.4)
     axes.set_xlabel(f"probe score for {attribute}:  ← no {attribute}  |  {attribute} →")
-    axes.set_title(f"The sampling space over {len(score)} seeds, as the probe sees {attribute}", fontsize=10)
+    figure.suptitle(  # over the whole figure: above the axes alone it was cut at the sides
+        f"The sampling space over {len(score)} seeds, as the probe sees {attribute} (ringed: corrected by a click)",
+        fontsize=9,
+    )
     axes.grid(axis="x", alpha=0.3)
     figure.tight_layout()
     return figure

@@ -35,7 +35,10 @@ One seed shows one sample. Here the same prompt runs on many seeds, three ways o
 **no negative prompt** (the prompt gives men with and without a mustache), the negative **phrased in the prompt**
 ("…without mustache": the text encoder barely reads "without", so it asks for a mustache), and the **negative
 prompt** (guidance pushes away from it). Click an image to mark whether it has the thing you are counting."""
-SEEDS_OUTPUTS = ("grid_without", "grid_phrased", "grid_with", "seeds_status", "space", "effects", "marks")
+# the progress line is an output too (always left as it is): Gradio tracks an event's progress on its outputs
+SEEDS_OUTPUTS = (
+    *("grid_without", "grid_phrased", "grid_with", "seeds_status", "space", "effects", "marks", "seeds_progress"),
+)
 GRID_INPUTS = ("seed_count", "phrased")
 
 
@@ -50,6 +53,7 @@ def seeds_panel() -> dict:
     panel["seeds_status"] = gr.Markdown(
         "The grids use the prompt, negative and settings above.", elem_id="seeds-status"
     )
+    panel["seeds_progress"] = gr.Markdown("", elem_id="seeds-progress", min_height=28)  # not over the rate line
     for column, title in (
         ("without", "no negative prompt"),
         ("phrased", "…without X in the prompt"),
@@ -57,8 +61,9 @@ def seeds_panel() -> dict:
     ):  # one above the other: the same seed sits at the same place in each grid
         panel[f"grid_{column}"] = gr.Gallery(
             label=title,
-            columns=8,
-            height="auto",
+            columns=8,  # fixed columns and height: the first streamed seed is one cell, never the whole width
+            height=290,  # two rows of 8 at full width; more seeds scroll inside
+            object_fit="contain",
             format="png",
             allow_preview=False,
             elem_id=f"grid-{column}",
@@ -83,7 +88,7 @@ def wire_seeds(config, events: Handlers, inputs: dict, panel: dict) -> None:
         api_visibility="private",
         concurrency_id="device",
         concurrency_limit=config.concurrency,
-        show_progress_on=[panel["seeds_status"]],
+        show_progress_on=[panel["seeds_progress"]],
     )
     inputs["negative"].change(
         phrased_by_default, inputs["negative"], panel["phrased"], queue=False, api_visibility="private"
@@ -92,7 +97,7 @@ def wire_seeds(config, events: Handlers, inputs: dict, panel: dict) -> None:
         panel[f"grid_{column}"].select(
             seeds.toggler(column),
             panel["marks"],
-            [panel[f"grid_{column}"], panel["seeds_status"], panel["marks"]],
+            [panel[f"grid_{column}"], panel["seeds_status"], panel["space"], panel["effects"], panel["marks"]],
             queue=False,
             api_visibility="private",
         )
@@ -145,20 +150,28 @@ class SeedsHandlers:
         if reading is not None and reading.attribute is not None:
             shown["name"] = reading.attribute
             shown["marks"] = {c: [bool(v > 0) for v in reading.scores[c][reading.attribute]] for c in grid.columns}
-            space = sampling_space_figure(reading, reading.attribute, negative, grid.columns)
-            updates["space"] = files.png(figure_image(space), "sampling-space")
+            shown["reading"], shown["columns"], shown["files"] = reading, grid.columns, files
+            reading.marks = shown["marks"]  # the same lists the clicks flip: rate line, plot and table agree
+            updates |= self.readings(shown)
             how = f"The probe marked every image (✓ {html.escape(reading.attribute)}, ✗ none); click one to correct it."
         else:
             shown["name"] = negative
             shown["marks"] = {column: [False] * len(grid.seeds) for column in grid.columns}
             how = f"Click each image that has {html.escape(negative, quote=False)} to count it (✓)."
-        if reading is not None:
-            updates["effects"] = (
-                "**What else the negative moved** (every attribute the probe knows; bold: the 95 % "
-                "interval of the change excludes 0):\n\n" + side_effects_markdown(side_effects(reading))
-            )
+        if reading is not None and "with" in grid.columns:
+            updates["effects"] = effects_markdown(reading)
         shown["note"] = f"{note} {how}{shown['warnings']}"
         return {**self.galleries(shown), "seeds_status": self.status(shown), **updates, "marks": shown}
+
+    @staticmethod
+    def readings(shown: dict) -> dict:
+        """The sampling space and the side-effects table for the shown marks (after each click, too)."""
+        reading, negative = shown["reading"], shown["negative"] or "it"
+        space = sampling_space_figure(reading, reading.attribute, negative, shown["columns"])
+        updates = {"space": shown["files"].png(figure_image(space), "sampling-space")}
+        if "with" in shown["columns"]:
+            updates["effects"] = effects_markdown(reading)
+        return updates
 
     def status(self, shown: dict) -> str:
         rates = {column: Rate(sum(marks), len(marks)) for column, marks in shown["marks"].items()}
@@ -189,11 +202,13 @@ class SeedsHandlers:
 
         def toggle(shown: dict | None, event: gr.SelectData) -> tuple:
             if not shown or "marks" not in shown or column not in shown["marks"]:
-                return gr.skip(), gr.skip(), gr.skip()
+                return (gr.skip(),) * 5
             marks = shown["marks"][column]
             if 0 <= event.index < len(marks):
                 marks[event.index] = not marks[event.index]
-            return self.galleries(shown)[f"grid_{column}"], self.status(shown), shown
+            drawn = self.readings(shown) if "reading" in shown else {}
+            space, effects = drawn.get("space", gr.skip()), drawn.get("effects", gr.skip())
+            return self.galleries(shown)[f"grid_{column}"], self.status(shown), space, effects, shown
 
         return toggle
 
@@ -224,3 +239,10 @@ class SeedsHandlers:
 
 
 SEEDS_API_INPUTS = (*INPUT_NAMES, *GRID_INPUTS)
+
+
+def effects_markdown(reading) -> str:
+    return (
+        "**What else the negative moved** (every attribute the probe knows; bold: the 95 % interval of the change "
+        "excludes 0):\n\n" + side_effects_markdown(side_effects(reading))
+    )

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import math
 
+import gradio as gr
 import numpy as np
 
 from negprompt_demo.attention_views import step_attention
 from negprompt_demo.jobs import JobFiles
 from negprompt_demo.legends import step_legend
 from negprompt_demo.trace import GuidanceTrace
-from negprompt_demo.visualize import CurvesPicture, describe, step_views
+from negprompt_demo.visualize import PART_THRESHOLD, CurvesPicture, describe, step_views
 
 STEP_OUTPUTS = (
     *("x0_without", "guidance_without", "x0_with", "guidance_with", "push", "legend", "curves", "reading"),
@@ -51,22 +52,48 @@ def step_outputs(
     return updates
 
 
+def telling_step(trace: GuidanceTrace) -> int:
+    """The step the view opens at (0-based): where the two runs part (their latents first differ by
+    `visualize.PART_THRESHOLD`, the step the curves' reading names), while the negative acts. There the branch
+    pictures still differ; at the last step they all look alike. The last step when the runs never part."""
+    steps = trace.steps
+    if not steps or not trace.cfg_active:
+        return max(len(steps) - 1, 0)
+    parted = [i for i, step in enumerate(steps) if step.negative_active and step.divergence > PART_THRESHOLD]
+    return parted[0] if parted else len(steps) - 1
+
+
+def guidance_rule(trace: GuidanceTrace, index: int) -> str:
+    """The guided step that was applied at step `index`, in words: window, strength and Perp-Neg included."""
+    scale = f"{trace.guidance_scale:g}"
+    if not trace.steps[index].negative_active:
+        return (
+            f"empty + {scale} × (prompt − empty): **the negative does not act at this step** (outside its window), "
+            "so this run takes the same step as the run without it would"
+        )
+    strength = trace.negative_strength
+    if strength == 1.0 and not trace.perp_neg:
+        return f"negative + {scale} × (prompt − negative): the negative took the empty prompt's place"
+    push = "(negative − empty)⊥, the part perpendicular to (prompt − empty) (Perp-Neg)" if trace.perp_neg else None
+    push = push or "(negative − empty)"
+    return f"empty + {scale} × (prompt − empty) − {strength:g} × ({scale} − 1) × {push}"
+
+
 def branch_note(trace: GuidanceTrace, index: int, recorded: bool) -> str:
-    """What the branch row shows at this step, in the article's words."""
+    """What the branch row shows at this step, in the article's words, with the rule that was applied."""
     if not trace.cfg_active:
         return "Guidance is off (scale ≤ 1): there is only the prompt's prediction, so no branches to compare."
+    rule = guidance_rule(trace, index)
     if not recorded:
-        return "Tick “record what the empty prompt predicts” to see what each branch predicts at every step."
-    step = trace.steps[index]
-    note = (
+        return (
+            f"Step {index + 1}: guided step = {rule}. Tick “record what the empty prompt predicts” to see what each "
+            "branch predicts at every step."
+        )
+    return (
         f"Step {index + 1}, from the with-negative run's current sample: the **prompt** alone (conditional), the "
         "**empty prompt** alone (unconditional: it still heads for a decent image, but it could be anything), "
-        f"the **negative prompt** alone, and the **guided step** the sampler took = negative + "
-        f"{trace.guidance_scale:g} × (prompt − negative): the negative took the empty prompt's place."
-    )
-    if not step.negative_active:
-        note += " At this step the negative does not act (outside its window): its branch is the empty prompt's."
-    return note + scheduled_texts_note(trace, index)
+        f"the **negative prompt** alone, and the **guided step** the sampler took = {rule}."
+    ) + scheduled_texts_note(trace, index)
 
 
 def scheduled_texts_note(trace: GuidanceTrace, index: int) -> str:
@@ -82,6 +109,12 @@ def scheduled_texts_note(trace: GuidanceTrace, index: int) -> str:
     )
 
 
+def step_slider(total: int, at: int) -> dict:
+    """The step slider's update for a run of `total` steps shown at step `at` (1-based). A one-step run gets a
+    slider that cannot move (Gradio refuses a slider whose minimum equals its maximum)."""
+    return gr.update(minimum=1, maximum=max(total, 2), value=min(max(at, 1), max(total, 1)), interactive=total > 1)
+
+
 def attention_outputs(trace: GuidanceTrace, index: int, files: JobFiles, word, strip: np.ndarray | None) -> dict:
     """The chosen word's map over the with-run's x0 at step `index`, its strip over the kept steps and a reading."""
     overlay, picture, reading = step_attention(trace, index, word, strip)
@@ -92,8 +125,10 @@ def attention_outputs(trace: GuidanceTrace, index: int, files: JobFiles, word, s
     }
 
 
-def live_trace(records: list, guidance: float) -> GuidanceTrace:
-    """The steps recorded so far as a trace, to draw while sampling. The tracer writes a NaN cosine exactly when
-    classifier-free guidance is off, which is how a partial trace knows."""
+def live_trace(records: list, settings) -> GuidanceTrace:
+    """The steps recorded so far as a trace, to draw while sampling (`settings`: the run's CompareSettings). The
+    tracer writes a NaN cosine exactly when classifier-free guidance is off, which is how a partial trace knows."""
     cfg_active = bool(records) and math.isfinite(records[0].guidance_cosine)
-    return GuidanceTrace(guidance, cfg_active, "epsilon", steps=list(records))
+    trace = GuidanceTrace(settings.guidance, cfg_active, "epsilon", steps=list(records))
+    trace.negative_strength, trace.perp_neg = settings.negative_strength, settings.perp_neg
+    return trace

@@ -110,6 +110,9 @@ class GuidanceTrace:
     prediction_type: str
     steps: list[StepRecord] = field(default_factory=list)
     attention: AttentionPlan | None = None  # the words mapped, when attention maps were recorded
+    # How the negative acted inside its window (guidance.NegativePlan), for the step view's captions
+    negative_strength: float = 1.0
+    perp_neg: bool = False
 
     def to_json(self) -> dict:
         """Scalars, plus the attention maps when recorded (the only maps kept in the JSON: they are what a user

@@ -72,6 +72,8 @@ class TraceStore:
             "guidance_scale": trace.guidance_scale,
             "cfg_active": trace.cfg_active,
             "prediction_type": trace.prediction_type,
+            "negative_strength": trace.negative_strength,
+            "perp_neg": trace.perp_neg,
             "steps": [scalar_fields(step) for step in trace.steps],
             "curves": {"step_x": curves.step_x, "spans": curves.spans},
             "attention": trace.attention.to_json() if trace.attention is not None else None,
@@ -101,6 +103,7 @@ class TraceStore:
         with the run's curves picture."""
         folder, header = self._open(trace_id, owner)
         trace = GuidanceTrace(header["guidance_scale"], header["cfg_active"], header["prediction_type"])
+        trace.negative_strength, trace.perp_neg = header.get("negative_strength", 1.0), header.get("perp_neg", False)
         if header.get("attention"):
             trace.attention = AttentionPlan.from_json(header["attention"])
         trace.steps = [record_from_scalars(fields) for fields in header["steps"]]

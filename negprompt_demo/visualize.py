@@ -140,15 +140,18 @@ def step_views(trace: GuidanceTrace, index: int, min_side: int = 256) -> dict[st
 def curves_figure(trace: GuidanceTrace) -> Figure:
     """Guidance magnitude of each run, run divergence and guidance cosine over the steps."""
     steps = np.arange(1, len(trace.steps) + 1)
-    figure = Figure(figsize=(7, 5.2), dpi=100)
-    figure.subplots_adjust(left=0.12, right=0.98, top=0.95, bottom=0.09, hspace=0.12)
+    figure = Figure(figsize=(7, 5.5), dpi=100)
+    figure.subplots_adjust(left=0.12, right=0.98, top=0.86, bottom=0.09, hspace=0.12)
     axes = figure.subplots(3, 1, sharex=True)
-    axes[0].plot(steps, trace.series("guidance_without"), color=RUN_COLORS["without"], label="no negative")
-    axes[0].plot(steps, trace.series("guidance_with"), color=RUN_COLORS["with"], label="with negative")
+    # The push under the runs (dashed, thinner), the with-negative run on top: no line hides another
     if trace.steps and trace.steps[0].push_mean is not None:
-        axes[0].plot(steps, trace.series("push"), color="#54a24b", linestyle="--", label="negative push")
+        axes[0].plot(steps, trace.series("push"), color="#54a24b", linestyle="--", linewidth=1.2, label="negative push",
+                     zorder=2)  # fmt: skip
+    axes[0].plot(steps, trace.series("guidance_without"), color=RUN_COLORS["without"], label="no negative", zorder=3)
+    axes[0].plot(steps, trace.series("guidance_with"), color=RUN_COLORS["with"], label="with negative", zorder=4)
     axes[0].set_ylabel("mean ‖ε_text − ε_neg‖")
-    axes[0].legend(loc="upper right", fontsize=8)
+    # above the plot, outside the data: a legend inside covered the lines' ends
+    axes[0].legend(loc="lower left", bbox_to_anchor=(0.0, 1.0), ncol=3, fontsize=8, frameon=False)
     axes[1].plot(steps, 100 * trace.series("divergence"), color="#72b7b2")
     axes[1].axhline(100 * PART_THRESHOLD, color="#999999", linewidth=0.8, linestyle=":")
     axes[1].set_ylabel("runs differ (%)")
@@ -165,9 +168,9 @@ def curves_figure(trace: GuidanceTrace) -> Figure:
         for axis in axes:
             for first, last in _spans(active):
                 axis.axvspan(first + 0.5, last + 1.5, color=RUN_COLORS["with"], alpha=0.1, linewidth=0)
-        axes[0].set_title("shaded: the steps where the negative prompt acts", fontsize=9)
+        figure.suptitle("shaded: the steps where the negative prompt acts", fontsize=9, y=0.99)
     if not trace.cfg_active:
-        axes[0].set_title("guidance scale ≤ 1: classifier-free guidance is off", fontsize=9)
+        figure.suptitle("guidance scale ≤ 1: classifier-free guidance is off", fontsize=9, y=0.99)
     return figure
 
 

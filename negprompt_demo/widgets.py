@@ -17,7 +17,16 @@ CSS = """
 .result-image .image-frame { width: 100% !important; height: 100% !important; }
 .result-image .image-frame img { width: 100% !important; height: 100% !important; object-fit: contain !important; }
 .caption p { margin: 0; text-align: center; }
+#effects table, #status table { display: block; overflow-x: auto; }
+#effects td, #effects th { word-break: normal; overflow-wrap: normal; hyphens: none; white-space: nowrap; }
+#attention-strip .image-frame { overflow-x: auto; justify-content: flex-start; }
+#attention-strip img { min-height: 96px; max-width: none !important; width: auto !important; }
+#article .caption small { color: var(--body-text-color-subdued); }
 """
+# On a phone the results are below the examples: a tap on one scrolls to its result (a wide screen shows both).
+SHOW_RESULT_ON_PHONE_JS = """() => {
+  if (window.innerWidth < 700) document.querySelector('#status')?.scrollIntoView({behavior: 'smooth'});
+}"""
 
 
 RECORDED = "tick “record what the empty prompt predicts” to see it"  # these need the ε_∅ item
@@ -28,19 +37,34 @@ PLACEHOLDERS = {
 
 
 def field_widget(name: str, field: Field, value, bounds: tuple | None = None) -> gr.components.Component:
-    """The page's widget for one settings field, from its declaration (bounds: a model's size limits)."""
-    low, high = bounds or (field.minimum, field.maximum)
+    """The page's widget for one settings field, from its declaration (bounds: a model's size limits).
+
+    No widget bounds, rounds or cuts a value: Gradio's Slider and Number clamp to their minimum and maximum and round
+    to their precision without a word, and a Textbox's max_length cuts a long prompt, so the page would run other
+    values than those typed (and than the API and CLI run). Numbers are plain boxes that say their range; the server
+    checks every value once (`settings.resolve_settings`) and answers with the same message as the API and CLI."""
     if field.kind == "text":
-        return gr.Textbox(label=field.label, value=value, lines=2 if name == "prompt" else 1, max_length=int(high))
+        return gr.Textbox(label=field.label, value=value, lines=2 if name == "prompt" else 1, elem_id=name)
     if field.kind == "choice":
         return gr.Dropdown(list(field.choices), value=value, label=field.label)
     if field.kind == "flag":
-        return gr.Checkbox(value=bool(value), label=f"{field.label} ({field.help})")
+        return gr.Checkbox(value=bool(value), label=f"{field.label} ({field.help})", elem_id=name)
     if field.kind == "file":
         return embedding_upload(field, visible=True)
-    if low is not None and high is not None and name != "seed":
-        return gr.Slider(low, high, value=value, step=field.step, label=field.label, elem_id=name)
-    return gr.Number(label=field.label, value=value, precision=0 if field.kind == "int" else None)
+    return gr.Number(label=field.label, value=value, info=range_note(name, field, bounds), elem_id=name)
+
+
+def range_note(name: str, field: Field, bounds: tuple | None = None) -> str:
+    """What a number field allows, under its box ("1 to 150, whole numbers")."""
+    low, high = bounds or (field.minimum, field.maximum)
+    if low is None or high is None:
+        return field.help
+    whole = ", whole numbers" if field.kind == "int" else ""
+    if name in ("width", "height"):
+        return f"{low} to {high} px, a multiple of 8 (0: native)"
+    if name == "seed":
+        return f"0 to {high}{whole} (−1: random)"
+    return f"{low:g} to {high:g}{whole}"
 
 
 def api_widget(name: str, field: Field | None, default) -> gr.components.Component:
@@ -64,7 +88,7 @@ def embedding_upload(field: Field, visible: bool) -> gr.File:
         type="filepath",
         file_count="single",
         visible=visible,
-        height=90,
+        height=130,
         elem_id="negative-embedding",
     )
 
@@ -141,16 +165,19 @@ def attention_row() -> dict:
     """The step view's attention maps: the words of the negative and the prompt as chips, the chosen word's map
     over the with-run's x0 at the chosen step, and its strip over the steps."""
     gr.Markdown(
-        "**Where each word looks** (cross-attention maps, when *record attention maps* is ticked): "
-        "− words of the negative prompt, + words of the prompt"
+        "## Where each word looks\nCross-attention maps of the shown comparison at the step chosen with the step "
+        "slider above (tick *record attention maps* in the sampling settings): − words of the negative prompt, "
+        "+ words of the prompt."
     )
     row = {"attention_word": gr.Radio([], label="word", show_label=False, elem_id="attention-word")}
     with gr.Row(equal_height=False):
         with gr.Column(min_width=130, scale=1):
             row["attention"] = step_image("attention map of the chosen word", "attention")
         with gr.Column(scale=3):
+            gr.Markdown("the word's map over the steps (the framed one is shown left)", elem_classes="caption")
             row["attention_strip"] = gr.Image(
-                label="the word's map over the steps (the framed one is shown left)",
+                label="the word's map over the steps",
+                show_label=False,  # Gradio's label sits over the strip's first frames
                 format="png",
                 type="filepath",
                 interactive=False,

@@ -147,10 +147,11 @@ def test_the_page_streams_rows_then_counts_clicks(seeds_events, tiny_sd_folder):
         index = 2
 
     shown = final["marks"]
-    gallery_update, status, shown = seeds_events.toggler("with")(shown, Click())
+    gallery_update, status, space, effects, shown = seeds_events.toggler("with")(shown, Click())
     assert gallery_update["value"][2][1] == "seed 7 ✓"
     assert 'negative "blue" 1/4 (25 %' in status
-    _, status, _ = seeds_events.toggler("with")(shown, Click())
+    assert _skip(space) and _skip(effects)  # no probe: no plot or table to redraw
+    _, status, *_ = seeds_events.toggler("with")(shown, Click())
     assert 'negative "blue" 0/4' in status
     assert seeds_events.toggler("with")(None, Click())[0].get("__type__") == "update"  # nothing shown yet: no-op
 
@@ -174,6 +175,17 @@ def test_the_embedded_model_reads_rates_the_space_and_side_effects(tmp_path_fact
     assert status.startswith("**mustache**: no negative") and '"…without mustache" in the prompt' in status
     assert final["space"].endswith(".png") and "| beard |" in final["effects"]
     assert [c for _, c in final["grid_with"]["value"]][0] in ("seed 0 ✓", "seed 0 ✗")
+
+    class Click:
+        index = 0
+
+    # a click's mark moves the rate line, the sampling space and the side-effects table together
+    before = final["marks"]["reading"].rate("with", "mustache").present
+    _, status, space, effects, shown = events.toggler("with")(final["marks"], Click())
+    after = shown["reading"].rate("with", "mustache").present
+    assert abs(after - before) == 1 and f'negative "mustache" {after}/4' in status
+    assert f"| mustache | {shown['reading'].rate('without', 'mustache').text()} | {after}/4" in effects
+    assert space.endswith(".png") and space != final["space"]
 
 
 @pytest.mark.slow
