@@ -119,7 +119,7 @@ def prepare(pipe, settings: CompareSettings) -> tuple[CompareSettings, list[str]
 def _prepare_unlocked(pipe, settings: CompareSettings) -> tuple[CompareSettings, list[str]]:
     resolved = resolve_settings(settings, native_size(pipe), model_defaults(pipe))
     family = model_family(pipe)
-    warnings = nag_warnings(resolved, cfg_active(pipe, resolved.guidance), family)
+    warnings = nag_warnings(resolved, cfg_active(pipe, resolved.guidance))
     if family in FLOW_MATCHING_FAMILIES:  # their scheduler; A1111 syntax and embeddings refused (flow_models.py)
         resolved, family_warnings = flow_models.check_settings(pipe, resolved)
         warnings += family_warnings
