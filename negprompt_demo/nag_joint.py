@@ -53,10 +53,11 @@ class JointNag(NagAttention):
     def rows(self) -> tuple[list[int], int | None]:
         step = self.hook.step
         acting = [item for item in self.items if self.plans[item].active(step)]
-        found = [(item, self.hook.text_row(item)) for item in acting]
-        found = [(item, row) for item, row in found if row is not None]  # FLUX.1's negative call: no text items
-        traced = [item for item, _ in found].index(self.traced) if self.traced in [i for i, _ in found] else None
-        return [row for _, row in found], traced
+        if acting and self.hook.text_row(acting[0]) is None:  # FLUX.1's negative call: no text items
+            return [], None
+        rows = [self.hook.text_row(item) for item in acting]
+        traced = acting.index(self.traced) if self.traced in acting else None
+        return rows, traced
 
     def __enter__(self) -> JointNag:
         model = self.unet

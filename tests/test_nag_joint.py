@@ -14,7 +14,7 @@ import torch
 from diffusers import FluxPipeline, FluxTransformer2DModel
 from diffusers.models.embeddings import apply_rotary_emb
 
-from negprompt_demo.engine import GenerationCancelled, compare
+from negprompt_demo.engine import GenerationCancelled, compare, generate_pairs
 from negprompt_demo.flow_models import FLUX_DISTILLED_GUIDANCE
 from negprompt_demo.guidance import NegativePlan
 from negprompt_demo.nag_joint import JointNag
@@ -333,3 +333,15 @@ def test_one_transformer_call_equals_the_hand_written_forward_closely(pipe_name,
         found = model(**inputs, return_dict=False)[0]
     assert torch.allclose(found, expected, atol=1e-5, rtol=1e-4)
     assert (found - plain).abs().max() > 100 * (found - expected).abs().max()
+
+
+@pytest.mark.parametrize("family", ["sd3", "flux"])
+def test_many_seeds_with_joint_nag_equal_single_runs(family, request):
+    """Two with-run items in one call: two companion rows, each guiding its own item."""
+    pipe = request.getfixturevalue(f"{family}_pipe")
+    settings = nag_settings()
+    pairs = generate_pairs(pipe, settings, [SEED, 99])
+    for seed, (without, with_nag) in zip([SEED, 99], pairs):
+        single = compare(pipe, settings.replace(seed=seed))
+        assert np.abs(pixels(with_nag) - pixels(single.with_negative)).max() <= 2
+        assert np.abs(pixels(without) - pixels(single.without_negative)).max() <= 2
