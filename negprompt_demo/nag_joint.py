@@ -19,9 +19,10 @@ The NAG authors' scheme (ChenDarYen/Normalized-Attention-Guidance, `attention_jo
 - The norm of the clip: L1 on SD3 (as on the UNet), L2 on FLUX.1 (`torch.norm(p=2)` in the authors' FLUX.1
   processor, where their SD3 and SDXL processors use p=1).
 
-One transformer call per step keeps its batch; the companions cost their text tokens' projections and MLPs and one
-extra attention per layer. FLUX.1's true CFG (a text call, then a negative call per step) gets companions in the
-text call only (`guidance.BranchHook.text_row`).
+One transformer call per step keeps its batch; in the joint blocks the companions cost their text tokens'
+projections and MLPs and one extra attention per layer, in FLUX.1's single blocks a whole [text ; image] row each.
+FLUX.1's true CFG (a text call, then a negative call per step) gets companions in the text call only
+(`guidance.BranchHook.text_row`).
 """
 
 from __future__ import annotations
