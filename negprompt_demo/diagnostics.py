@@ -34,11 +34,10 @@ def negative_diagnostics(pipe, settings: CompareSettings) -> list[str]:
     notes = []
     reason = distilled_reason(pipe)
     if reason and (takes_guidance_as_input(pipe) or settings.guidance <= 1):
-        if not settings.uses_nag():  # NAG needs no negative branch (nag.py), so it is offered where it runs
-            offer = NAG_OFFER if model_family(pipe) in ("sd", "sdxl") else ""
+        if not settings.uses_nag():  # NAG needs no negative branch (nag.py, nag_joint.py): every family has it
             notes.append(
                 f"This model is guidance-distilled ({reason}): it samples without classifier-free guidance, so "
-                f"there is no negative branch and the negative prompt is not used at all.{offer}"
+                f"there is no negative branch and the negative prompt is not used at all.{NAG_OFFER}"
             )
     elif reason:
         notes.append(

@@ -121,15 +121,16 @@ def prepare(pipe, settings: CompareSettings) -> tuple[CompareSettings, list[str]
 def _prepare_unlocked(pipe, settings: CompareSettings) -> tuple[CompareSettings, list[str]]:
     resolved = resolve_settings(settings, native_size(pipe), model_defaults(pipe))
     family = model_family(pipe)
-    warnings = nag_warnings(resolved, cfg_active(pipe, resolved.guidance), family)
+    warnings = nag_warnings(resolved, cfg_active(pipe, resolved.guidance))
     if family in FLOW_MATCHING_FAMILIES:  # their scheduler; A1111 syntax and embeddings refused (flow_models.py)
         resolved, family_warnings = flow_models.check_settings(pipe, resolved)
         warnings += family_warnings
-    if family == "flux" and resolved.guidance <= 1:
+    if family == "flux" and resolved.guidance <= 1 and not resolved.uses_nag():
         warnings.append(
             "FLUX.1 is guidance-distilled: it ignores a negative prompt unless true CFG is on (true_cfg_scale > 1), "
             f"and here the guidance scale is true CFG's scale, {resolved.guidance:g}. Both images are the same. Use "
-            "a scale above 1 (4 is usual; true CFG doubles the sampling time)."
+            "a scale above 1 (4 is usual; true CFG doubles the sampling time), or let the negative act in "
+            "attention: set “how the negative acts” to nag."
         )
     elif resolved.guidance <= 1 and not resolved.uses_nag():
         warnings.append(

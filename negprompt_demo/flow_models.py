@@ -37,7 +37,8 @@ FAMILY_NOTES = {
     "flux": (
         " FLUX.1 ignores a negative prompt unless true CFG is on: here the guidance scale is true CFG's scale "
         "(above 1; it doubles the sampling time). Both images use it, the first with an empty negative; FLUX.1's "
-        "default image (no true CFG) comes as a third picture in the downloads."
+        "default image (no true CFG) comes as a third picture in the downloads. NAG (“how the negative acts”: "
+        "nag) needs no true CFG."
     ),
 }
 # The page's status line when a result carries FLUX.1's plain distilled image (engine.Comparison.distilled).

@@ -186,6 +186,14 @@ class BranchHook:
         negative_row = negative.index(run) if run in negative else None
         return negative_row, len(negative) + text.index(shared)
 
+    def text_row(self, run: int) -> int | None:
+        """Row of run `run`'s text item in the denoiser call being computed; None where the call holds no text
+        items (the negative call of split calls). Read during the call, e.g. by NAG's transformer hook."""
+        if self._part == "negative":
+            return None
+        row = self.rows_of(run)[1]
+        return row - len(self._layout[0]) if self._part == "text" else row
+
     # --- hooks -----------------------------------------------------------------------------------------------
 
     def _before(self, module, args, kwargs):

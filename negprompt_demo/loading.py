@@ -277,8 +277,9 @@ FAMILY_DEFAULTS = {
     "flux": {"steps": 28, "guidance": 4.0, "scheduler": "Euler"},
     "flux-schnell": {"steps": 4, "guidance": 4.0, "scheduler": "Euler"},
 }
-# NAG's α in the NAG authors' joint-attention processors (SD3: 0.125) and FLUX.1 examples (0.25); the other inputs
-# and the cross-attention families' α are settings.NAG_DEFAULTS.
+# NAG's α for the joint-attention families (nag_joint.py), the NAG authors' defaults: their SD3 processor 0.125,
+# their FLUX.1 processor and pipeline 0.25 (τ 2.5 in both, and s = 5 in their FLUX.1 example, as settings.NAG_DEFAULTS,
+# which also holds the cross-attention families' α).
 JOINT_NAG_ALPHA = {"sd3": {"nag_alpha": 0.125}, "flux": {"nag_alpha": 0.25}}
 # Families sampled by flow matching (x_t = (1 − σ)·x0 + σ·noise, the model predicts v = noise − x0).
 FLOW_MATCHING_FAMILIES = ("sd3", "flux")

@@ -24,9 +24,7 @@ The trace (`take_map`): per step, ‖Z − Z⁺‖₂ per image token of the wit
 latent size and averaged over layers: where NAG moved the attention output, as the guidance map shows where CFG
 pushed the prediction.
 
-Only the UNet families (SD 1.x/2.x, SDXL): SD3's and FLUX.1's joint attention would need the negative's text
-stream carried through every transformer block (the authors patch the transformer's forward); `engine.prepare`
-refuses NAG on them with a message.
+SD3's and FLUX.1's joint attention: `nag_joint.py` (the negative's text as a second text stream alongside).
 """
 
 from __future__ import annotations
@@ -36,16 +34,20 @@ import math
 import torch
 import torch.nn.functional as F
 
+from negprompt_demo.flow_models import encode_flow_text
 from negprompt_demo.guidance import NO_NEGATIVE, NegativePlan
-from negprompt_demo.prompts import encode_text
-from negprompt_demo.settings import InputError
+from negprompt_demo.loading import model_family
+from negprompt_demo.prompts import RunText, encode_text
 
 
-def nag_blend(positive: torch.Tensor, negative: torch.Tensor, scale: float, tau: float, alpha: float) -> torch.Tensor:
-    """The paper's formula on attention outputs [..., tokens, channels] (see the module docstring)."""
+def nag_blend(
+    positive: torch.Tensor, negative: torch.Tensor, scale: float, tau: float, alpha: float, norm_p: int = 1
+) -> torch.Tensor:
+    """The paper's formula on attention outputs [..., tokens, channels] (see the module docstring); `norm_p` is the
+    clip's norm (1, the paper's; FLUX.1's processor of the authors uses 2, see nag_joint.py)."""
     extrapolated = positive * scale - negative * (scale - 1)
-    positive_norm = positive.abs().sum(dim=-1, keepdim=True)
-    ratio = extrapolated.abs().sum(dim=-1, keepdim=True) / positive_norm.clamp_min(1e-12)
+    positive_norm = positive.norm(p=norm_p, dim=-1, keepdim=True)
+    ratio = extrapolated.norm(p=norm_p, dim=-1, keepdim=True) / positive_norm.clamp_min(1e-12)
     kept = torch.minimum(ratio, torch.full_like(ratio, tau)) / ratio.clamp_min(1e-12)
     return alpha * (extrapolated * kept) + (1 - alpha) * positive
 
@@ -182,27 +184,30 @@ def nag_attention(pipe, settings, item_plans: list[NegativePlan | None], hook, e
     (`engine.prepare`); `embedding` is the negative embedding its trigger word may name."""
     if not settings.uses_nag() or not settings.negative or not nag_acts(settings.nag_scale, settings.nag_alpha):
         return None
-    context, _ = encode_text(pipe, settings.negative, embedding)  # the negative's tokens, as its CFG branch reads them
     items = [item for item, plan in enumerate(item_plans) if plan is not None]
     plans = [NO_NEGATIVE if plan is None else plan for plan in item_plans]
-    latent_size = (settings.height // pipe.vae_scale_factor, settings.width // pipe.vae_scale_factor)
-    return NagAttention(
-        pipe.unet, hook, plans, items, context, settings.nag_scale, settings.nag_tau, settings.nag_alpha, latent_size,
-        traced,
-    )  # fmt: skip
+    nag_inputs = {
+        "scale": settings.nag_scale,
+        "tau": settings.nag_tau,
+        "alpha": settings.nag_alpha,
+        "latent_size": (settings.height // pipe.vae_scale_factor, settings.width // pipe.vae_scale_factor),
+        "traced": traced,
+    }
+    family = model_family(pipe)
+    if family in ("sd3", "flux"):
+        from negprompt_demo.nag_joint import JointNag  # it builds on this module's NagAttention
+
+        encoded = encode_flow_text(pipe, RunText(settings.negative, None), False)
+        context, pooled = encoded["prompt_embeds"], encoded["pooled_prompt_embeds"]
+        return JointNag(pipe.transformer, hook, plans, items, context, pooled, family, **nag_inputs)
+    context, _ = encode_text(pipe, settings.negative, embedding)  # the negative's tokens, as its CFG branch reads them
+    return NagAttention(pipe.unet, hook, plans, items, context, **nag_inputs)
 
 
-def nag_warnings(resolved, cfg_on: bool, family: str) -> list[str]:
-    """What a user must know about the NAG settings before the run; InputError where NAG cannot run (the
-    joint-attention families, see the module docstring)."""
+def nag_warnings(resolved, cfg_on: bool) -> list[str]:
+    """What a user must know about the NAG settings before the run."""
     if not resolved.uses_nag():
         return []
-    if family not in ("sd", "sdxl"):
-        name = "FLUX.1" if family == "flux" else "SD3"
-        raise InputError(
-            f"NAG is implemented here on a UNet's cross-attention (SD 1.x/2.x, SDXL); {name} attends jointly to "
-            "text and image, which this app does not guide yet. Set “how the negative acts” to cfg."
-        )
     warnings = []
     if not nag_acts(resolved.nag_scale, resolved.nag_alpha):
         which = "NAG scale 1" if resolved.nag_scale == 1 else "NAG alpha 0"

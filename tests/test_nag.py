@@ -1,6 +1,6 @@
 """Normalized Attention Guidance: the engine's images equal a sampling loop written out here that applies the paper's
 formula in every cross-attention layer; s = 1 and α = 0 are the plain run; the window; the processors are removed
-after a run and after an error; the trace's ‖Z − Z⁺‖ map; refusal on the joint-attention families."""
+after a run and after an error; the trace's ‖Z − Z⁺‖ map (SD3/FLUX.1: test_nag_joint.py)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from negprompt_demo.engine import GenerationCancelled, compare, generate_pairs, 
 from negprompt_demo.many_seeds import new_grid, sample_grid
 from negprompt_demo.nag import NagProcessor, nag_blend
 from negprompt_demo.previews import fill_previews
-from negprompt_demo.settings import CompareSettings, InputError
+from negprompt_demo.settings import CompareSettings
 from negprompt_demo.tracefile import TraceStore
 from negprompt_demo.visualize import curves_picture, describe, step_views
 
@@ -214,13 +214,6 @@ def test_nag_composes_with_attention_maps(sd_pipe):
     without_maps = compare(sd_pipe, settings.replace(attention_maps=False))
     assert np.array_equal(pixels(with_maps.with_negative), pixels(without_maps.with_negative))
     assert with_maps.trace.attention is not None and with_maps.trace.steps[0].attention_maps is not None
-
-
-@pytest.mark.parametrize("pipe_name", ["sd3_pipe", "flux_pipe"])
-def test_joint_attention_families_refuse_nag_with_a_message(pipe_name, request):
-    pipe = request.getfixturevalue(pipe_name)
-    with pytest.raises(InputError, match="NAG is implemented here on a UNet's cross-attention"):
-        compare(pipe, nag_settings(guidance=None, steps=2))
 
 
 def test_cfg_at_guidance_1_offers_nag(sd_pipe):
