@@ -50,6 +50,9 @@ def compare(page, prompt: str, negative: str) -> None:
     page.wait_for_selector("#image-without img")
     page.wait_for_selector("#image-with img")
     page.wait_for_selector("#x0-with img")
+    # Gradio's images load lazily: one far below the viewport (the curves, under the article row and the results)
+    # has no size, so Playwright calls it hidden, until it is scrolled near
+    page.locator("#curves img").scroll_into_view_if_needed()
     page.wait_for_selector("#curves img")
 
 
@@ -163,6 +166,9 @@ def click_first_example(page) -> None:
     page.click("text=Portrait photo of a man. | negative: mustache")
     page.wait_for_function("document.querySelector('#status').innerText.includes('Done in')")
     page.wait_for_selector("#x0-with img")
+    # Gradio's images load lazily: one far below the viewport (the curves, under the article row and the results)
+    # has no size, so Playwright calls it hidden, until it is scrolled near
+    page.locator("#curves img").scroll_into_view_if_needed()
     page.wait_for_selector("#curves img")
 
 
@@ -231,7 +237,9 @@ def test_stop_ends_the_run_and_the_page_stays_usable(app_server):
             page.fill("#steps input[type=number]", "2")
             page.press("#steps input[type=number]", "Enter")
             compare(page, "a red hat", "blue")
-            assert page.input_value("#step input[type=number]") == "2"
+            # the new run's step view (it opens where the runs part, not at the last step)
+            page.wait_for_function("document.querySelector('#step input[type=range]').max === '2'")
+            assert "2 steps" in status(page).replace("`", "")
         finally:
             browser.close()
 

@@ -74,12 +74,19 @@ class Journey:
         self.page.screenshot(path=str(self.shots / f"{self.count:02d}-{name}.png"), full_page=full_page)
 
     def status(self) -> str:
-        return self.page.inner_text("#status")
+        """The status line's own text (its Markdown), without Gradio's progress tracker laid over it."""
+        return self.page.inner_text("#status [data-testid='markdown']")
 
     def wait_done(self, previous: str = "") -> None:
+        """Wait until the status line is a finished run's ("Done in …", not `previous`) and its event is over
+        (Gradio's tracker hidden again): while an event is still processing, the last run's "Done" line is still
+        there under the tracker, and an example still loading would overwrite inputs typed meanwhile."""
         self.page.wait_for_function(
-            "previous => { const s = document.querySelector('#status').innerText;"
-            " return s.includes('Done in') && s !== previous; }",
+            "previous => { const status = document.querySelector('#status');"
+            " const text = status.querySelector('[data-testid=markdown]').innerText;"
+            " const tracker = status.querySelector('[data-testid=status-tracker]');"
+            " const idle = !tracker || tracker.classList.contains('hide');"
+            " return idle && text.includes('Done in') && text !== previous; }",
             arg=previous,
         )
 
@@ -229,7 +236,7 @@ def the_rest_of_the_page(journey: Journey) -> None:
     assert link.startswith("http")
     page.goto(link)
     page.wait_for_selector("#status")
-    page.wait_for_function("document.querySelector('#status').innerText.includes('Done in')", timeout=TIMEOUT_MS)
+    journey.wait_done()  # the link's own run
     journey.no_error_badges("the opened link")
     journey.shot("opened-link")
 
