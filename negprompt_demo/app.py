@@ -145,12 +145,16 @@ def input_panel(
     inputs: dict[str, gr.components.Component] = {}
     inputs["prompt"] = field_widget("prompt", FIELDS["prompt"], "")
     inputs["negative"] = field_widget("negative", FIELDS["negative"], "")
-    inputs["negative_mode"] = field_widget("negative_mode", FIELDS["negative_mode"], DEFAULTS["negative_mode"])
+    with gr.Row(equal_height=True):
+        inputs["negative_mode"] = field_widget("negative_mode", FIELDS["negative_mode"], DEFAULTS["negative_mode"])
+        # one click for the diagnostics' offer at guidance ≤ 1 or on a distilled model (diagnostics.NAG_OFFER)
+        use_nag = gr.Button("use NAG", size="sm", scale=0, min_width=90, elem_id="use-nag")
     with gr.Row():
         buttons = {
             "compare": gr.Button("Compare", variant="primary", elem_id="compare-button"),
             "stop": gr.Button("Stop", variant="stop", elem_id="stop-button"),
         }
+    buttons["use_nag"] = use_nag
     examples_slot = gr.Column()  # filled once the outputs exist
     with gr.Row(equal_height=True):
         # A fixed seed (the first example's), so that changing only the negative keeps the same face
@@ -279,6 +283,9 @@ def step_panel(steps: int) -> dict:
                 with gr.Column(min_width=130, scale=1):
                     gr.Markdown("**negative push**", elem_classes="caption")
                     shown["push"] = step_image("negative push", "push")
+                with gr.Column(min_width=130, scale=1):
+                    gr.Markdown("**NAG: attention moved** ‖Z − Z⁺‖", elem_classes="caption")
+                    shown["nag"] = step_image("NAG: how far the attention output moved", "nag")
                 with gr.Column(scale=2):
                     gr.Markdown("**legend**")
                     shown["legend"] = gr.Image(
@@ -347,6 +354,7 @@ def wire_page(demo, config: AppConfig, events, inputs: dict, buttons: dict, show
         handlers.stopped_message, None, shown["status"], cancels=[comparison], queue=False, api_visibility="private"
     )
     buttons["random"].click(handlers.random_seed, None, inputs["seed"], queue=False, api_visibility="private")
+    buttons["use_nag"].click(lambda: "nag", None, inputs["negative_mode"], queue=False, api_visibility="private")
     inputs["model"].input(  # the user's choice only: a link fills in a model together with its own settings
         events.model_selected,
         inputs["model"],

@@ -24,8 +24,8 @@ FUNCTION_WORDS = frozenset(
 
 
 NAG_OFFER = (
-    " Set “how the negative acts” to nag: Normalized Attention Guidance moves the negative into attention and needs "
-    "no negative branch."
+    " Set “how the negative acts” to nag (on the page: the “use NAG” button beside it): Normalized Attention "
+    "Guidance moves the negative into attention and needs no negative branch."
 )
 
 

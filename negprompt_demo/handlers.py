@@ -181,6 +181,7 @@ class Handlers:
         files = self.new_job()
         written = write_outputs(comparison, files.folder)
         trace.negative_strength, trace.perp_neg = settings.negative_strength, settings.perp_neg
+        trace.negative_mode = settings.negative_mode
         curves = curves_picture(trace)
         trace_id = self.traces.save(trace, curves, kind=kind, owner=owner)
         difference, peak = difference_with_legend(comparison.without_negative, comparison.with_negative)

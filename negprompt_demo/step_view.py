@@ -16,7 +16,7 @@ from negprompt_demo.trace import GuidanceTrace
 from negprompt_demo.visualize import PART_THRESHOLD, CurvesPicture, describe, step_views
 
 STEP_OUTPUTS = (
-    *("x0_without", "guidance_without", "x0_with", "guidance_with", "push", "legend", "curves", "reading"),
+    *("x0_without", "guidance_without", "x0_with", "guidance_with", "push", "nag", "legend", "curves", "reading"),
     *("branch_prompt", "branch_empty", "branch_negative", "branch_guided", "branch_note"),
     *("attention", "attention_strip", "attention_reading"),
 )
@@ -39,6 +39,7 @@ def step_outputs(
     updates = {name: files.png(views.get(name), name) for name in ("x0_without", "guidance_without", "x0_with")}
     updates["guidance_with"] = files.png(views["guidance_with"], "guidance_with")
     updates["push"] = files.png(views.get("push"), "push")
+    updates["nag"] = files.png(views.get("nag"), "nag")  # how far NAG moved the attention output (NAG runs only)
     for branch in ("prompt", "empty", "negative"):
         updates[f"branch_{branch}"] = files.png(views.get(f"branch_{branch}"), f"branch_{branch}")
     updates["branch_guided"] = updates["x0_with"] if "branch_prompt" in views else None
@@ -71,6 +72,17 @@ def guidance_rule(trace: GuidanceTrace, index: int) -> str:
             f"empty + {scale} × (prompt − empty): **the negative does not act at this step** (outside its window), "
             "so this run takes the same step as the run without it would"
         )
+    if trace.negative_mode == "nag":  # the CFG branch stays the empty prompt's; the negative acts in attention
+        return (
+            f"empty + {scale} × (prompt′ − empty), where prompt′ is the prompt's prediction with its attention "
+            "pushed away from the negative's (NAG; the NAG map shows where)"
+        )
+    nag = " — and the prompt's attention pushed away from the negative's (NAG)" if trace.negative_mode == "both" else ""
+    return cfg_rule(trace, scale) + nag
+
+
+def cfg_rule(trace: GuidanceTrace, scale: str) -> str:
+    """The guided step through CFG's negative branch: plain, with a strength, or Perp-Neg."""
     strength = trace.negative_strength
     if strength == 1.0 and not trace.perp_neg:
         return f"negative + {scale} × (prompt − negative): the negative took the empty prompt's place"
@@ -82,7 +94,10 @@ def guidance_rule(trace: GuidanceTrace, index: int) -> str:
 def branch_note(trace: GuidanceTrace, index: int, recorded: bool) -> str:
     """What the branch row shows at this step, in the article's words, with the rule that was applied."""
     if not trace.cfg_active:
-        return "Guidance is off (scale ≤ 1): there is only the prompt's prediction, so no branches to compare."
+        note = "Guidance is off (scale ≤ 1): there is only the prompt's prediction, so no branches to compare."
+        if trace.negative_mode != "cfg" and trace.steps[index].negative_active:
+            note += " The negative acts in attention at this step (NAG): its map shows where it moved the output."
+        return note
     rule = guidance_rule(trace, index)
     if not recorded:
         return (
@@ -131,4 +146,5 @@ def live_trace(records: list, settings) -> GuidanceTrace:
     cfg_active = bool(records) and math.isfinite(records[0].guidance_cosine)
     trace = GuidanceTrace(settings.guidance, cfg_active, "epsilon", steps=list(records))
     trace.negative_strength, trace.perp_neg = settings.negative_strength, settings.perp_neg
+    trace.negative_mode = settings.negative_mode
     return trace

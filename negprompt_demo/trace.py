@@ -113,6 +113,7 @@ class GuidanceTrace:
     # How the negative acted inside its window (guidance.NegativePlan), for the step view's captions
     negative_strength: float = 1.0
     perp_neg: bool = False
+    negative_mode: str = "cfg"  # settings.negative_mode: through CFG's branch, in attention (NAG), or both
 
     def to_json(self) -> dict:
         """Scalars, plus the attention maps when recorded (the only maps kept in the JSON: they are what a user

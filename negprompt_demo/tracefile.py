@@ -74,6 +74,7 @@ class TraceStore:
             "prediction_type": trace.prediction_type,
             "negative_strength": trace.negative_strength,
             "perp_neg": trace.perp_neg,
+            "negative_mode": trace.negative_mode,
             "steps": [scalar_fields(step) for step in trace.steps],
             "curves": {"step_x": curves.step_x, "spans": curves.spans},
             "attention": trace.attention.to_json() if trace.attention is not None else None,
@@ -104,6 +105,7 @@ class TraceStore:
         folder, header = self._open(trace_id, owner)
         trace = GuidanceTrace(header["guidance_scale"], header["cfg_active"], header["prediction_type"])
         trace.negative_strength, trace.perp_neg = header.get("negative_strength", 1.0), header.get("perp_neg", False)
+        trace.negative_mode = header.get("negative_mode", "cfg")
         if header.get("attention"):
             trace.attention = AttentionPlan.from_json(header["attention"])
         trace.steps = [record_from_scalars(fields) for fields in header["steps"]]

@@ -33,6 +33,7 @@ RECORDED = "tick “record what the empty prompt predicts” to see it"  # these
 PLACEHOLDERS = {
     **dict.fromkeys(("push", "branch-prompt", "branch-empty", "branch-negative", "branch-guided"), RECORDED),
     "attention": "tick “record attention maps” to see it",
+    "nag": "set “how the negative acts” to nag or both to see it",
 }
 
 

@@ -241,6 +241,26 @@ def the_rest_of_the_page(journey: Journey) -> None:
     journey.shot("opened-link")
 
 
+def nag_at_guidance_one(journey: Journey) -> None:
+    """Guidance 1: CFG has no negative branch; one click lets the negative act in attention, and the step view
+    draws where NAG moved the attention output."""
+    page = journey.page
+    page.click("#use-nag")
+    page.wait_for_function("document.querySelector('#negative_mode input').value === 'nag'")
+    page.click("text=sampling settings")
+    page.wait_for_selector("#guidance input")
+    journey.set_number("guidance", 1)
+    before = journey.status()
+    page.click("#compare-button")
+    journey.wait_done(before)
+    assert "guidance 1 " in journey.status().replace("`", "") + " "
+    page.locator("#nag img").scroll_into_view_if_needed()
+    page.wait_for_selector("#nag img")
+    assert "acts in attention" in page.inner_text("#branch-note") or "NAG" in page.inner_text("#branch-note")
+    journey.no_error_badges("NAG at guidance 1")
+    journey.shot("nag-at-guidance-1")
+
+
 FIELDS_SEEDS_MIN = 4
 
 
@@ -290,6 +310,7 @@ def test_the_journey_of_a_newcomer(tiny_sd_folder, tmp_path):
                 page.wait_for_selector("#negative_strength input")  # the accordion's boxes are mounted
                 inputs_at_their_bounds(journey)
                 the_rest_of_the_page(journey)
+                nag_at_guidance_one(journey)
                 context.close()
 
                 phone = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from negprompt_demo.step_view import guidance_rule, step_slider, telling_step
+from negprompt_demo.step_view import branch_note, guidance_rule, step_slider, telling_step
 from negprompt_demo.trace import GuidanceTrace, StepRecord
 
 
@@ -48,3 +48,16 @@ def test_the_step_slider_of_a_one_step_run_is_a_valid_slider():
     assert one["minimum"] < one["maximum"] and one["value"] == 1 and one["interactive"] is False
     many = step_slider(20, 7)
     assert (many["minimum"], many["maximum"], many["value"], many["interactive"]) == (1, 20, 7, True)
+
+
+def test_the_caption_says_when_the_negative_acts_in_attention():
+    nag = guidance_rule(trace_of([0.0, 0.1], negative_mode="nag"), 1)
+    assert nag.startswith("empty + 7.5 × (prompt′ − empty)") and "NAG" in nag  # CFG's branch stays the empty one
+    both = guidance_rule(trace_of([0.0, 0.1], negative_mode="both", negative_strength=2.0), 1)
+    assert both.startswith("empty + 7.5 × (prompt − empty) − 2 × (7.5 − 1)") and both.endswith("(NAG)")
+    outside = guidance_rule(trace_of([0.0, 0.1], [False, True], negative_mode="nag"), 0)
+    assert "does not act at this step" in outside
+    unguided = trace_of([0.0, 0.1], [False, True], negative_mode="nag")
+    unguided.cfg_active = False
+    assert "acts in attention at this step" in branch_note(unguided, 1, True)
+    assert "acts in attention" not in branch_note(unguided, 0, True)
