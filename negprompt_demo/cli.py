@@ -130,9 +130,9 @@ def run_sweep(args: argparse.Namespace) -> int:
     import json
 
     from negprompt_demo.attributes import sweep_reading
-    from negprompt_demo.engine import SWEEP_STARTS
     from negprompt_demo.runner import SweepDone, stream
     from negprompt_demo.settings import CompareSettings
+    from negprompt_demo.sweep import SWEEP_STARTS
     from negprompt_demo.visualize import sweep_labels, sweep_picture
 
     settings = CompareSettings(**{name: getattr(args, name) for name in FIELDS})

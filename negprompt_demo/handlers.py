@@ -16,7 +16,6 @@ import html
 import logging
 import math
 import random
-import string
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -27,20 +26,27 @@ from negprompt_demo.app_config import AppConfig
 from negprompt_demo.attention_views import chosen_word, word_choices
 from negprompt_demo.attributes import sweep_reading
 from negprompt_demo.cost import CostLimits
-from negprompt_demo.engine import SWEEP_STARTS, GenerationCancelled, NonFiniteError, Sweep
 from negprompt_demo.export import trace_document, write_outputs
 from negprompt_demo.flow_models import DISTILLED_NOTE, FAMILY_NOTES
 from negprompt_demo.jobs import JobFiles, StepFiles
 from negprompt_demo.legends import difference_with_legend
 from negprompt_demo.links import NOT_IN_LINKS, link_query, link_values
 from negprompt_demo.loading import ModelLoadError, load_pipeline, model_defaults, model_family, native_size
+from negprompt_demo.messages import (
+    caption_for,
+    input_error,
+    reading_text,
+    run_context,
+    status_text,
+    user_message,
+)
 from negprompt_demo.runner import Done, Ready, Step, SweepDone, astream
 from negprompt_demo.settings import FIELDS, MAX_SEED, CompareSettings, InputError, resolve_settings, size_limits
 from negprompt_demo.step_view import STEP_OUTPUTS, live_trace, step_outputs, step_slider, telling_step
+from negprompt_demo.sweep import SWEEP_STARTS, Sweep
 from negprompt_demo.tracefile import RUN_MAX_AGE_S, TraceNotFound, TraceStore, remove_old_folders, trim_folders
 from negprompt_demo.visualize import (
     curves_picture,
-    run_labels,
     sweep_labels,
     sweep_picture,
 )
@@ -63,7 +69,6 @@ UI_OUTPUTS = (
 LINK_OUTPUTS = (*INPUT_NAMES, "model_info", "status", "link_run", "link_example")
 CLEANUP_INTERVAL_S = 60.0
 CURVE_INTERVAL_S = 1.0  # while sampling, redraw the curves (the slowest picture: ~0.25 s) at most this often
-USER_ERRORS = (InputError, ModelLoadError, NonFiniteError, GenerationCancelled)
 
 
 def ordered(updates: dict, names: tuple[str, ...] = UI_OUTPUTS) -> tuple:
@@ -71,74 +76,6 @@ def ordered(updates: dict, names: tuple[str, ...] = UI_OUTPUTS) -> tuple:
     if unknown:
         raise KeyError(f"not an output of this event: {sorted(unknown)}")
     return tuple(updates.get(name, gr.skip()) for name in names)
-
-
-def user_message(error: BaseException) -> str:
-    """What a user reads for an error: the engine's own message where it is written for users, never a traceback
-    (plain text: escape it where it is shown as HTML)."""
-    if isinstance(error, USER_ERRORS):
-        return str(error)
-    log.exception("comparison failed", exc_info=error)
-    first_line = (str(error).strip().splitlines() or [""])[0][:300]
-    name = getattr(error, "error_type", type(error).__name__)  # runner.DeviceError keeps the original class's name
-    return f"The comparison failed ({name}: {first_line}). The page still works; try again."
-
-
-def input_error(error: BaseException, for_html: bool = True) -> gr.Error:
-    """A gr.Error for a user: input mistakes log one line, not a traceback; unexpected errors keep theirs."""
-    message = user_message(error)
-    if isinstance(error, USER_ERRORS):
-        log.info("refused: %s", message)
-    return gr.Error(html.escape(message, quote=False) if for_html else message, print_exception=False)
-
-
-def status_text(settings: CompareSettings, model: str, warnings: list[str], note: str) -> str:
-    lines = [
-        f"**{note}** · seed `{settings.seed}` · {settings.steps} steps · guidance {settings.guidance:g} · "
-        f"{settings.scheduler} · {settings.width}×{settings.height} px{negative_settings(settings)} · "
-        f"model `{html.escape(model)}`"
-    ]
-    lines += [f"⚠️ {html.escape(warning, quote=False)}" for warning in warnings]
-    return "\n\n".join(lines)
-
-
-def run_context(settings: CompareSettings) -> str:
-    """Which prompt, negative, seed and settings a result shows (the sweep's line above its reading)."""
-    return (
-        f"Prompt “{html.escape(settings.prompt, quote=False)}” · "
-        f"negative “{html.escape(settings.negative, quote=False)}”"
-        f" · seed `{settings.seed}` · {settings.steps} steps · guidance {settings.guidance:g} · {settings.scheduler}"
-        f"{negative_settings(settings)}"
-    )
-
-
-def negative_settings(settings: CompareSettings) -> str:
-    """How the negative acted, when not plain CFG over every step (the window, strength and Perp-Neg)."""
-    parts = []
-    if (settings.negative_start, settings.negative_end) != (0.0, 1.0):
-        parts.append(f"negative from {settings.negative_start:g} to {settings.negative_end:g} of the steps")
-    if settings.negative_strength != 1.0:
-        parts.append(f"strength {settings.negative_strength:g}")
-    if settings.perp_neg:
-        parts.append("Perp-Neg")
-    return "".join(f" · {part}" for part in parts)
-
-
-def reading_text(reading) -> str:
-    """How the negative prompt was read (`prompts.PromptReading`), under the status line."""
-    return "" if reading is None else f"**How the negative prompt was read:** {reading.markdown()}"
-
-
-def caption_for(negative: str) -> str:
-    return f"**{markdown_text(run_labels(negative)[1])}**"
-
-
-def markdown_text(text: str) -> str:
-    """User text for a Markdown component, shown as the text it is: every ASCII punctuation mark escaped (no link,
-    emphasis or heading from a link's query), <, > and & as HTML entities."""
-    return "".join(
-        html.escape(char) if char in "<>&" else "\\" + char if char in string.punctuation else char for char in text
-    )
 
 
 class Handlers:
@@ -308,7 +245,7 @@ class Handlers:
         return picture, f"{run_context(sweep.settings)}\n\n{reading}"
 
     async def sweep_api(self, request: gr.Request = None, progress=gr.Progress(), **values) -> tuple:  # noqa: B008
-        """Public `/sweep`: (the images, no negative first; what each is) — see `engine.sweep_starts`."""
+        """Public `/sweep`: (the images, no negative first; what each is) — see `sweep.sweep_starts`."""
         try:
             sweep = await self.run_sweep(values, progress, request)
         except Exception as error:
@@ -432,7 +369,3 @@ def model_widgets(pipe) -> tuple:
 
 def random_seed() -> int:
     return random.randint(0, MAX_SEED)
-
-
-def stopped_message() -> str:
-    return "**Stopped.** Sampling ended after the step it was on; the page is ready for the next comparison."

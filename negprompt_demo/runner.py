@@ -29,15 +29,14 @@ from negprompt_demo.engine import (
     Comparison,
     GenerationCancelled,
     NonFiniteError,
-    Sweep,
     prepare,
     run_paired,
-    sweep_starts,
 )
 from negprompt_demo.loading import ModelLoadError, load_pipeline, model_label, pipeline_lock
 from negprompt_demo.many_seeds import SeedGrid, new_grid, sample_grid
 from negprompt_demo.previews import LivePreviews, fill_previews
 from negprompt_demo.settings import CompareSettings, InputError
+from negprompt_demo.sweep import Sweep, sweep_starts
 from negprompt_demo.trace import StepRecord
 
 
@@ -149,7 +148,7 @@ def sample_on_device(model: str, settings: CompareSettings, run_id: str = "") ->
 def sweep_on_device(
     model: str, settings: CompareSettings, starts: tuple[float, ...], run_id: str = ""
 ) -> Iterator[Step | SweepDone | Failed]:
-    """The "when does it act?" sweep (`engine.sweep_starts`), on the device like `sample_on_device`."""
+    """The "when does it act?" sweep (`sweep.sweep_starts`), on the device like `sample_on_device`."""
 
     def work(pipe, emit, stop) -> SweepDone:
         return SweepDone(sweep_starts(pipe, settings, starts, on_step=step_reporter(emit), stop=stop))

@@ -23,8 +23,9 @@ from negprompt_demo.attributes import (
     side_effects,
     side_effects_markdown,
 )
-from negprompt_demo.handlers import INPUT_NAMES, Handlers, input_error, user_message
+from negprompt_demo.handlers import INPUT_NAMES, Handlers
 from negprompt_demo.many_seeds import SeedGrid, phrased_by_default
+from negprompt_demo.messages import input_error, user_message
 from negprompt_demo.runner import Ready, SeedRows, SeedsDone, Step
 from negprompt_demo.seed_pictures import column_titles, figure_image, sampling_space_figure
 from negprompt_demo.settings import GRID_DEFAULTS, GRID_FIELDS, resolve_grid

@@ -140,7 +140,8 @@ def test_the_trace_records_the_window(sd_pipe):
 
 @pytest.mark.slow
 def test_sweep_runs_every_start_in_one_call_sharing_the_early_steps(sd_pipe, monkeypatch):
-    from negprompt_demo.engine import prepare, sweep_starts
+    from negprompt_demo.engine import prepare
+    from negprompt_demo.sweep import sweep_starts
 
     sizes = []
     original = sd_pipe.unet.forward

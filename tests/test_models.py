@@ -264,7 +264,8 @@ def test_compare_command_on_an_sd3_folder(tmp_path, capsys):
 
 @pytest.mark.slow  # three FLUX.1 calls
 def test_flux_sweep_equals_each_start_on_its_own(flux_pipe):
-    from negprompt_demo.engine import prepare, sweep_starts
+    from negprompt_demo.engine import prepare
+    from negprompt_demo.sweep import sweep_starts
 
     resolved, _ = prepare(flux_pipe, settings(TRUE_CFG))
     sweep = sweep_starts(flux_pipe, resolved, (0.0, 0.5))

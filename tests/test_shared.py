@@ -175,7 +175,7 @@ def test_captions_render_user_text_as_text(negative):
     heading or tag from the user's text, and the text itself still readable."""
     import markdown_it
 
-    from negprompt_demo.handlers import caption_for
+    from negprompt_demo.messages import caption_for
 
     rendered = markdown_it.MarkdownIt("commonmark").render(caption_for(negative))
     inner = rendered.removeprefix("<p><strong>").removesuffix("</strong></p>\n")
