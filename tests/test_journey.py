@@ -244,9 +244,11 @@ def the_rest_of_the_page(journey: Journey) -> None:
 def nag_at_guidance_one(journey: Journey) -> None:
     """Guidance 1: CFG has no negative branch; one click lets the negative act in attention, and the step view
     draws where NAG moved the attention output."""
+    from playwright.sync_api import expect
+
     page = journey.page
     page.click("#use-nag")
-    page.wait_for_function("document.querySelector('#negative_mode input').value === 'nag'")
+    expect(page.get_by_label(FIELDS["negative_mode"].label, exact=True)).to_have_value("nag")
     page.click("text=sampling settings")
     page.wait_for_selector("#guidance input")
     journey.set_number("guidance", 1)
