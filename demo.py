@@ -8,7 +8,7 @@ try:  # Hugging Face ZeroGPU wants `spaces` imported before torch; elsewhere the
 except ImportError:
     pass
 
-from negprompt_demo.launch import main
+from negprompt_demo.page.launch import main
 
 if __name__ == "__main__":
     main()

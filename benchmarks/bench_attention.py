@@ -27,7 +27,7 @@ from benchmarks.common import (
     synchronize,
     time_interleaved,
 )
-from negprompt_demo.engine import compare, prepare
+from negprompt_demo.sampling.engine import compare, prepare
 from negprompt_demo.settings import CompareSettings
 
 ATTENTION_GOAL = 0.25

@@ -27,7 +27,7 @@ from benchmarks.common import (
     synchronize,
     time_interleaved,
 )
-from negprompt_demo.engine import compare
+from negprompt_demo.sampling.engine import compare
 from negprompt_demo.settings import CompareSettings
 
 GOALS = {"late start": 0.8, "three-branch": 1.5}

@@ -30,10 +30,10 @@ from benchmarks.common import (
     synchronize,
     time_interleaved,
 )
-from negprompt_demo.engine import compare
-from negprompt_demo.guidance import NegativePlan
-from negprompt_demo.nag import NagAttention
-from negprompt_demo.prompts import encode_text
+from negprompt_demo.models.prompts import encode_text
+from negprompt_demo.sampling.engine import compare
+from negprompt_demo.sampling.guidance import NegativePlan
+from negprompt_demo.sampling.nag import NagAttention
 from negprompt_demo.settings import NAG_DEFAULTS, CompareSettings
 
 GOALS = {"NAG at guidance 1 vs CFG": 0.65, "NAG + CFG vs CFG": 1.3}

@@ -26,7 +26,7 @@ from benchmarks.common import (
     synchronize,
     time_interleaved,
 )
-from negprompt_demo.engine import SCHEDULERS, compare, prepare
+from negprompt_demo.sampling.engine import SCHEDULERS, compare, prepare
 from negprompt_demo.settings import CompareSettings
 
 

@@ -27,8 +27,8 @@ from benchmarks.common import (
     synchronize,
     time_interleaved,
 )
-from negprompt_demo.engine import compare
-from negprompt_demo.loading import native_size
+from negprompt_demo.models.loading import native_size
+from negprompt_demo.sampling.engine import compare
 from negprompt_demo.settings import CompareSettings, size_limits
 
 STEP_COUNTS = (10, 25, 50)

@@ -27,11 +27,11 @@ from benchmarks.common import (
     model_benchmark_main,
     rss_bytes,
 )
-from negprompt_demo.jobs import JobFiles
+from negprompt_demo.page.jobs import JobFiles
+from negprompt_demo.page.step_view import step_outputs
+from negprompt_demo.page.tracefile import TraceStore
 from negprompt_demo.settings import CompareSettings
-from negprompt_demo.step_view import step_outputs
-from negprompt_demo.tracefile import TraceStore
-from negprompt_demo.visualize import curves_picture
+from negprompt_demo.views.visualize import curves_picture
 
 STEPS, MOVES = 150, 40
 GOALS = {"seconds": 0.3, "rss_mib": 50}

@@ -24,8 +24,8 @@ from benchmarks.common import (
     model_benchmark_main,
     synchronize,
 )
-from negprompt_demo.engine import prepare
-from negprompt_demo.many_seeds import new_grid, sample_grid
+from negprompt_demo.sampling.engine import prepare
+from negprompt_demo.sampling.many_seeds import new_grid, sample_grid
 from negprompt_demo.settings import CompareSettings
 
 SEEDS, STEPS = 16, 20

@@ -24,8 +24,8 @@ from pathlib import Path
 import httpx
 import psutil
 
-from negprompt_demo.handlers import UI_OUTPUTS
-from negprompt_demo.tracefile import RUN_FOLDER_CAP, folder_bytes
+from negprompt_demo.page.handlers import UI_OUTPUTS
+from negprompt_demo.page.tracefile import RUN_FOLDER_CAP, folder_bytes
 
 
 def free_port() -> int:

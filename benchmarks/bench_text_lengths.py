@@ -10,9 +10,9 @@ from __future__ import annotations
 from unittest import mock
 
 from benchmarks.common import PROMPT, SEED, median, spread, time_interleaved
-from negprompt_demo import scheduled_text
-from negprompt_demo.engine import compare
-from negprompt_demo.loading import load_pipeline
+from negprompt_demo.models import scheduled_text
+from negprompt_demo.models.loading import load_pipeline
+from negprompt_demo.sampling.engine import compare
 from negprompt_demo.settings import CompareSettings
 
 LONG_NEGATIVE = ", ".join(["blurry, lowres, bad hands, mustache, hat"] * 10)  # 2 chunks

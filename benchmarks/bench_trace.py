@@ -27,8 +27,8 @@ from benchmarks.common import (
     synchronize,
     time_interleaved,
 )
-from negprompt_demo.engine import compare, prepare
-from negprompt_demo.previews import fill_previews
+from negprompt_demo.models.previews import fill_previews
+from negprompt_demo.sampling.engine import compare, prepare
 from negprompt_demo.settings import CompareSettings
 
 TRACE_GOAL = 0.05

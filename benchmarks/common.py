@@ -62,7 +62,7 @@ def configure_threads(threads: int | None) -> None:
 def load_model(name: str, device: str, threads: int | None = None):
     """The pipeline to measure, on `device`: fp16 on CUDA, fp32 on CPU, and on the CPU as many torch threads as
     the app uses (`loading.limit_cpu_threads`: all cores but one) unless `threads` says otherwise."""
-    from negprompt_demo.loading import limit_cpu_threads, load_pipeline
+    from negprompt_demo.models.loading import limit_cpu_threads, load_pipeline
 
     if name == SD15_RANDOM:
         pipe = build_sd15_random(device)
@@ -147,8 +147,8 @@ def compare_as_the_app_does(pipe, settings):
     """One comparison the way the app makes it (runner.sample_on_device): trace on, x0
     pictures decoded live at most every LIVE_PREVIEW_INTERVAL_S while sampling, the other steps' pictures in
     one batch afterwards (the scrubber and the animation show every step)."""
-    from negprompt_demo.engine import compare
-    from negprompt_demo.previews import LivePreviews, fill_previews
+    from negprompt_demo.models.previews import LivePreviews, fill_previews
+    from negprompt_demo.sampling.engine import compare
 
     live = LivePreviews(pipe)
     result = compare(

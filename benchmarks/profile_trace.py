@@ -29,9 +29,9 @@ from benchmarks.common import (
     median,
     time_interleaved,
 )
-from negprompt_demo.engine import compare, prepare
-from negprompt_demo.loading import model_family
-from negprompt_demo.previews import decode_previews
+from negprompt_demo.models.loading import model_family
+from negprompt_demo.models.previews import decode_previews
+from negprompt_demo.sampling.engine import compare, prepare
 from negprompt_demo.settings import CompareSettings
 
 

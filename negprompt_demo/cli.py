@@ -77,8 +77,8 @@ def main(argv: list[str] | None = None) -> int:
 def exit_code_of(command, args: argparse.Namespace) -> int:
     """Run a command; the errors a user can act on are one line on stderr and an exit code (2: the input, 1: the
     run or writing its files failed), never a traceback."""
-    from negprompt_demo.engine import NonFiniteError
-    from negprompt_demo.loading import ModelLoadError
+    from negprompt_demo.models.loading import ModelLoadError
+    from negprompt_demo.sampling.engine import NonFiniteError
     from negprompt_demo.settings import InputError
 
     try:
@@ -98,9 +98,9 @@ def run_compare(args: argparse.Namespace) -> int:
     # Heavy imports after argument parsing, so `--help` and usage errors answer instantly.
     from tqdm import tqdm
 
-    from negprompt_demo.export import write_outputs
     from negprompt_demo.runner import Done, Step, stream
     from negprompt_demo.settings import CompareSettings
+    from negprompt_demo.views.export import write_outputs
 
     settings = CompareSettings(**{name: getattr(args, name) for name in FIELDS})
     bar = None
@@ -129,11 +129,11 @@ def run_sweep(args: argparse.Namespace) -> int:
     """The `sweep` command: the images in a row with their labels (sweep.png), each image and sweep.json."""
     import json
 
-    from negprompt_demo.attributes import sweep_reading
     from negprompt_demo.runner import SweepDone, stream
+    from negprompt_demo.sampling.sweep import SWEEP_STARTS
     from negprompt_demo.settings import CompareSettings
-    from negprompt_demo.sweep import SWEEP_STARTS
-    from negprompt_demo.visualize import sweep_labels, sweep_picture
+    from negprompt_demo.views.attributes import sweep_reading
+    from negprompt_demo.views.visualize import sweep_labels, sweep_picture
 
     settings = CompareSettings(**{name: getattr(args, name) for name in FIELDS})
     starts = args.starts or SWEEP_STARTS
@@ -160,10 +160,10 @@ def run_seeds(args: argparse.Namespace) -> int:
     the attribute (space.png), every image and seeds.json (rates with intervals, side effects)."""
     import json
 
-    from negprompt_demo.attributes import grid_document, grid_reading
     from negprompt_demo.runner import SeedsDone, stream
-    from negprompt_demo.seed_pictures import figure_image, marked_grid_picture, sampling_space_figure
     from negprompt_demo.settings import CompareSettings, resolve_grid
+    from negprompt_demo.views.attributes import grid_document, grid_reading
+    from negprompt_demo.views.seed_pictures import figure_image, marked_grid_picture, sampling_space_figure
 
     settings = CompareSettings(**{name: getattr(args, name) for name in FIELDS})
     grid_inputs = resolve_grid(args.seed_count, args.phrased)

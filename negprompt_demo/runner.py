@@ -24,20 +24,20 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 
-from negprompt_demo.cost import CostLimits, Request, check_request
-from negprompt_demo.engine import (
+from negprompt_demo.models.loading import ModelLoadError, load_pipeline, model_label, pipeline_lock
+from negprompt_demo.models.previews import LivePreviews, fill_previews
+from negprompt_demo.sampling.cost import CostLimits, Request, check_request
+from negprompt_demo.sampling.engine import (
     Comparison,
     GenerationCancelled,
     NonFiniteError,
     prepare,
     run_paired,
 )
-from negprompt_demo.loading import ModelLoadError, load_pipeline, model_label, pipeline_lock
-from negprompt_demo.many_seeds import SeedGrid, new_grid, sample_grid
-from negprompt_demo.previews import LivePreviews, fill_previews
+from negprompt_demo.sampling.many_seeds import SeedGrid, new_grid, sample_grid
+from negprompt_demo.sampling.sweep import Sweep, sweep_starts
+from negprompt_demo.sampling.trace import StepRecord
 from negprompt_demo.settings import CompareSettings, InputError
-from negprompt_demo.sweep import Sweep, sweep_starts
-from negprompt_demo.trace import StepRecord
 
 
 @dataclass

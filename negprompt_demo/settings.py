@@ -17,9 +17,9 @@ import unicodedata
 from dataclasses import dataclass
 from pathlib import PurePath
 
-from negprompt_demo.infotext import parameters_text
-from negprompt_demo.prompt_editing import step_texts
-from negprompt_demo.prompt_syntax import WeightError, parse_weights
+from negprompt_demo.syntax.infotext import parameters_text
+from negprompt_demo.syntax.prompt_editing import step_texts
+from negprompt_demo.syntax.prompt_syntax import WeightError, parse_weights
 
 # The short list of samplers users know by their A1111 names (the engine maps them to diffusers schedulers).
 SCHEDULER_NAMES = ("Euler", "Euler a", "DPM++ 2M Karras", "DDIM", "UniPC")

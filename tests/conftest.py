@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from tiny_models import tiny_flux_pipeline, tiny_sd3_pipeline, tiny_sd_pipeline, tiny_sdxl_pipeline  # noqa: E402
 
-from negprompt_demo.loading import limit_cpu_threads  # noqa: E402
+from negprompt_demo.models.loading import limit_cpu_threads  # noqa: E402
 
 # The app's CPU thread policy (all cores but one, docs/BENCHMARKS.md "CPU threads") from the first test on, not
 # only once some test has gone through `load_pipeline`: on a small machine shared with other work, a full team of
@@ -66,7 +66,7 @@ def free_port() -> int:
 def running_app(config, cache_dir: Path):
     """Launch the Gradio app for `config` on a free 127.0.0.1 port, examples cached under `cache_dir`; yields the
     URL and closes the server afterwards."""
-    from negprompt_demo.app import build_app, launch_options
+    from negprompt_demo.page.app import build_app, launch_options
 
     with pytest.MonkeyPatch.context() as patch:  # examples cache in a temporary folder, not the working directory
         patch.setenv("GRADIO_EXAMPLES_CACHE", str(cache_dir))
@@ -84,7 +84,7 @@ def running_app(config, cache_dir: Path):
 @pytest.fixture(scope="module")
 def app_server(tiny_sd_folder, tmp_path_factory):
     """The Gradio app on the tiny SD model, launched on 127.0.0.1 for one test module: yields (url, config)."""
-    from negprompt_demo.app_config import AppConfig
+    from negprompt_demo.page.app_config import AppConfig
 
     config = AppConfig(default_model=str(tiny_sd_folder), models=[str(tiny_sd_folder)])
     with running_app(config, tmp_path_factory.mktemp("cached_examples")) as url:

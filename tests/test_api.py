@@ -11,8 +11,8 @@ from gradio_client import Client
 from gradio_client.exceptions import AppError
 from PIL import Image
 
-from negprompt_demo import handlers
-from negprompt_demo.loading import load_pipeline, pipeline_lock
+from negprompt_demo.models.loading import load_pipeline, pipeline_lock
+from negprompt_demo.page import handlers
 from negprompt_demo.runner import Done
 
 pytestmark = pytest.mark.slow  # a live server (and gradio_client) for the module

@@ -15,21 +15,21 @@ import torch
 from conftest import EMBEDDED_PRESENT
 from PIL import Image
 
-from negprompt_demo import examples as example_module
-from negprompt_demo import handlers
-from negprompt_demo.app import build_app
-from negprompt_demo.app_config import AppConfig, config_from_args
-from negprompt_demo.engine import compare
-from negprompt_demo.examples import EXAMPLES_FILE, example_cache_folder, example_rows
-from negprompt_demo.handlers import EXAMPLE_NAMES, INPUT_NAMES, LINK_OUTPUTS, UI_OUTPUTS
-from negprompt_demo.launch import build_parser
-from negprompt_demo.loading import load_pipeline, pipeline_lock
-from negprompt_demo.previews import fill_previews
+from negprompt_demo.models.loading import load_pipeline, pipeline_lock
+from negprompt_demo.models.previews import fill_previews
+from negprompt_demo.page import examples as example_module
+from negprompt_demo.page import handlers
+from negprompt_demo.page.app import build_app
+from negprompt_demo.page.app_config import AppConfig, config_from_args
+from negprompt_demo.page.examples import EXAMPLES_FILE, example_cache_folder, example_rows
+from negprompt_demo.page.handlers import EXAMPLE_NAMES, INPUT_NAMES, LINK_OUTPUTS, UI_OUTPUTS
+from negprompt_demo.page.launch import build_parser
+from negprompt_demo.page.step_view import STEP_OUTPUTS
+from negprompt_demo.page.tracefile import TraceNotFound, TraceStore
 from negprompt_demo.runner import Step, astream
+from negprompt_demo.sampling.engine import compare
 from negprompt_demo.settings import DEFAULTS, CompareSettings, InputError
-from negprompt_demo.step_view import STEP_OUTPUTS
-from negprompt_demo.tracefile import TraceNotFound, TraceStore
-from negprompt_demo.visualize import curves_picture
+from negprompt_demo.views.visualize import curves_picture
 
 STEPS = 4
 
@@ -305,7 +305,7 @@ def test_first_example_on_the_embedded_model_shows_two_different_images(tmp_path
     config = AppConfig()
     build_app(config)
     pipe = load_pipeline(None)
-    from negprompt_demo.loading import model_defaults, native_size
+    from negprompt_demo.models.loading import model_defaults, native_size
 
     defaults = {"width": native_size(pipe), "height": native_size(pipe), **model_defaults(pipe)}
     rows, _ = example_rows(EXAMPLES_FILE, defaults, config.default_model)

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from negprompt_demo import article as article_module
-from negprompt_demo.article import article_row, reading
+from negprompt_demo.page import article as article_module
+from negprompt_demo.page.article import article_row, reading
 
 
 def test_the_row_is_sampled_once_then_read_back(tiny_sd_folder, tmp_path, monkeypatch):

@@ -15,20 +15,20 @@ import torch
 from conftest import EMBEDDED_PRESENT
 from test_app import Session, collect, inputs, make, named, pixels
 
-from negprompt_demo import attention
-from negprompt_demo.attention import (
+from negprompt_demo.models.previews import fill_previews
+from negprompt_demo.page.step_view import STEP_OUTPUTS
+from negprompt_demo.page.tracefile import TraceStore
+from negprompt_demo.sampling import attention
+from negprompt_demo.sampling.attention import (
     MAX_MAP_BYTES,
     attention_probabilities,
     map_size_for,
     map_stride,
     text_words,
 )
-from negprompt_demo.engine import GenerationCancelled, compare
-from negprompt_demo.previews import fill_previews
+from negprompt_demo.sampling.engine import GenerationCancelled, compare
 from negprompt_demo.settings import CompareSettings
-from negprompt_demo.step_view import STEP_OUTPUTS
-from negprompt_demo.tracefile import TraceStore
-from negprompt_demo.visualize import curves_picture
+from negprompt_demo.views.visualize import curves_picture
 
 PROMPT, NEGATIVE, SEED, STEPS = "portrait photo of a man", "mustache, hat", 5, 4
 ON = CompareSettings(PROMPT, NEGATIVE, seed=SEED, steps=STEPS, attention_maps=True)
@@ -216,7 +216,7 @@ def test_maps_equal_daams_rule_over_the_down_and_up_blocks_and_the_mid_block_is_
 
 
 def test_only_the_mapped_layers_get_the_recording_processor(sd_pipe):
-    from negprompt_demo.attention import AttentionRecorder, RecordingProcessor, plan_attention, recording
+    from negprompt_demo.sampling.attention import AttentionRecorder, RecordingProcessor, plan_attention, recording
 
     for mid_block, expected in (
         (False, {"down_blocks", "up_blocks"}),
@@ -235,7 +235,7 @@ def test_only_the_mapped_layers_get_the_recording_processor(sd_pipe):
 
 
 def compare_settings(pipe, **changes) -> CompareSettings:
-    from negprompt_demo.engine import prepare
+    from negprompt_demo.sampling.engine import prepare
 
     return prepare(pipe, ON.replace(**changes))[0]
 
@@ -320,7 +320,7 @@ def test_trace_json_lists_the_words_and_holds_the_maps(sd_maps):
 
 @pytest.fixture(scope="module")
 def page(tiny_sd_folder, tmp_path_factory):
-    from negprompt_demo.app_config import AppConfig
+    from negprompt_demo.page.app_config import AppConfig
 
     config = AppConfig(default_model=str(tiny_sd_folder), models=[str(tiny_sd_folder)])
     events = make(config, tmp_path_factory)
@@ -347,7 +347,7 @@ def test_page_shows_word_chips_the_overlay_and_the_strip(page):
 
 
 def test_page_says_how_to_turn_the_maps_on(tiny_sd_folder, tmp_path_factory):
-    from negprompt_demo.app_config import AppConfig
+    from negprompt_demo.page.app_config import AppConfig
 
     events = make(AppConfig(default_model=str(tiny_sd_folder), models=[str(tiny_sd_folder)]), tmp_path_factory)
     final = named(collect(events.compare_ui(Session(), **inputs(tiny_sd_folder, steps=1, push_map=False)))[-1])

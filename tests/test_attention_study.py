@@ -24,7 +24,7 @@ def mustache():
     from negprompt_demo.embedded.probe import Probe
     from negprompt_demo.embedded_tools.attention_study import LAYER_SETS, seed_maps, summarize
     from negprompt_demo.embedded_tools.evaluate import sampling_settings
-    from negprompt_demo.loading import load_pipeline
+    from negprompt_demo.models.loading import load_pipeline
 
     pipe = load_pipeline(None)
     sampling = sampling_settings(pipe)

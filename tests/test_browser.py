@@ -204,8 +204,8 @@ def test_first_example_shows_two_different_images_and_the_step_view(app_server):
 def test_stop_ends_the_run_and_the_page_stays_usable(app_server):
     from playwright.sync_api import sync_playwright
 
-    from negprompt_demo.engine import pipeline_lock
-    from negprompt_demo.loading import load_pipeline
+    from negprompt_demo.models.loading import load_pipeline
+    from negprompt_demo.sampling.engine import pipeline_lock
 
     url, config = app_server
     pipe = load_pipeline(config.default_model)

@@ -9,12 +9,12 @@ from types import SimpleNamespace
 import pytest
 from conftest import EMBEDDED_PRESENT
 
-from negprompt_demo.diagnostics import distilled_reason, negative_diagnostics, repeated_words, unseen_words
 from negprompt_demo.embedded.faces import caption, caption_vocabulary, caption_words, draw_portrait
-from negprompt_demo.engine import compare, prepare
-from negprompt_demo.export import trace_document
-from negprompt_demo.loading import load_pipeline
+from negprompt_demo.models.loading import load_pipeline
+from negprompt_demo.sampling.diagnostics import distilled_reason, negative_diagnostics, repeated_words, unseen_words
+from negprompt_demo.sampling.engine import compare, prepare
 from negprompt_demo.settings import CompareSettings
+from negprompt_demo.views.export import trace_document
 
 
 def settings(**changes) -> CompareSettings:
@@ -98,7 +98,7 @@ def test_syntax_is_not_taken_for_words_on_the_embedded_model():
 
 
 def test_read_words_drops_only_syntax():
-    from negprompt_demo.diagnostics import read_words
+    from negprompt_demo.sampling.diagnostics import read_words
 
     assert read_words("(mustache:1.4)").split() == ["mustache"]
     assert read_words("((red hat)), [blurry:0.5] BREAK lowres").split() == ["red", "hat", ",", "blurry:0.5", "lowres"]

@@ -84,7 +84,7 @@ SEEDS = list(range(1000, 1024))
 
 @pytest.fixture(scope="module")
 def embedded_pipe():
-    from negprompt_demo.loading import load_pipeline
+    from negprompt_demo.models.loading import load_pipeline
 
     return load_pipeline(None)
 
@@ -93,7 +93,7 @@ def _mustache_rates(pipe, prompt: str):
     """Mustache rates over SEEDS at the model's defaults, without and with the negative "mustache"."""
     from negprompt_demo.embedded.probe import Probe
     from negprompt_demo.embedded_tools.evaluate import probe_pairs
-    from negprompt_demo.loading import model_defaults
+    from negprompt_demo.models.loading import model_defaults
 
     d = model_defaults(pipe)
     rates, _ = probe_pairs(
@@ -139,7 +139,7 @@ def test_negation_in_the_prompt_does_not_remove_mustaches(embedded_pipe, mustach
 def test_docs_table_describes_the_shipped_model(embedded_pipe, mustache_pairs):
     """The committed results table was measured on this model at its defaults: a handful of other seeds
     must give rates within sampling noise of the table's rows (a) and (c)."""
-    from negprompt_demo.loading import model_defaults
+    from negprompt_demo.models.loading import model_defaults
 
     results = Path(__file__).resolve().parents[1] / "docs" / "embedded_results.json"
     res = json.loads(results.read_text())

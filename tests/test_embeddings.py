@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import save_file
 from tiny_models import tiny_sd_pipeline, tiny_sdxl_pipeline
 
-from negprompt_demo.engine import compare, prepare
+from negprompt_demo.sampling.engine import compare, prepare
 from negprompt_demo.settings import CompareSettings, InputError
 
 PROMPT, SEED, STEPS, WIDTH = "portrait photo of a man", 1234, 4, 32
@@ -109,7 +109,7 @@ def test_triggers_are_found_by_token_ids_as_a1111_does():
     from transformers import CLIPTokenizer
 
     import negprompt_demo.embedded
-    from negprompt_demo.embeddings import NegativeEmbedding, trigger_in
+    from negprompt_demo.models.embeddings import NegativeEmbedding, trigger_in
 
     tokenizer = CLIPTokenizer.from_pretrained(Path(negprompt_demo.embedded.__file__).parent / "model" / "tokenizer")
     named = lambda name: NegativeEmbedding(name, {}, Path(name))  # noqa: E731

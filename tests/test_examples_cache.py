@@ -17,9 +17,9 @@ import pytest
 
 CLICK_EVERY_EXAMPLE = """
 import json, sys
-from negprompt_demo.app import build_app
-from negprompt_demo.app_config import AppConfig
-from negprompt_demo.handlers import UI_OUTPUTS
+from negprompt_demo.page.app import build_app
+from negprompt_demo.page.app_config import AppConfig
+from negprompt_demo.page.handlers import UI_OUTPUTS
 model = sys.argv[1]
 examples = build_app(AppConfig(default_model=model, models=[model])).page_examples
 shown = []

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from negprompt_demo.engine import GenerationCancelled, NonFiniteError, compare, pipeline_lock
-from negprompt_demo.loading import ModelLoadError, load_pipeline
+from negprompt_demo.models.loading import ModelLoadError, load_pipeline
+from negprompt_demo.sampling.engine import GenerationCancelled, NonFiniteError, compare, pipeline_lock
 from negprompt_demo.settings import CompareSettings
 
 SETTINGS = CompareSettings("portrait photo of a man", "mustache", seed=99, steps=5, push_map=True)

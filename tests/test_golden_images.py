@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from negprompt_demo.engine import compare
-from negprompt_demo.loading import load_pipeline
+from negprompt_demo.models.loading import load_pipeline
+from negprompt_demo.sampling.engine import compare
 from negprompt_demo.settings import CompareSettings
 
 GOLDEN = Path(__file__).parent / "golden" / "embedded_images.json"

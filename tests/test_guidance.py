@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from negprompt_demo.engine import compare
-from negprompt_demo.prompt_editing import window_steps
+from negprompt_demo.sampling.engine import compare
 from negprompt_demo.settings import CompareSettings
+from negprompt_demo.syntax.prompt_editing import window_steps
 
 PROMPT, NEGATIVE, SEED, STEPS, GUIDANCE = "portrait photo of a man", "mustache", 99, 10, 7.5
 
@@ -140,8 +140,8 @@ def test_the_trace_records_the_window(sd_pipe):
 
 @pytest.mark.slow
 def test_sweep_runs_every_start_in_one_call_sharing_the_early_steps(sd_pipe, monkeypatch):
-    from negprompt_demo.engine import prepare
-    from negprompt_demo.sweep import sweep_starts
+    from negprompt_demo.sampling.engine import prepare
+    from negprompt_demo.sampling.sweep import sweep_starts
 
     sizes = []
     original = sd_pipe.unet.forward

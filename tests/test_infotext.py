@@ -9,10 +9,10 @@ import re
 
 import pytest
 
-from negprompt_demo import prompt_editing
-from negprompt_demo.prompt_editing import step_texts, window_steps
-from negprompt_demo.prompt_syntax import parse_weights
 from negprompt_demo.settings import CompareSettings, resolve_settings
+from negprompt_demo.syntax import prompt_editing
+from negprompt_demo.syntax.prompt_editing import step_texts, window_steps
+from negprompt_demo.syntax.prompt_syntax import parse_weights
 
 NEGATIVES = [
     "mustache",

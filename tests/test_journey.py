@@ -22,7 +22,7 @@ import pytest
 from conftest import free_port
 from test_browser import CHROMIUM, CHROMIUM_ARGS, move_step
 
-from negprompt_demo.examples import EXAMPLES_FILE
+from negprompt_demo.page.examples import EXAMPLES_FILE
 from negprompt_demo.settings import FIELDS, MAX_SEED
 
 pytestmark = [
@@ -33,8 +33,8 @@ pytestmark = [
 TIMEOUT_MS = 120_000
 SERVE = """
 import sys
-from negprompt_demo.app import build_app, launch_options
-from negprompt_demo.app_config import AppConfig
+from negprompt_demo.page.app import build_app, launch_options
+from negprompt_demo.page.app_config import AppConfig
 model, port = sys.argv[1], int(sys.argv[2])
 demo = build_app(AppConfig(default_model=model, models=[model]), warm_first_example=True)
 demo.launch(server_name="127.0.0.1", server_port=port, quiet=True, **launch_options())

@@ -7,7 +7,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 
-from negprompt_demo.links import LINK_NAMES, link_query, link_values
+from negprompt_demo.page.links import LINK_NAMES, link_query, link_values
 from negprompt_demo.settings import DEFAULTS, FIELDS, CompareSettings, InputError, resolve_settings
 
 MODEL_DEFAULTS = {"steps": 25, "guidance": 7.5, "scheduler": "Euler"}

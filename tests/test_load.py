@@ -25,13 +25,13 @@ from gradio_client.utils import QueueError
 from PIL import Image
 
 from negprompt_demo import runner
-from negprompt_demo.cost import device_rates
-from negprompt_demo.door import ONE_TURN
-from negprompt_demo.engine import GenerationCancelled
-from negprompt_demo.handlers import INPUT_NAMES
-from negprompt_demo.loading import load_pipeline
+from negprompt_demo.models.loading import load_pipeline
+from negprompt_demo.page.door import ONE_TURN
+from negprompt_demo.page.handlers import INPUT_NAMES
+from negprompt_demo.page.tracefile import private_folder, remove_old_folders
+from negprompt_demo.sampling.cost import device_rates
+from negprompt_demo.sampling.engine import GenerationCancelled
 from negprompt_demo.settings import DEFAULTS
-from negprompt_demo.tracefile import private_folder, remove_old_folders
 
 pytestmark = pytest.mark.slow  # a live server per module
 TIMEOUT = 120  # seconds any single job may take before the test fails (a hang, not a speed check)
@@ -40,7 +40,7 @@ TIMEOUT = 120  # seconds any single job may take before the test fails (a hang, 
 @pytest.fixture(scope="module")
 def server(tiny_sd_folder, tmp_path_factory):
     """(url, model folder) of the app launched like `python demo.py --model <tiny> --concurrency 2`."""
-    from negprompt_demo.app_config import AppConfig
+    from negprompt_demo.page.app_config import AppConfig
 
     config = AppConfig(default_model=str(tiny_sd_folder), models=[str(tiny_sd_folder)], concurrency=2, max_queue=16)
     with running_app(config, tmp_path_factory.mktemp("cached_examples")) as url:
@@ -277,7 +277,7 @@ def test_server_is_alive_after_all_of_it(client, server):
 
 
 def test_pipeline_is_free_after_all_of_it(server_pipe):
-    from negprompt_demo.loading import pipeline_lock
+    from negprompt_demo.models.loading import pipeline_lock
 
     assert not pipeline_lock(server_pipe).locked()
     assert torch.isfinite(server_pipe.unet.conv_out.weight).all()
@@ -325,7 +325,7 @@ def test_a_lone_surrogate_sent_as_raw_json_is_a_clear_error(server):
 
 def test_a_full_queue_refuses_with_gradios_message(tiny_sd_folder, tmp_path, monkeypatch):
     """--max-queue 1: one job sampling (held at its first step), one waiting, the next refused at once."""
-    from negprompt_demo.app_config import AppConfig
+    from negprompt_demo.page.app_config import AppConfig
 
     holding, release = threading.Event(), threading.Event()
     real = runner.run_paired
@@ -364,7 +364,7 @@ def shared_server(tiny_sd_folder, tmp_path_factory):
     """(url, model folder) of a shared instance (as on a Space): locked models, direct routes closed, one job per
     visitor, a 2 s device-time budget per request; Gradio's heartbeat every 0.5 s so that a client that is gone
     is noticed while its job is held between two steps."""
-    from negprompt_demo.app_config import AppConfig
+    from negprompt_demo.page.app_config import AppConfig
 
     config = AppConfig(
         default_model=str(tiny_sd_folder), models=[str(tiny_sd_folder)], lock_models=True, shared=True,

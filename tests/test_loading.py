@@ -8,9 +8,8 @@ import pytest
 import torch
 from tiny_models import tiny_flux_pipeline, tiny_sd3_pipeline, tiny_sd_pipeline
 
-from negprompt_demo import loading
-from negprompt_demo.app_config import KNOWN_MODELS
-from negprompt_demo.loading import (
+from negprompt_demo.models import loading
+from negprompt_demo.models.loading import (
     ModelLoadError,
     check_model_name,
     load_pipeline,
@@ -18,6 +17,7 @@ from negprompt_demo.loading import (
     model_family,
     native_size,
 )
+from negprompt_demo.page.app_config import KNOWN_MODELS
 
 
 @pytest.mark.parametrize(

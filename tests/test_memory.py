@@ -13,8 +13,8 @@ import weakref
 import pytest
 import torch
 
-from negprompt_demo.engine import compare
 from negprompt_demo.runner import Done, astream
+from negprompt_demo.sampling.engine import compare
 from negprompt_demo.settings import CompareSettings
 
 pytestmark = pytest.mark.slow  # 50 comparisons per test

@@ -10,12 +10,12 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 
-from negprompt_demo.engine import compare
-from negprompt_demo.flow_models import FLUX_DISTILLED_GUIDANCE
-from negprompt_demo.loading import model_defaults, model_family, native_size
-from negprompt_demo.previews import fill_previews
-from negprompt_demo.prompt_editing import window_steps
+from negprompt_demo.models.flow_models import FLUX_DISTILLED_GUIDANCE
+from negprompt_demo.models.loading import model_defaults, model_family, native_size
+from negprompt_demo.models.previews import fill_previews
+from negprompt_demo.sampling.engine import compare
 from negprompt_demo.settings import CompareSettings
+from negprompt_demo.syntax.prompt_editing import window_steps
 
 PROMPT, NEGATIVE, SEED, STEPS = "portrait photo of a man", "mustache", 7, 4
 SD3_GUIDANCE, TRUE_CFG = 4.5, 4.0
@@ -233,7 +233,7 @@ def test_hooks_are_removed_from_the_transformers(sd3_pipe, flux_pipe):
 def test_flux_outputs_carry_the_distilled_image(flux_pipe, tmp_path):
     from PIL import Image
 
-    from negprompt_demo.export import write_outputs
+    from negprompt_demo.views.export import write_outputs
 
     result = compare(flux_pipe, settings(TRUE_CFG, steps=2))
     fill_previews(flux_pipe, result.trace.steps)  # the step animation draws x0 pictures
@@ -264,8 +264,8 @@ def test_compare_command_on_an_sd3_folder(tmp_path, capsys):
 
 @pytest.mark.slow  # three FLUX.1 calls
 def test_flux_sweep_equals_each_start_on_its_own(flux_pipe):
-    from negprompt_demo.engine import prepare
-    from negprompt_demo.sweep import sweep_starts
+    from negprompt_demo.sampling.engine import prepare
+    from negprompt_demo.sampling.sweep import sweep_starts
 
     resolved, _ = prepare(flux_pipe, settings(TRUE_CFG))
     sweep = sweep_starts(flux_pipe, resolved, (0.0, 0.5))
@@ -277,7 +277,7 @@ def test_flux_sweep_equals_each_start_on_its_own(flux_pipe):
 
 
 def test_the_model_note_says_what_the_guidance_scale_is_on_flux(sd3_pipe, flux_pipe):
-    from negprompt_demo.handlers import model_widgets
+    from negprompt_demo.page.handlers import model_widgets
 
     assert "ignores a negative prompt unless true CFG is on" in model_widgets(flux_pipe)[0]
     assert "scheduler setting does not apply" in model_widgets(sd3_pipe)[0]
@@ -286,7 +286,7 @@ def test_the_model_note_says_what_the_guidance_scale_is_on_flux(sd3_pipe, flux_p
 def test_split_calls_refuse_a_third_call_in_one_step():
     """FLUX.1's hook tells its two calls apart by order; a loop that calls a third time must fail loudly, not
     silently take the third answer for a negative branch."""
-    from negprompt_demo.guidance import NO_NEGATIVE, BranchHook
+    from negprompt_demo.sampling.guidance import NO_NEGATIVE, BranchHook
 
     class Denoiser(torch.nn.Module):
         def forward(self, hidden_states, timestep):

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from test_models import NEGATIVE, PROMPT, SD3_GUIDANCE, TRUE_CFG
 
-from negprompt_demo.engine import compare, prepare
-from negprompt_demo.many_seeds import new_grid, sample_grid
+from negprompt_demo.sampling.engine import compare, prepare
+from negprompt_demo.sampling.many_seeds import new_grid, sample_grid
 from negprompt_demo.settings import CompareSettings, InputError
 
 FAMILIES = [("sd3_pipe", SD3_GUIDANCE, "SD3"), ("flux_pipe", TRUE_CFG, "FLUX.1")]

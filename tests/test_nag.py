@@ -11,13 +11,13 @@ import pytest
 import torch
 from diffusers import EulerDiscreteScheduler
 
-from negprompt_demo.engine import GenerationCancelled, compare, generate_pairs, prepare
-from negprompt_demo.many_seeds import new_grid, sample_grid
-from negprompt_demo.nag import NagProcessor, nag_blend
-from negprompt_demo.previews import fill_previews
+from negprompt_demo.models.previews import fill_previews
+from negprompt_demo.page.tracefile import TraceStore
+from negprompt_demo.sampling.engine import GenerationCancelled, compare, generate_pairs, prepare
+from negprompt_demo.sampling.many_seeds import new_grid, sample_grid
+from negprompt_demo.sampling.nag import NagProcessor, nag_blend
 from negprompt_demo.settings import CompareSettings
-from negprompt_demo.tracefile import TraceStore
-from negprompt_demo.visualize import curves_picture, describe, step_views
+from negprompt_demo.views.visualize import curves_picture, describe, step_views
 
 PROMPT, NEGATIVE, SEED, STEPS, SIZE = "portrait photo of a man", "mustache", 1234, 6, 32
 

@@ -14,10 +14,10 @@ import torch
 from diffusers import FluxPipeline, FluxTransformer2DModel
 from diffusers.models.embeddings import apply_rotary_emb
 
-from negprompt_demo.engine import GenerationCancelled, compare, generate_pairs
-from negprompt_demo.flow_models import FLUX_DISTILLED_GUIDANCE
-from negprompt_demo.guidance import NegativePlan
-from negprompt_demo.nag_joint import JointNag
+from negprompt_demo.models.flow_models import FLUX_DISTILLED_GUIDANCE
+from negprompt_demo.sampling.engine import GenerationCancelled, compare, generate_pairs
+from negprompt_demo.sampling.guidance import NegativePlan
+from negprompt_demo.sampling.nag_joint import JointNag
 from negprompt_demo.settings import CompareSettings
 
 PROMPT, NEGATIVE, SEED, STEPS = "portrait photo of a man", "mustache", 1234, 4

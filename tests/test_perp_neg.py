@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from negprompt_demo.diagnostics import comfyui_neg_scale, negative_diagnostics
-from negprompt_demo.guidance import NO_NEGATIVE, BranchHook, NegativePlan
+from negprompt_demo.sampling.diagnostics import comfyui_neg_scale, negative_diagnostics
+from negprompt_demo.sampling.guidance import NO_NEGATIVE, BranchHook, NegativePlan
 from negprompt_demo.settings import CompareSettings
 
 SIGMA = 3.0  # ComfyUI guides denoised images x0 = x − σ·ε; the test works there

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from negprompt_demo import previews
-from negprompt_demo.previews import LATENT_RGB_FACTORS, decode_previews, uses_vae_for_previews
+from negprompt_demo.models import previews
+from negprompt_demo.models.previews import LATENT_RGB_FACTORS, decode_previews, uses_vae_for_previews
 
 
 @pytest.fixture

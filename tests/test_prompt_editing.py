@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from negprompt_demo.prompt_editing import schedule, step_texts, window_steps
+from negprompt_demo.syntax.prompt_editing import schedule, step_texts, window_steps
 
 # A1111's doctests at 10 steps, as they stand in prompt_parser.py (default scheduling, no hires pass).
 A1111_DOCTESTS = [

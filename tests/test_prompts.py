@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from negprompt_demo.engine import compare
-from negprompt_demo.prompt_syntax import BREAK, WeightError, parse_weights
-from negprompt_demo.prompts import encode_runs, encode_text, read_prompt, tokenize_chunks
+from negprompt_demo.models.prompts import encode_runs, encode_text, read_prompt, tokenize_chunks
+from negprompt_demo.sampling.engine import compare
 from negprompt_demo.settings import CompareSettings
+from negprompt_demo.syntax.prompt_syntax import BREAK, WeightError, parse_weights
 
 PROMPT, SEED, STEPS = "portrait photo of a man", 1234, 4
 
@@ -164,7 +164,7 @@ def test_plain_prompts_take_diffusers_own_path(sd_pipe, monkeypatch):
     calls = []
     original = sd_pipe.encode_prompt
     monkeypatch.setattr(sd_pipe, "encode_prompt", lambda *a, **k: calls.append(k["prompt"]) or original(*a, **k))
-    from negprompt_demo.prompts import RunText
+    from negprompt_demo.models.prompts import RunText
 
     encode_runs(sd_pipe, [RunText(PROMPT, ""), RunText(PROMPT, "mustache, hat")], 1, True)
     assert sorted(calls) == sorted([PROMPT, "", "mustache, hat"])
@@ -212,7 +212,7 @@ def test_sdxl_long_prompt_pads_the_zero_baseline_with_zeros(sdxl_pipe):
     prompt = PROMPT + " " + "y" * 70
     result = compare(sdxl_pipe, CompareSettings(prompt, "(mustache:1.3)", seed=SEED, steps=STEPS, guidance=5.0))
     assert "The prompt is 89 tokens: read in 2 chunks of 75 (A1111 style), none cut." in result.warnings
-    from negprompt_demo.prompts import RunText
+    from negprompt_demo.models.prompts import RunText
 
     embeds = encode_runs(sdxl_pipe, [RunText(prompt, None), RunText(prompt, "(mustache:1.3)")], 1, True)
     assert embeds["prompt_embeds"].shape == (2, 154, 64)

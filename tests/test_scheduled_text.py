@@ -7,10 +7,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from negprompt_demo import prompts
-from negprompt_demo.engine import compare
-from negprompt_demo.prompt_editing import step_texts
+from negprompt_demo.models import prompts
+from negprompt_demo.sampling.engine import compare
 from negprompt_demo.settings import CompareSettings
+from negprompt_demo.syntax.prompt_editing import step_texts
 
 PROMPT, SEED, STEPS, GUIDANCE = "portrait photo of a man", 99, 10, 7.5
 
@@ -131,7 +131,7 @@ def test_texts_of_different_lengths_are_each_read_at_their_own(sd_pipe, monkeypa
 
 
 def test_the_step_view_names_the_texts_where_they_change(sd_pipe):
-    from negprompt_demo.step_view import branch_note
+    from negprompt_demo.page.step_view import branch_note
 
     result = run(sd_pipe, negative="[beard:mustache:0.5]")
     assert "the negative branch reads “beard”" in branch_note(result.trace, 0, True)

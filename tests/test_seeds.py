@@ -11,13 +11,19 @@ from conftest import EMBEDDED_PRESENT
 from PIL import Image
 from test_app import collect, make
 
-from negprompt_demo.app_config import AppConfig
-from negprompt_demo.attributes import Rate, difference_interval, grid_reading
-from negprompt_demo.engine import GenerationCancelled, compare, prepare
-from negprompt_demo.loading import load_pipeline
-from negprompt_demo.many_seeds import MAX_BATCH_LATENT_PIXELS, new_grid, phrased_by_default, sample_grid, seed_chunks
-from negprompt_demo.seeds_view import SEEDS_OUTPUTS, SeedsHandlers
+from negprompt_demo.models.loading import load_pipeline
+from negprompt_demo.page.app_config import AppConfig
+from negprompt_demo.page.seeds_view import SEEDS_OUTPUTS, SeedsHandlers
+from negprompt_demo.sampling.engine import GenerationCancelled, compare, prepare
+from negprompt_demo.sampling.many_seeds import (
+    MAX_BATCH_LATENT_PIXELS,
+    new_grid,
+    phrased_by_default,
+    sample_grid,
+    seed_chunks,
+)
 from negprompt_demo.settings import CompareSettings, InputError, resolve_grid
+from negprompt_demo.views.attributes import Rate, difference_interval, grid_reading
 
 SETTINGS = CompareSettings("a red hat", "blue", seed=11, steps=4, width=32, height=32)
 

@@ -13,15 +13,22 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from negprompt_demo import cost
-from negprompt_demo.app import launch_options
-from negprompt_demo.app_config import MAX_UPLOAD, AppConfig, config_from_args
-from negprompt_demo.cost import CostLimits, Request, check_request, check_weights, estimate_seconds, text_chunks
-from negprompt_demo.door import Door, capped_message
-from negprompt_demo.jobs import JobFiles, StepFiles
-from negprompt_demo.launch import build_parser
+from negprompt_demo.page.app import launch_options
+from negprompt_demo.page.app_config import MAX_UPLOAD, AppConfig, config_from_args
+from negprompt_demo.page.door import Door, capped_message
+from negprompt_demo.page.jobs import JobFiles, StepFiles
+from negprompt_demo.page.launch import build_parser
+from negprompt_demo.page.tracefile import trim_folders
+from negprompt_demo.sampling import cost
+from negprompt_demo.sampling.cost import (
+    CostLimits,
+    Request,
+    check_request,
+    check_weights,
+    estimate_seconds,
+    text_chunks,
+)
 from negprompt_demo.settings import CompareSettings, InputError
-from negprompt_demo.tracefile import trim_folders
 
 
 def resolved(**changes) -> CompareSettings:
@@ -175,7 +182,7 @@ def test_captions_render_user_text_as_text(negative):
     heading or tag from the user's text, and the text itself still readable."""
     import markdown_it
 
-    from negprompt_demo.messages import caption_for
+    from negprompt_demo.page.messages import caption_for
 
     rendered = markdown_it.MarkdownIt("commonmark").render(caption_for(negative))
     inner = rendered.removeprefix("<p><strong>").removesuffix("</strong></p>\n")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import math
 
-from negprompt_demo.step_view import branch_note, guidance_rule, step_slider, telling_step
-from negprompt_demo.trace import GuidanceTrace, StepRecord
+from negprompt_demo.page.step_view import branch_note, guidance_rule, step_slider, telling_step
+from negprompt_demo.sampling.trace import GuidanceTrace, StepRecord
 
 
 def record(index: int, divergence: float, active: bool = True) -> StepRecord:

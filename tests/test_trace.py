@@ -12,10 +12,10 @@ import pytest
 import torch
 from diffusers import EulerDiscreteScheduler
 
-from negprompt_demo.engine import compare
-from negprompt_demo.previews import decode_previews, fill_previews
+from negprompt_demo.models.previews import decode_previews, fill_previews
+from negprompt_demo.sampling.engine import compare
+from negprompt_demo.sampling.trace import GuidanceTracer
 from negprompt_demo.settings import CompareSettings
-from negprompt_demo.trace import GuidanceTracer
 
 PROMPT, NEGATIVE, SEED, STEPS = "portrait photo of a man", "mustache", 7, 6
 

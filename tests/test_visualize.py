@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from negprompt_demo import visualize
-from negprompt_demo.engine import compare
-from negprompt_demo.legends import step_legend
-from negprompt_demo.previews import fill_previews
+from negprompt_demo.models.previews import fill_previews
+from negprompt_demo.sampling.engine import compare
 from negprompt_demo.settings import CompareSettings
+from negprompt_demo.views import visualize
+from negprompt_demo.views.legends import step_legend
 
 
 @pytest.fixture(scope="module")

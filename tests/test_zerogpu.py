@@ -12,8 +12,8 @@ import pytest
 import spaces_standin
 
 from negprompt_demo import runner as plain_runner
-from negprompt_demo.engine import NonFiniteError, compare
-from negprompt_demo.loading import load_pipeline
+from negprompt_demo.models.loading import load_pipeline
+from negprompt_demo.sampling.engine import NonFiniteError, compare
 from negprompt_demo.settings import CompareSettings
 
 pytestmark = pytest.mark.slow

@@ -111,7 +111,7 @@ def table_command(args: argparse.Namespace) -> None:
         sampling_settings,
         table_markdown,
     )
-    from negprompt_demo.loading import load_pipeline
+    from negprompt_demo.models.loading import load_pipeline
 
     _set_threads(args.threads)
     if args.merge:
@@ -137,7 +137,7 @@ def grid_command(args: argparse.Namespace) -> None:
         sample_grid,
         sampling_settings,
     )
-    from negprompt_demo.loading import load_pipeline
+    from negprompt_demo.models.loading import load_pipeline
 
     pipe, probe = load_pipeline(None), Probe()
     seeds = parse_seeds(args.seeds)
@@ -153,7 +153,7 @@ def delayed_command(args: argparse.Namespace) -> None:
     """`delayed`: the negative prompt's window swept (Ban et al.'s delayed effect), written as OUT.json and OUT.md."""
     from negprompt_demo.embedded_tools.delayed import delayed_effect, delayed_markdown, write_results
     from negprompt_demo.embedded_tools.evaluate import parse_seeds, sampling_settings
-    from negprompt_demo.loading import load_pipeline
+    from negprompt_demo.models.loading import load_pipeline
 
     _set_threads(args.threads)
     pipe = load_pipeline(None)
@@ -166,7 +166,7 @@ def delayed_command(args: argparse.Namespace) -> None:
 def side_effects_command(args: argparse.Namespace) -> None:
     """`side-effects`: every attribute's rate without and with each negative, written as OUT.json and OUT.md."""
     from negprompt_demo.embedded_tools.side_effects import side_effects_tables, write_side_effects
-    from negprompt_demo.loading import load_pipeline
+    from negprompt_demo.models.loading import load_pipeline
 
     _set_threads(args.threads)
     results = side_effects_tables(load_pipeline(None), args.first_seed, args.count, args.negatives.split(","))
@@ -177,7 +177,7 @@ def attention_command(args: argparse.Namespace) -> None:
     """`attention`: where the negative word's cross-attention map lands vs where the attribute is drawn."""
     from negprompt_demo.embedded_tools.attention_study import attention_study, study_markdown, write_study
     from negprompt_demo.embedded_tools.evaluate import sampling_settings
-    from negprompt_demo.loading import load_pipeline
+    from negprompt_demo.models.loading import load_pipeline
 
     _set_threads(args.threads)
     pipe = load_pipeline(None)
@@ -190,7 +190,7 @@ def nag_command(args: argparse.Namespace) -> None:
     """`nag`: attribute rates with the negative through NAG, CFG and both, and at guidance 1 (nag_study.py)."""
     from negprompt_demo.embedded_tools.evaluate import parse_seeds, sampling_settings
     from negprompt_demo.embedded_tools.nag_study import nag_study, write_study
-    from negprompt_demo.loading import load_pipeline
+    from negprompt_demo.models.loading import load_pipeline
 
     _set_threads(args.threads)
     pipe = load_pipeline(None)

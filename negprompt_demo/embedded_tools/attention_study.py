@@ -31,7 +31,7 @@ from PIL import Image
 
 from negprompt_demo.embedded.faces import ATTRIBUTE_REGIONS, SIZE
 from negprompt_demo.embedded.probe import Probe
-from negprompt_demo.engine import compare, generate_pairs
+from negprompt_demo.sampling.engine import compare, generate_pairs
 from negprompt_demo.settings import CompareSettings
 
 STUDY_ATTRIBUTES = ("mustache", "hat", "glasses")

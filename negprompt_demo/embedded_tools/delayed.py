@@ -28,9 +28,9 @@ from PIL import Image
 from negprompt_demo.embedded.faces import ATTRIBUTE_REGIONS, SIZE
 from negprompt_demo.embedded.probe import Probe
 from negprompt_demo.embedded_tools.evaluate import BASE_PROMPT
-from negprompt_demo.engine import generate_pairs
-from negprompt_demo.prompt_editing import window_steps
+from negprompt_demo.sampling.engine import generate_pairs
 from negprompt_demo.settings import CompareSettings
+from negprompt_demo.syntax.prompt_editing import window_steps
 
 STARTS: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)  # start sweep, end 1
 ENDS: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)  # end sweep, start 0

@@ -1,6 +1,6 @@
 """The evidence: attribute rates over many seeds, measured by the probe on images from the app's own engine.
 
-Every number goes through `negprompt_demo.engine.generate_pairs`, the paired call the app makes: for one
+Every number goes through `negprompt_demo.sampling.engine.generate_pairs`, the paired call the app makes: for one
 prompt and a set of seeds it returns, per seed, the image with an empty negative prompt and the image with
 the negative prompt. So row (a) "portrait photo of a man" and row (c) "(a) + negative 'mustache'" come from
 the same call and the same starting noise.
@@ -16,8 +16,8 @@ from PIL import Image, ImageDraw
 
 from negprompt_demo.embedded.faces import ATTRIBUTES
 from negprompt_demo.embedded.probe import OUTPUTS, Probe
-from negprompt_demo.engine import generate_pairs
-from negprompt_demo.loading import load_pipeline, model_defaults
+from negprompt_demo.models.loading import load_pipeline, model_defaults
+from negprompt_demo.sampling.engine import generate_pairs
 from negprompt_demo.settings import CompareSettings
 
 BASE_PROMPT = "portrait photo of a man"

@@ -15,12 +15,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from negprompt_demo.attributes import Rate, _probe
 from negprompt_demo.embedded.faces import ATTRIBUTES
-from negprompt_demo.engine import generate_pairs, prepare
-from negprompt_demo.nag import _attend, nag_blend
-from negprompt_demo.prompts import encode_text
+from negprompt_demo.models.prompts import encode_text
+from negprompt_demo.sampling.engine import generate_pairs, prepare
+from negprompt_demo.sampling.nag import _attend, nag_blend
 from negprompt_demo.settings import CompareSettings
+from negprompt_demo.views.attributes import Rate, _probe
 
 BASE_PROMPT = "portrait photo of a man"
 COLUMNS = ("none, g=1", "NAG, g=1", "none", "CFG", "NAG", "both")

@@ -10,10 +10,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from negprompt_demo.attributes import grid_reading, side_effects, side_effects_markdown
-from negprompt_demo.engine import prepare
-from negprompt_demo.many_seeds import new_grid, sample_grid
+from negprompt_demo.sampling.engine import prepare
+from negprompt_demo.sampling.many_seeds import new_grid, sample_grid
 from negprompt_demo.settings import CompareSettings
+from negprompt_demo.views.attributes import grid_reading, side_effects, side_effects_markdown
 
 BASE_PROMPT = "portrait photo of a man"
 

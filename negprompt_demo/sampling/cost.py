@@ -1,0 +1,175 @@
+"""What one request may cost: weights checked before sampling everywhere, and on a shared instance a cap on prompt
+chunks and a budget of device time per request, refused up front with a message that says what to lower.
+
+The device time of a request is estimated from the model on this device: `device_rates` times one UNet call and
+one VAE decode at the model's native size (once per loaded pipeline), and `estimate_seconds` scales them by what
+the request asks for:
+
+    UNet items per step × steps × latent pixels × (1 + CHUNK_COST × (chunks − 1)) × (attention maps: ×1.5)
+    + decoded pictures × latent pixels
+
+A comparison samples 2 runs (4 UNet items a step, 5 with the push map or Perp-Neg), the sweep 1 + 6 runs, many
+seeds 2–3 runs per seed; every step's x0 picture of a comparison is decoded for the step view. A1111 puts no
+limit on chunks (75 tokens each, and BREAK starts one); a shared instance caps them, since each one lengthens
+every cross-attention and adds a word map per token.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import weakref
+from dataclasses import dataclass
+
+import torch
+
+from negprompt_demo.models.loading import native_size, pipeline_lock
+from negprompt_demo.settings import InputError
+from negprompt_demo.syntax.prompt_syntax import BREAK, parse_weights
+
+MAX_WEIGHT = 100.0  # |weight| of any stretch of text; A1111 users write 0.5–2, and 1.1^50 is already 117
+CHUNK_COST = 0.25  # extra UNet time per extra chunk (measured +8 % for 10 chunks on the embedded model; SD 1.5's
+# cross-attention is a larger share, so the estimate is kept on the safe side)
+ATTENTION_COST = 1.5  # recording every word's map per step (measured on the embedded model, docs/BENCHMARKS.md)
+
+
+@dataclass(frozen=True)
+class CostLimits:
+    """A shared instance's bounds on one request."""
+
+    max_seconds: float = 30.0  # estimated device time
+    max_chunks: int = 3  # per text (prompt, negative): 225 tokens
+
+
+@dataclass(frozen=True)
+class Request:
+    """What a request asks the device to do, beyond its settings."""
+
+    kind: str = "compare"  # "compare", "sweep" or "seeds"
+    runs: int = 2  # paired runs sampled together (sweep: 1 + starts; seeds: columns)
+    seeds: int = 1
+
+
+def check_weights(text: str, field: str) -> None:
+    """Refuse a weight that no model reads sensibly (500 nested "(" is 1.1^500 ≈ 5e20; a 400-digit number is
+    infinite), naming it, before any sampling: otherwise the run ends in NaN far from its cause."""
+    for fragment in parse_weights(text):
+        weight = fragment.weight
+        if weight is None or (math.isfinite(weight) and abs(weight) <= MAX_WEIGHT):
+            continue
+        shown = f"{weight:.3g}" if math.isfinite(weight) else "too large to be a number"
+        snippet = fragment.text.strip()[:30] + ("…" if len(fragment.text.strip()) > 30 else "")
+        raise InputError(
+            f"The {field} gives “{snippet}” a weight of {shown}; weights must be between −{MAX_WEIGHT:g} and "
+            f"{MAX_WEIGHT:g} (each “(” multiplies by 1.1, (word:w) sets w). Remove the extra brackets or lower it."
+        )
+
+
+def text_chunks(pipe, text: str) -> int:
+    """How many 75-token chunks the text fills (BREAK starts a new one), by the model's first tokenizer."""
+    tokenizer = getattr(pipe, "tokenizer", None) or getattr(pipe, "tokenizer_2", None)
+    if tokenizer is None or not text:
+        return 1
+    chunks, tokens = 0, 0
+    for fragment in [*parse_weights(text), None]:
+        if fragment is None or fragment.weight is None:  # the end, or BREAK
+            chunks += max(1, math.ceil(tokens / 75))
+            tokens = 0
+        elif fragment.text.strip() and fragment.text != BREAK:
+            tokens += len(tokenizer(fragment.text, add_special_tokens=False, truncation=False).input_ids)
+    return chunks
+
+
+def check_request(pipe, settings, request: Request, limits: CostLimits | None) -> None:
+    """The up-front checks of one request (`settings` resolved): weights always, chunks and device time on a
+    shared instance (`limits`)."""
+    check_weights(settings.prompt, "prompt")
+    check_weights(settings.negative, "negative prompt")
+    if limits is None:
+        return
+    with pipeline_lock(pipe):  # a fast tokenizer's truncation state is shared with sampling threads
+        chunks = {name: text_chunks(pipe, getattr(settings, name)) for name in ("prompt", "negative")}
+    for name, count in chunks.items():
+        if count > limits.max_chunks:
+            label = "prompt" if name == "prompt" else "negative prompt"
+            raise InputError(
+                f"The {label} fills {count} chunks of 75 tokens; this shared instance reads at most "
+                f"{limits.max_chunks} ({75 * limits.max_chunks} tokens). Shorten it, or run the app on your machine."
+            )
+    seconds = estimate_seconds(pipe, settings, request, max(chunks.values()))
+    if seconds > limits.max_seconds:
+        raise InputError(
+            f"This request would take about {seconds:.0f} s of device time ({describe(settings, request)}); a "
+            f"request on this shared instance may take at most {limits.max_seconds:.0f} s. Use fewer steps, seeds "
+            "or pixels, or run the app on your own machine."
+        )
+
+
+def describe(settings, request: Request) -> str:
+    seeds = f"{request.seeds} seeds × " if request.kind == "seeds" else ""
+    return f"{seeds}{settings.steps} steps at {settings.width}×{settings.height} px"
+
+
+def estimate_seconds(pipe, settings, request: Request, chunks: int = 1) -> float:
+    """The estimated device time of a request (module docstring), from this device's rates for `pipe`."""
+    small_batch, large_batch, decode_rate = device_rates(pipe)
+    scale = getattr(pipe, "vae_scale_factor", 8)
+    pixels = (settings.width // scale) * (settings.height // scale)
+    extra = int(settings.push_map) or int(settings.perp_neg)
+    if request.kind == "seeds":
+        items, decodes = request.seeds * request.runs * 2, request.seeds * request.runs
+    elif request.kind == "sweep":
+        items, decodes = 2 + request.runs * (2 + extra), 1 + request.runs
+    else:
+        items, decodes = 4 + extra, 2 * settings.steps
+    unet_rate = large_batch if items >= LARGE_BATCH else small_batch  # a large batch costs less per item
+    per_item = unet_rate * (1 + CHUNK_COST * (chunks - 1)) * (ATTENTION_COST if settings.attention_maps else 1.0)
+    return items * settings.steps * pixels * per_item + decodes * pixels * decode_rate
+
+
+_rates: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+SMALL_BATCH, LARGE_BATCH = 4, 8  # a comparison's UNet batch; many seeds and the sweep batch 8 or more
+
+
+def device_rates(pipe) -> tuple[float, float, float]:
+    """(seconds per UNet item per latent pixel in a batch of SMALL_BATCH, the same in a batch of LARGE_BATCH,
+    seconds per decoded picture per latent pixel) on this device, measured once per pipeline at its native size
+    (the fastest of two tries after a warm-up)."""
+    if pipe in _rates:
+        return _rates[pipe]
+    denoiser = getattr(pipe, "unet", None)
+    if denoiser is None:  # a transformer model (SD3, FLUX): no UNet call to time, assume a large one
+        _rates[pipe] = (2e-5, 2e-5, 2e-6)
+        return _rates[pipe]
+    side = native_size(pipe) // pipe.vae_scale_factor
+    unet = [unet_seconds(pipe, batch, side) / (batch * side * side) for batch in (SMALL_BATCH, LARGE_BATCH)]
+    latents = torch.zeros(1, pipe.vae.config.latent_channels, side, side, device=pipe.device, dtype=pipe.vae.dtype)
+    timings = []
+    with pipeline_lock(pipe), torch.inference_mode():
+        for _ in range(3):
+            started = time.perf_counter()
+            pipe.vae.decode(latents)
+            timings.append(time.perf_counter() - started)
+    _rates[pipe] = (*unet, min(timings[1:]) / (side * side))
+    return _rates[pipe]
+
+
+def unet_seconds(pipe, batch: int, side: int) -> float:
+    """One UNet call on `batch` latents of side × side with a one-chunk context (the fastest of two, warm)."""
+    denoiser, dtype = pipe.unet, pipe.unet.dtype
+    latents = torch.zeros(batch, denoiser.config.in_channels, side, side, device=pipe.device, dtype=dtype)
+    context = torch.zeros(batch, 77, denoiser.config.cross_attention_dim, device=pipe.device, dtype=dtype)
+    extra = {}
+    if getattr(denoiser.config, "addition_embed_type", None) == "text_time":  # SDXL
+        pooled = pipe.text_encoder_2.config.projection_dim if pipe.text_encoder_2 is not None else 1280
+        extra["added_cond_kwargs"] = {
+            "text_embeds": torch.zeros(batch, pooled, device=pipe.device, dtype=dtype),
+            "time_ids": torch.zeros(batch, 6, device=pipe.device, dtype=dtype),
+        }
+    timings = []
+    with pipeline_lock(pipe), torch.inference_mode():
+        for _ in range(3):
+            started = time.perf_counter()
+            denoiser(latents, 500, encoder_hidden_states=context, **extra)
+            timings.append(time.perf_counter() - started)
+    return min(timings[1:])

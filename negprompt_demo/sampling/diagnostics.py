@@ -1,0 +1,153 @@
+"""Why might my negative prompt do nothing? Plain sentences for the run's status and trace, found before sampling.
+
+Each check is a cause users report in other tools' trackers: a guidance-distilled model that ignores the negative
+branch, words the model never learned (the embedded model's text encoder only ever saw its captions' words), a
+negative that repeats the prompt's words (the two branches then pull the same way and cancel), and, on SDXL, which
+baseline the run "without" a negative prompt used. Words are those the text encoder reads: A1111's syntax
+(brackets, weights such as "(mustache:1.4)", escapes, BREAK) is taken out by the parser the encoding uses
+(`read_words`), so "1.4" is never taken for words. (Guidance ≤ 1, an empty window and text past an encoder's length
+are checked where the settings are: `engine.prepare`, `flow_models.truncation_warnings`.)
+"""
+
+from __future__ import annotations
+
+from negprompt_demo.models.embeddings import read_embedding
+from negprompt_demo.models.loading import EMBEDDED, model_family, model_label
+from negprompt_demo.models.prompts import read_prompt
+from negprompt_demo.settings import CompareSettings
+from negprompt_demo.syntax.prompt_syntax import parse_weights
+
+# Words too common to say a negative "repeats" the prompt.
+FUNCTION_WORDS = frozenset(
+    "a an the of in on at to and or with without no not by for from photo picture image portrait".split()
+)
+
+
+NAG_OFFER = (
+    " Set “how the negative acts” to nag (on the page: the “use NAG” button beside it): Normalized Attention "
+    "Guidance moves the negative into attention and needs no negative branch."
+)
+
+
+def negative_diagnostics(pipe, settings: CompareSettings) -> list[str]:
+    """Everything that makes this run's negative prompt weak or idle, one sentence each (none when all is well)."""
+    notes = []
+    reason = distilled_reason(pipe)
+    if reason and (takes_guidance_as_input(pipe) or settings.guidance <= 1):
+        if not settings.uses_nag():  # NAG needs no negative branch (nag.py, nag_joint.py): every family has it
+            notes.append(
+                f"This model is guidance-distilled ({reason}): it samples without classifier-free guidance, so "
+                f"there is no negative branch and the negative prompt is not used at all.{NAG_OFFER}"
+            )
+    elif reason:
+        notes.append(
+            f"This model is guidance-distilled ({reason}): at guidance {settings.guidance:g} classifier-free "
+            "guidance runs and the negative acts, but the model was made for a scale of 0–1 and images often burn."
+        )
+    if not settings.negative:
+        return notes
+    unseen = unseen_words(pipe, read_words(settings.negative))
+    if unseen:
+        notes.append(
+            f"The embedded model never saw {_quoted(unseen)} in training (its captions use a small vocabulary): the "
+            "words tokenize fine but mean nothing to it, so they push nowhere in particular."
+        )
+    shared = repeated_words(read_words(settings.prompt), read_words(settings.negative))
+    if shared:
+        notes.append(
+            f"The negative repeats {_quoted(shared)} from the prompt: the prompt pulls toward it and the negative "
+            "pushes away from it, so those words largely cancel."
+        )
+    if settings.perp_neg and settings.guidance > 1:
+        notes.append(perp_neg_note(settings))
+    if model_family(pipe) == "sdxl":
+        embedding = read_embedding(pipe, settings.negative_embedding)
+        for text, field_name in ((settings.prompt, "prompt"), (settings.negative, "negative prompt")):
+            notes += [note for note in [pooled_cut(pipe, text, field_name, embedding)] if note]
+    if model_family(pipe) == "sdxl" and not settings.empty_as_text and pipe.config.get("force_zeros_for_empty_prompt"):
+        notes.append(
+            "The run without a negative used SDXL's zero embeddings (diffusers' default), not the encoded \"\" that "
+            'A1111 and ComfyUI use; tick "baseline: encode \\"\\"" to compare against that.'
+        )
+    return notes
+
+
+def pooled_cut(pipe, text: str, field_name: str, embedding=None) -> str | None:
+    """SDXL reads a long text whole, in 75-token chunks, but its pooled text vector (OpenCLIP bigG's, added to the
+    time embedding) is the first chunk's, as in A1111: the words after the first chunk, if any, named."""
+    reading = read_prompt(pipe, text, embedding)
+    if len(reading.chunks) <= 1:
+        return None
+    rest = " ".join(" ".join(span.text.strip() for span in chunk if span.text.strip()) for chunk in reading.chunks[1:])
+    shown = rest if len(rest) <= 120 else rest[:119] + "…"
+    return (
+        f"SDXL's pooled text vector (OpenCLIP bigG's) is read from the {field_name}'s first chunk only, as A1111 "
+        f'does: the words after it ("{shown}") steer the image through cross-attention alone.'
+    )
+
+
+def comfyui_neg_scale(strength: float, guidance: float) -> float:
+    """ComfyUI's Perp-Neg `neg_scale` for our strength m at guidance g: its result x0_∅ + g·(pos − s·perp) is ours,
+    ε_∅ + g·(ε_text − ε_∅) − m·(g − 1)·(ε_n − ε_∅)⊥, when s = m·(g − 1)/g."""
+    return strength * (guidance - 1) / guidance
+
+
+def perp_neg_note(settings: CompareSettings) -> str:
+    """Perp-Neg's strength on ComfyUI's scale, and which projection is used (the page, status and trace say it)."""
+    scale = comfyui_neg_scale(settings.negative_strength, settings.guidance)
+    return (
+        f"Perp-Neg: strength {settings.negative_strength:g} is ComfyUI's PerpNegGuider neg_scale {scale:.3g} at "
+        f"guidance {settings.guidance:g} (neg_scale = strength·(g − 1)/g). The push is projected per image, as in "
+        "the authors' code; ComfyUI projects over the whole batch (the same for a batch of one)."
+    )
+
+
+def read_words(text: str) -> str:
+    """The text its encoder reads, A1111's syntax taken out (`prompt_syntax.parse_weights`: the weights' numbers,
+    brackets, escapes and BREAK are syntax, not words)."""
+    return " ".join(fragment.text for fragment in parse_weights(text) if fragment.weight is not None)
+
+
+DISTILLED_NAMES = ("turbo", "lcm", "lightning")  # SDXL-Turbo / SD-Turbo (ADD), LCM, SDXL-Lightning
+
+
+def takes_guidance_as_input(pipe) -> bool:
+    """An LCM UNet is conditioned on the guidance scale instead of running CFG (the engine then runs none)."""
+    unet = getattr(pipe, "unet", None)
+    return unet is not None and unet.config.get("time_cond_proj_dim") is not None
+
+
+def distilled_reason(pipe) -> str | None:
+    """Why a model samples without CFG, if it does: an LCM UNet takes the guidance scale as an input; Turbo, LCM
+    and Lightning checkpoints say so in their names (they were trained to sample in 1–8 steps with no CFG)."""
+    if takes_guidance_as_input(pipe):
+        return "its UNet takes the guidance scale as an input, as LCM models do"
+    name = model_label(pipe).lower()
+    found = next((word for word in DISTILLED_NAMES if word in name), None)
+    return f"a {found} model, trained to sample without classifier-free guidance" if found else None
+
+
+def unseen_words(pipe, negative: str) -> list[str]:
+    """For the embedded model: the negative's words that no training caption contains."""
+    if model_label(pipe) != EMBEDDED:
+        return []
+    from negprompt_demo.embedded.faces import caption_vocabulary, caption_words
+
+    vocabulary = caption_vocabulary()
+    return list(dict.fromkeys(word for word in caption_words(negative) if word not in vocabulary))
+
+
+def repeated_words(prompt: str, negative: str) -> list[str]:
+    """Content words that are in both the prompt and the negative."""
+    prompt_words = set(_words(prompt))
+    return list(dict.fromkeys(word for word in _words(negative) if word in prompt_words))
+
+
+def _words(text: str) -> list[str]:
+    cleaned = "".join(ch if ch.isalnum() else " " for ch in text.lower()).split()
+    return [word for word in cleaned if word not in FUNCTION_WORDS and not word.isdigit()]
+
+
+def _quoted(words: list[str]) -> str:
+    shown = ", ".join(f'"{word}"' for word in words[:6])
+    return shown + (f" and {len(words) - 6} more" if len(words) > 6 else "")
