@@ -85,12 +85,15 @@ def test_syntax_is_not_taken_for_words_on_the_embedded_model():
     """Weights, brackets, escapes and BREAK are A1111 syntax the encoder never reads as words: "(mustache:1.4)"
     has no unseen "1", "4"; only the words inside the syntax are checked."""
     pipe = load_pipeline(None)
-    for negative in ("(mustache:1.4)", "[[mustache]], (hat:0.8) BREAK glasses", "\\(mustache\\)"):
+    schedules = ("[mustache:0.3]", "[hat::0.6]", "[[mustache:hat:0.25]::12]", "[mustache|hat]")  # prompt editing
+    for negative in ("(mustache:1.4)", "[[mustache]], (hat:0.8) BREAK glasses", "\\(mustache\\)", *schedules):
         _, warnings = prepare(pipe, settings(negative=negative))
         assert not any("never saw" in warning for warning in warnings), (negative, warnings)
     _, warnings = prepare(pipe, settings(negative="(blurry:1.4), mustache BREAK [lowres]"))
     unseen = next(warning for warning in warnings if "never saw" in warning)
     assert 'never saw "blurry", "lowres" in training' in unseen
+    _, warnings = prepare(pipe, settings(negative="[mustache:blurry:0.5]", steps=20))  # "blurry" from step 11 on
+    assert any('never saw "blurry" in training' in warning for warning in warnings)
     _, warnings = prepare(
         pipe, settings(prompt="portrait photo of a man with a (mustache:1.2)", negative="(mustache:1.5)")
     )
@@ -101,7 +104,10 @@ def test_read_words_drops_only_syntax():
     from negprompt_demo.sampling.diagnostics import read_words
 
     assert read_words("(mustache:1.4)").split() == ["mustache"]
-    assert read_words("((red hat)), [blurry:0.5] BREAK lowres").split() == ["red", "hat", ",", "blurry:0.5", "lowres"]
+    # prompt editing: "blurry" is read from step 11 of 20 on (A1111's [to:when]); with one step, never
+    words = set(read_words("((red hat)), [blurry:0.5] BREAK lowres", 20).split())
+    assert words == {"red", "hat", ",", "blurry", "lowres"}
+    assert read_words("((red hat)), [blurry:0.5] BREAK lowres", 1).split() == ["red", "hat", ",", "lowres"]
     assert read_words("ratio 16:9") == "ratio 16:9"  # a ":" outside "(…:number)" is text, as A1111 reads it
 
 

@@ -15,6 +15,7 @@ from negprompt_demo.models.embeddings import read_embedding
 from negprompt_demo.models.loading import EMBEDDED, model_family, model_label
 from negprompt_demo.models.prompts import read_prompt
 from negprompt_demo.settings import CompareSettings
+from negprompt_demo.syntax.prompt_editing import step_texts
 from negprompt_demo.syntax.prompt_syntax import parse_weights
 
 # Words too common to say a negative "repeats" the prompt.
@@ -46,13 +47,13 @@ def negative_diagnostics(pipe, settings: CompareSettings) -> list[str]:
         )
     if not settings.negative:
         return notes
-    unseen = unseen_words(pipe, read_words(settings.negative))
+    unseen = unseen_words(pipe, read_words(settings.negative, settings.steps))
     if unseen:
         notes.append(
             f"The embedded model never saw {_quoted(unseen)} in training (its captions use a small vocabulary): the "
             "words tokenize fine but mean nothing to it, so they push nowhere in particular."
         )
-    shared = repeated_words(read_words(settings.prompt), read_words(settings.negative))
+    shared = repeated_words(read_words(settings.prompt, settings.steps), read_words(settings.negative, settings.steps))
     if shared:
         notes.append(
             f"The negative repeats {_quoted(shared)} from the prompt: the prompt pulls toward it and the negative "
@@ -102,10 +103,12 @@ def perp_neg_note(settings: CompareSettings) -> str:
     )
 
 
-def read_words(text: str) -> str:
-    """The text its encoder reads, A1111's syntax taken out (`prompt_syntax.parse_weights`: the weights' numbers,
-    brackets, escapes and BREAK are syntax, not words)."""
-    return " ".join(fragment.text for fragment in parse_weights(text) if fragment.weight is not None)
+def read_words(text: str, steps: int = 1) -> str:
+    """Every word its encoder reads at some step, A1111's syntax taken out: prompt editing and alternation
+    (`[a:b:0.5]`, `[a|b]`) are read as the texts of the steps (`prompt_editing.step_texts`), and in each the
+    weights' numbers, brackets, escapes and BREAK are syntax, not words (`prompt_syntax.parse_weights`)."""
+    texts = dict.fromkeys(step_texts(text, max(steps, 1)))
+    return " ".join(part.text for step_text in texts for part in parse_weights(step_text) if part.weight is not None)
 
 
 DISTILLED_NAMES = ("turbo", "lcm", "lightning")  # SDXL-Turbo / SD-Turbo (ADD), LCM, SDXL-Lightning
