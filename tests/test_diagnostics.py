@@ -104,10 +104,12 @@ def test_read_words_drops_only_syntax():
     from negprompt_demo.sampling.diagnostics import read_words
 
     assert read_words("(mustache:1.4)").split() == ["mustache"]
-    # prompt editing: "blurry" is read from step 11 of 20 on (A1111's [to:when]); with one step, never
+    # prompt editing: "blurry" is read from step 11 of 20 on (A1111's [to:when]); at 2 steps the switch (after
+    # step int(0.5·2) = 1) comes too late; at 1 step it is int(0.5) = 0, which A1111 drops: "blurry" from the start
     words = set(read_words("((red hat)), [blurry:0.5] BREAK lowres", 20).split())
     assert words == {"red", "hat", ",", "blurry", "lowres"}
-    assert read_words("((red hat)), [blurry:0.5] BREAK lowres", 1).split() == ["red", "hat", ",", "lowres"]
+    assert read_words("((red hat)), [blurry:0.5] BREAK lowres", 2).split() == ["red", "hat", ",", "lowres"]
+    assert read_words("((red hat)), [blurry:0.5] BREAK lowres", 1).split() == ["red", "hat", ",", "blurry", "lowres"]
     assert read_words("ratio 16:9") == "ratio 16:9"  # a ":" outside "(…:number)" is text, as A1111 reads it
 
 
