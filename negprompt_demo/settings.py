@@ -28,6 +28,7 @@ MAX_GUIDANCE = 30.0
 MAX_SEED = 2**32 - 1
 MAX_PROMPT_CHARS = 2000
 MAX_STRENGTH = 10.0
+MAX_WEIGHT = 100.0  # |weight| of any stretch of text; A1111 users write 0.5–2, and 1.1^50 is already 117
 # How the negative prompt acts: as classifier-free guidance's negative branch, through attention (NAG), or both.
 NEGATIVE_MODES = ("cfg", "nag", "both")
 MAX_NAG_SCALE, MAX_NAG_TAU = 20.0, 10.0
@@ -253,7 +254,7 @@ def resolve_settings(settings: CompareSettings, native_size: int, defaults: dict
             f"{values['negative_end']:g}: the start must not come after the end."
         )
     for name in ("prompt", "negative"):
-        _check_weights(values[name], FIELDS[name].label, values["steps"])
+        check_weights(values[name], FIELDS[name].label, values["steps"])
     low, high = size_limits(native_size)
     for name in ("width", "height"):
         if values[name] % 8 != 0:
@@ -263,13 +264,25 @@ def resolve_settings(settings: CompareSettings, native_size: int, defaults: dict
     return CompareSettings(**values)
 
 
-def _check_weights(text: str, label: str, steps: int) -> None:
-    """Every step's text reads as A1111 weights (where A1111 would stop with an error, the user gets a message)."""
+def check_weights(text: str, label: str, steps: int = 1) -> None:
+    """Every step's text reads as A1111 weights (where A1111 would stop with an error, the user gets a message), and
+    no weight is one that no model reads sensibly (500 nested "(" is 1.1^500 ≈ 5e20; a 400-digit number is
+    infinite): it is refused, named, before any sampling, where it would otherwise end in NaN far from its cause."""
     for step_text in dict.fromkeys(step_texts(text, steps)):
         try:
-            parse_weights(step_text)
+            fragments = parse_weights(step_text)
         except WeightError as error:
             raise InputError(f"In the {label}: {error}") from None
+        for fragment in fragments:
+            weight = fragment.weight
+            if weight is None or (math.isfinite(weight) and abs(weight) <= MAX_WEIGHT):
+                continue
+            shown = f"{weight:.3g}" if math.isfinite(weight) else "too large to be a number"
+            snippet = fragment.text.strip()[:30] + ("…" if len(fragment.text.strip()) > 30 else "")
+            raise InputError(
+                f"The {label} gives “{snippet}” a weight of {shown}; weights must be between −{MAX_WEIGHT:g} and "
+                f"{MAX_WEIGHT:g} (each “(” multiplies by 1.1, (word:w) sets w). Remove the extra brackets or lower it."
+            )
 
 
 def _parse(value, name: str, field: Field):

@@ -24,11 +24,10 @@ from negprompt_demo.sampling.cost import (
     CostLimits,
     Request,
     check_request,
-    check_weights,
     estimate_seconds,
     text_chunks,
 )
-from negprompt_demo.settings import CompareSettings, InputError
+from negprompt_demo.settings import CompareSettings, InputError, check_weights
 
 
 def resolved(**changes) -> CompareSettings:

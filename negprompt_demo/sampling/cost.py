@@ -27,7 +27,6 @@ from negprompt_demo.models.loading import native_size, pipeline_lock
 from negprompt_demo.settings import InputError
 from negprompt_demo.syntax.prompt_syntax import BREAK, parse_weights
 
-MAX_WEIGHT = 100.0  # |weight| of any stretch of text; A1111 users write 0.5–2, and 1.1^50 is already 117
 CHUNK_COST = 0.25  # extra UNet time per extra chunk (measured +8 % for 10 chunks on the embedded model; SD 1.5's
 # cross-attention is a larger share, so the estimate is kept on the safe side)
 ATTENTION_COST = 1.5  # recording every word's map per step (measured on the embedded model, docs/BENCHMARKS.md)
@@ -50,21 +49,6 @@ class Request:
     seeds: int = 1
 
 
-def check_weights(text: str, field: str) -> None:
-    """Refuse a weight that no model reads sensibly (500 nested "(" is 1.1^500 ≈ 5e20; a 400-digit number is
-    infinite), naming it, before any sampling: otherwise the run ends in NaN far from its cause."""
-    for fragment in parse_weights(text):
-        weight = fragment.weight
-        if weight is None or (math.isfinite(weight) and abs(weight) <= MAX_WEIGHT):
-            continue
-        shown = f"{weight:.3g}" if math.isfinite(weight) else "too large to be a number"
-        snippet = fragment.text.strip()[:30] + ("…" if len(fragment.text.strip()) > 30 else "")
-        raise InputError(
-            f"The {field} gives “{snippet}” a weight of {shown}; weights must be between −{MAX_WEIGHT:g} and "
-            f"{MAX_WEIGHT:g} (each “(” multiplies by 1.1, (word:w) sets w). Remove the extra brackets or lower it."
-        )
-
-
 def text_chunks(pipe, text: str) -> int:
     """How many 75-token chunks the text fills (BREAK starts a new one), by the model's first tokenizer."""
     tokenizer = getattr(pipe, "tokenizer", None) or getattr(pipe, "tokenizer_2", None)
@@ -81,10 +65,8 @@ def text_chunks(pipe, text: str) -> int:
 
 
 def check_request(pipe, settings, request: Request, limits: CostLimits | None) -> None:
-    """The up-front checks of one request (`settings` resolved): weights always, chunks and device time on a
-    shared instance (`limits`)."""
-    check_weights(settings.prompt, "prompt")
-    check_weights(settings.negative, "negative prompt")
+    """The up-front checks of one request (`settings` resolved, its weights checked there): chunks and device time
+    on a shared instance (`limits`)."""
     if limits is None:
         return
     with pipeline_lock(pipe):  # a fast tokenizer's truncation state is shared with sampling threads
