@@ -35,7 +35,8 @@ ATTENTION_GOAL = 0.25
 
 def run(args: argparse.Namespace, pipe) -> list[Row]:
     size = {"width": args.size, "height": args.size}
-    settings, _ = prepare(pipe, CompareSettings(PROMPT, NEGATIVE, seed=SEED, steps=args.steps, **size))
+    prepared = prepare(pipe, CompareSettings(PROMPT, NEGATIVE, seed=SEED, steps=args.steps, **size))
+    settings = prepared.settings
     with_maps = settings.replace(attention_maps=True)
     off, on = compare(pipe, settings), compare(pipe, with_maps)
     difference = max(

@@ -26,7 +26,8 @@ from benchmarks.common import (
     synchronize,
     time_interleaved,
 )
-from negprompt_demo.sampling.engine import SCHEDULERS, compare, prepare
+from negprompt_demo.models.families import SCHEDULERS
+from negprompt_demo.sampling.engine import compare, prepare
 from negprompt_demo.settings import CompareSettings
 
 
@@ -55,9 +56,10 @@ def max_difference(a, b) -> int:
 
 
 def run(args: argparse.Namespace, pipe) -> list[Row]:
-    settings, _ = prepare(
+    prepared = prepare(
         pipe, CompareSettings(PROMPT, NEGATIVE, seed=SEED, steps=args.steps, width=args.size, height=args.size)
     )
+    settings = prepared.settings
     # The two ways must give the same pictures, or the speed comparison would mean nothing.
     paired = compare(pipe, settings, trace=True)
     naive = naive_pair(pipe, settings)

@@ -27,7 +27,7 @@ from benchmarks.common import (
     synchronize,
     time_interleaved,
 )
-from negprompt_demo.models.loading import native_size
+from negprompt_demo.models.families import family_of
 from negprompt_demo.sampling.engine import compare
 from negprompt_demo.settings import CompareSettings, size_limits
 
@@ -35,7 +35,7 @@ STEP_COUNTS = (10, 25, 50)
 
 
 def run(args: argparse.Namespace, pipe) -> list[Row]:
-    native = native_size(pipe)
+    native = family_of(pipe).native_size(pipe)
     low, high = size_limits(native)
     sizes = sorted({max(low, native // 2 // 8 * 8), native, min(high, native * 2)})
     base = CompareSettings(PROMPT, NEGATIVE, seed=SEED, steps=args.steps, width=native, height=native)

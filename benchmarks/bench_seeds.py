@@ -34,13 +34,14 @@ GOALS = {"first_row_s": 2.0, "total_s": 10.0, "per_seed_ratio": 1.0}
 
 def run(args: argparse.Namespace, pipe) -> list[Row]:
     size = {"width": args.size, "height": args.size} if args.size else {}
-    settings, _ = prepare(pipe, CompareSettings(PROMPT, NEGATIVE, seed=100, steps=STEPS, **size))
+    prepared = prepare(pipe, CompareSettings(PROMPT, NEGATIVE, seed=100, steps=STEPS, **size))
+    settings = prepared.settings
 
     def grid_once() -> tuple[float, float]:
         started = time.perf_counter()
         first = []
         on_rows = lambda seeds, images: first.append(time.perf_counter() - started) if not first else None  # noqa: E731
-        sample_grid(pipe, new_grid(settings, "bench", True), SEEDS, on_rows=on_rows)
+        sample_grid(pipe, prepared, new_grid(settings, "bench", True), SEEDS, on_rows=on_rows)
         synchronize(pipe)
         return first[0], time.perf_counter() - started
 

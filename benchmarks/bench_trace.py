@@ -36,7 +36,8 @@ TRACE_GOAL = 0.05
 
 def run(args: argparse.Namespace, pipe) -> list[Row]:
     size = {"width": args.size, "height": args.size}
-    settings, _ = prepare(pipe, CompareSettings(PROMPT, NEGATIVE, seed=SEED, steps=args.steps, **size))
+    prepared = prepare(pipe, CompareSettings(PROMPT, NEGATIVE, seed=SEED, steps=args.steps, **size))
+    settings = prepared.settings
     with_push = settings.replace(push_map=True)
     decoder_seconds: dict[str, list[float]] = {}
 

@@ -144,7 +144,7 @@ class ComponentTimer:
 
 
 def compare_as_the_app_does(pipe, settings):
-    """One comparison the way the app makes it (runner.sample_on_device): trace on, x0
+    """One comparison the way the app makes it (runner.device.sample_on_device): trace on, x0
     pictures decoded live at most every LIVE_PREVIEW_INTERVAL_S while sampling, the other steps' pictures in
     one batch afterwards (the scrubber and the animation show every step)."""
     from negprompt_demo.models.previews import LivePreviews, fill_previews

@@ -29,7 +29,6 @@ from benchmarks.common import (
     median,
     time_interleaved,
 )
-from negprompt_demo.models.loading import model_family
 from negprompt_demo.models.previews import decode_previews
 from negprompt_demo.sampling.engine import compare, prepare
 from negprompt_demo.settings import CompareSettings
@@ -66,9 +65,7 @@ def preview_decode_ab(pipe, steps: int, repeats: int) -> dict[str, float]:
         ((images / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy() * 255).round().astype("uint8")
 
     with torch.no_grad():
-        times = time_interleaved(
-            {"before": before, "after": lambda: decode_previews(pipe, latents, model_family(pipe))}, repeats=repeats
-        )
+        times = time_interleaved({"before": before, "after": lambda: decode_previews(pipe, latents)}, repeats=repeats)
     return {name: median(values) for name, values in times.items()}
 
 
@@ -79,7 +76,8 @@ def main() -> None:
     args = parser.parse_args()
     pipe = load_model(args.model, args.device, args.threads)
     size = {"width": args.size, "height": args.size}
-    settings, _ = prepare(pipe, CompareSettings(PROMPT, NEGATIVE, seed=SEED, steps=args.steps, **size))
+    prepared = prepare(pipe, CompareSettings(PROMPT, NEGATIVE, seed=SEED, steps=args.steps, **size))
+    settings = prepared.settings
 
     print(machine_state(pipe))
     for label, run in (

@@ -98,14 +98,14 @@ def run_compare(args: argparse.Namespace) -> int:
     # Heavy imports after argument parsing, so `--help` and usage errors answer instantly.
     from tqdm import tqdm
 
-    from negprompt_demo.runner import Done, Step, stream
+    from negprompt_demo.runner import CompareRequest, Done, Step, stream
     from negprompt_demo.settings import CompareSettings
     from negprompt_demo.views.export import write_outputs
 
     settings = CompareSettings(**{name: getattr(args, name) for name in FIELDS})
     bar = None
     try:
-        for event in stream(args.model, settings):
+        for event in stream(args.model, CompareRequest(settings)):
             if isinstance(event, Step):
                 if bar is None:  # created on the first step, after the settings were checked
                     bar = tqdm(total=event.total, desc="sampling both runs", unit="step", file=sys.stderr)
@@ -129,7 +129,7 @@ def run_sweep(args: argparse.Namespace) -> int:
     """The `sweep` command: the images in a row with their labels (sweep.png), each image and sweep.json."""
     import json
 
-    from negprompt_demo.runner import SweepDone, stream
+    from negprompt_demo.runner import SweepDone, SweepRequest, stream
     from negprompt_demo.sampling.sweep import SWEEP_STARTS
     from negprompt_demo.settings import CompareSettings
     from negprompt_demo.views.attributes import sweep_reading
@@ -140,7 +140,7 @@ def run_sweep(args: argparse.Namespace) -> int:
     if any(not 0 <= start <= 1 for start in starts):
         print("error: every start must be between 0 and 1.", file=sys.stderr)
         return EXIT_BAD_INPUT
-    events = list(stream(args.model, settings, sweep=starts))
+    events = list(stream(args.model, SweepRequest(settings, tuple(starts))))
     sweep = next(event.sweep for event in events if isinstance(event, SweepDone))
     args.out.mkdir(parents=True, exist_ok=True)
     marks, reading = sweep_reading(sweep)
@@ -160,14 +160,14 @@ def run_seeds(args: argparse.Namespace) -> int:
     the attribute (space.png), every image and seeds.json (rates with intervals, side effects)."""
     import json
 
-    from negprompt_demo.runner import SeedsDone, stream
+    from negprompt_demo.runner import SeedsDone, SeedsRequest, stream
     from negprompt_demo.settings import CompareSettings, resolve_grid
     from negprompt_demo.views.attributes import grid_document, grid_reading
     from negprompt_demo.views.seed_pictures import figure_image, marked_grid_picture, sampling_space_figure
 
     settings = CompareSettings(**{name: getattr(args, name) for name in FIELDS})
-    grid_inputs = resolve_grid(args.seed_count, args.phrased)
-    grid = next(e.grid for e in stream(args.model, settings, seeds=grid_inputs) if isinstance(e, SeedsDone))
+    job = SeedsRequest(settings, *resolve_grid(args.seed_count, args.phrased))
+    grid = next(event.grid for event in stream(args.model, job) if isinstance(event, SeedsDone))
     args.out.mkdir(parents=True, exist_ok=True)
     reading = grid_reading(grid)
     marked_grid_picture(grid).save(args.out / "seeds.png")

@@ -26,7 +26,7 @@ from negprompt_demo.page.handlers import EXAMPLE_NAMES, INPUT_NAMES, LINK_OUTPUT
 from negprompt_demo.page.launch import build_parser
 from negprompt_demo.page.step_view import STEP_OUTPUTS
 from negprompt_demo.page.tracefile import TraceNotFound, TraceStore
-from negprompt_demo.runner import Step, astream
+from negprompt_demo.runner import CompareRequest, Step, astream
 from negprompt_demo.sampling.engine import compare
 from negprompt_demo.settings import DEFAULTS, CompareSettings, InputError
 from negprompt_demo.views.visualize import curves_picture
@@ -230,7 +230,7 @@ def test_leaving_the_stream_stops_sampling_after_the_step_it_is_on(tiny_sd_folde
     monkeypatch.setattr(pipe.unet, "forward", lambda *a, **k: sampled.append(1) or original(*a, **k))
 
     async def first_step_then_leave() -> int:
-        stream = astream(str(tiny_sd_folder), settings)
+        stream = astream(str(tiny_sd_folder), CompareRequest(settings))
         async for event in stream:
             if isinstance(event, Step):
                 await stream.aclose()
@@ -305,9 +305,11 @@ def test_first_example_on_the_embedded_model_shows_two_different_images(tmp_path
     config = AppConfig()
     build_app(config)
     pipe = load_pipeline(None)
-    from negprompt_demo.models.loading import model_defaults, native_size
+    from negprompt_demo.models.families import family_of
+    from negprompt_demo.models.loading import model_defaults
 
-    defaults = {"width": native_size(pipe), "height": native_size(pipe), **model_defaults(pipe)}
+    native = family_of(pipe).native_size(pipe)
+    defaults = {"width": native, "height": native, **model_defaults(pipe)}
     rows, _ = example_rows(EXAMPLES_FILE, defaults, config.default_model)
     final = named(asyncio.run(make(config, tmp_path_factory).compare_example(*rows[0])))
     assert not np.array_equal(pixels(final["image_without"]), pixels(final["image_with"]))

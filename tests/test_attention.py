@@ -237,7 +237,7 @@ def test_only_the_mapped_layers_get_the_recording_processor(sd_pipe):
 def compare_settings(pipe, **changes) -> CompareSettings:
     from negprompt_demo.sampling.engine import prepare
 
-    return prepare(pipe, ON.replace(**changes))[0]
+    return prepare(pipe, ON.replace(**changes)).settings
 
 
 def test_negative_words_read_the_negative_branch_and_prompt_words_the_text_branch(sd_pipe):

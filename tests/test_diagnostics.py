@@ -8,6 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 from conftest import EMBEDDED_PRESENT
+from diffusers import StableDiffusionPipeline
 
 from negprompt_demo.embedded.faces import caption, caption_vocabulary, caption_words, draw_portrait
 from negprompt_demo.models.loading import load_pipeline
@@ -36,7 +37,7 @@ def test_words_the_embedded_model_never_saw_are_named():
     pipe = load_pipeline(None)
     assert unseen_words(pipe, "blurry, lowres, mustache, Bad-Anatomy") == ["blurry", "lowres", "bad-anatomy"]
     assert unseen_words(pipe, "a red hat, mustache") == []
-    _, warnings = prepare(pipe, settings(negative="blurry, lowres"))
+    warnings = prepare(pipe, settings(negative="blurry, lowres")).warnings
     assert any('never saw "blurry", "lowres" in training' in warning for warning in warnings)
 
 
@@ -52,10 +53,21 @@ def test_a_negative_that_repeats_the_prompt_is_named(sd_pipe):
     assert not any("repeats" in warning for warning in compare(sd_pipe, settings(), trace=False).warnings)
 
 
+class StandIn(StableDiffusionPipeline):
+    """An SD pipeline of no weights: a UNet configuration and a name are all the checks read."""
+
+    def __init__(self, **attributes):
+        self.__dict__.update(attributes)
+
+
+def stand_in(unet_config: dict, name: str) -> StandIn:
+    return StandIn(unet=SimpleNamespace(config=unet_config), _internal_dict={"_name_or_path": name})
+
+
 def test_guidance_distilled_models_are_named(sd_pipe):
-    lcm = SimpleNamespace(unet=SimpleNamespace(config={"time_cond_proj_dim": 256}), config={}, name_or_path="x")
+    lcm = stand_in({"time_cond_proj_dim": 256}, "x")
     assert "LCM" in distilled_reason(lcm)
-    turbo = SimpleNamespace(unet=SimpleNamespace(config={}), config={}, name_or_path="stabilityai/sdxl-turbo")
+    turbo = stand_in({}, "stabilityai/sdxl-turbo")
     assert "turbo model" in distilled_reason(turbo)
     assert distilled_reason(sd_pipe) is None
     notes = negative_diagnostics(turbo, settings(guidance=0.0))
@@ -65,7 +77,7 @@ def test_guidance_distilled_models_are_named(sd_pipe):
 
 
 def test_distilled_models_are_offered_nag(sd_pipe):
-    turbo = SimpleNamespace(unet=SimpleNamespace(config={}), config={}, name_or_path="stabilityai/sdxl-turbo")
+    turbo = stand_in({}, "stabilityai/sdxl-turbo")
     notes = negative_diagnostics(turbo, settings(guidance=0.0))
     assert any("not used at all" in note and "to nag" in note and "use NAG" in note for note in notes)
     with_nag = negative_diagnostics(turbo, settings(guidance=0.0, negative_mode="nag"))
@@ -87,16 +99,16 @@ def test_syntax_is_not_taken_for_words_on_the_embedded_model():
     pipe = load_pipeline(None)
     schedules = ("[mustache:0.3]", "[hat::0.6]", "[[mustache:hat:0.25]::12]", "[mustache|hat]")  # prompt editing
     for negative in ("(mustache:1.4)", "[[mustache]], (hat:0.8) BREAK glasses", "\\(mustache\\)", *schedules):
-        _, warnings = prepare(pipe, settings(negative=negative))
+        warnings = prepare(pipe, settings(negative=negative)).warnings
         assert not any("never saw" in warning for warning in warnings), (negative, warnings)
-    _, warnings = prepare(pipe, settings(negative="(blurry:1.4), mustache BREAK [lowres]"))
+    warnings = prepare(pipe, settings(negative="(blurry:1.4), mustache BREAK [lowres]")).warnings
     unseen = next(warning for warning in warnings if "never saw" in warning)
     assert 'never saw "blurry", "lowres" in training' in unseen
-    _, warnings = prepare(pipe, settings(negative="[mustache:blurry:0.5]", steps=20))  # "blurry" from step 11 on
+    warnings = prepare(pipe, settings(negative="[mustache:blurry:0.5]", steps=20)).warnings  # "blurry" from step 11 on
     assert any('never saw "blurry" in training' in warning for warning in warnings)
-    _, warnings = prepare(
+    warnings = prepare(
         pipe, settings(prompt="portrait photo of a man with a (mustache:1.2)", negative="(mustache:1.5)")
-    )
+    ).warnings
     assert any('repeats "mustache" from the prompt' in warning for warning in warnings)
 
 
@@ -127,12 +139,12 @@ def test_sd3_names_every_encoder_that_cuts_and_the_words_it_loses(sd3_pipe):
     ]
     assert cut[0] in trace_document(result)["warnings"]
     long_negative = " ".join(["hat"] * 25)  # 75 CLIP tokens exactly: nothing cut; one more word is cut whole
-    assert not [w for w in prepare(sd3_pipe, settings(negative=long_negative, guidance=4.5))[1] if "cut" in w]
-    warnings = prepare(sd3_pipe, settings(negative=long_negative + " mustache", guidance=4.5))[1]
+    assert not [w for w in prepare(sd3_pipe, settings(negative=long_negative, guidance=4.5)).warnings if "cut" in w]
+    warnings = prepare(sd3_pipe, settings(negative=long_negative + " mustache", guidance=4.5)).warnings
     assert [w for w in warnings if "were cut" in w][0].startswith("The negative prompt is 83 tokens long")
     assert any(w.endswith('sequence: "mustache". T5 reads further and reads them.') for w in warnings)
     very_long = "a" * 254 + " zebra"  # T5 ("▁" + a letter each) cuts too: a sentence for the CLIPs, one for T5
-    warnings = [w for w in prepare(sd3_pipe, settings(prompt=very_long, guidance=4.5))[1] if "were cut" in w]
+    warnings = [w for w in prepare(sd3_pipe, settings(prompt=very_long, guidance=4.5)).warnings if "were cut" in w]
     assert len(warnings) == 2 and warnings[0].endswith("T5 reads further, but cuts too (below).")
     assert warnings[1] == (
         'The prompt is 261 tokens long for T5, which reads only 255; these words were cut from the sequence: "zebra".'

@@ -145,7 +145,7 @@ def test_sdxl_embedding_clip_l_and_clip_g(sdxl_pipe, tmp_path):
 
 def test_missing_trigger_warns(sd_pipe, tmp_path):
     path = embedding_file(tmp_path, "EasyNegative", {"emb_params": vectors(2)})
-    _, warnings = prepare(sd_pipe, CompareSettings(PROMPT, "blurry", steps=2, negative_embedding=path))
+    warnings = prepare(sd_pipe, CompareSettings(PROMPT, "blurry", steps=2, negative_embedding=path)).warnings
     assert any("trigger word EasyNegative is not in the negative prompt" in warning for warning in warnings)
 
 

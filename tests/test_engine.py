@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from negprompt_demo.sampling.engine import SCHEDULERS, GenerationCancelled, compare, generate_pairs
+from negprompt_demo.models.families import SCHEDULERS
+from negprompt_demo.sampling.engine import GenerationCancelled, compare, generate_pairs
 from negprompt_demo.settings import CompareSettings
 
 PROMPT, NEGATIVE, SEED, STEPS = "portrait photo of a man", "mustache", 1234, 6

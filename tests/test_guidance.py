@@ -148,8 +148,9 @@ def test_sweep_runs_every_start_in_one_call_sharing_the_early_steps(sd_pipe, mon
     monkeypatch.setattr(
         sd_pipe.unet, "forward", lambda sample, *a, **k: sizes.append(sample.shape[0]) or original(sample, *a, **k)
     )
-    resolved, _ = prepare(sd_pipe, CompareSettings(PROMPT, NEGATIVE, seed=SEED, steps=STEPS, guidance=GUIDANCE))
-    sweep = sweep_starts(sd_pipe, resolved, (0.0, 0.3, 0.6))
+    prepared = prepare(sd_pipe, CompareSettings(PROMPT, NEGATIVE, seed=SEED, steps=STEPS, guidance=GUIDANCE))
+    resolved = prepared.settings
+    sweep = sweep_starts(sd_pipe, prepared, (0.0, 0.3, 0.6))
     # one call per step; each start's run joins the batch when its negative starts (2 items each: neg + text)
     assert sizes == [4] * 4 + [6] * 3 + [8] * 3
     assert sweep.start_steps == [0, 4, 7]

@@ -29,6 +29,7 @@ from negprompt_demo.models.loading import load_pipeline
 from negprompt_demo.page.door import ONE_TURN
 from negprompt_demo.page.handlers import INPUT_NAMES
 from negprompt_demo.page.tracefile import private_folder, remove_old_folders
+from negprompt_demo.runner import requests as runner_requests
 from negprompt_demo.sampling.cost import device_rates
 from negprompt_demo.sampling.engine import GenerationCancelled
 from negprompt_demo.settings import DEFAULTS
@@ -116,9 +117,11 @@ class StepSpy:
         self.hold_negative, self.hold_at_step = hold_negative, hold_at_step
         self.events: list[tuple[str, object]] = []
         self.held = threading.Event()
-        self.real = runner.run_paired
+        self.real = runner_requests.run_paired
 
-    def __call__(self, pipe, settings, *, on_step, stop, **options):
+    def __call__(self, pipe, prepared, *, on_step, stop, **options):
+        settings = prepared.settings
+
         def step(done, total, record):
             self.events.append((settings.negative, done))
             on_step(done, total, record)
@@ -127,7 +130,7 @@ class StepSpy:
                 assert stop.wait(timeout=TIMEOUT), "the cancel never reached the worker"
 
         try:
-            result = self.real(pipe, settings, on_step=step, stop=stop, **options)
+            result = self.real(pipe, prepared, on_step=step, stop=stop, **options)
         except GenerationCancelled:
             self.events.append((settings.negative, "cancelled"))
             raise
@@ -141,7 +144,7 @@ class StepSpy:
 def test_cancel_mid_run_frees_the_worker_at_that_step_and_waiting_jobs_succeed(server, client, monkeypatch):
     url, folder = server
     spy = StepSpy(hold_negative="cancel me", hold_at_step=2)
-    monkeypatch.setattr(runner, "run_paired", spy)
+    monkeypatch.setattr(runner_requests, "run_paired", spy)
     expected = {
         n: pixels(client.submit(**request(folder, negative=n), api_name="/compare").result(timeout=TIMEOUT))
         for n in ("later one", "later two")
@@ -328,18 +331,18 @@ def test_a_full_queue_refuses_with_gradios_message(tiny_sd_folder, tmp_path, mon
     from negprompt_demo.page.app_config import AppConfig
 
     holding, release = threading.Event(), threading.Event()
-    real = runner.run_paired
+    real = runner_requests.run_paired
 
-    def held(pipe, settings, *, on_step, stop, **options):
+    def held(pipe, prepared, *, on_step, stop, **options):
         def step(done, total, record):
             on_step(done, total, record)
-            if settings.negative == "hold":
+            if prepared.settings.negative == "hold":
                 holding.set()
                 release.wait(timeout=TIMEOUT)
 
-        return real(pipe, settings, on_step=step, stop=stop, **options)
+        return real(pipe, prepared, on_step=step, stop=stop, **options)
 
-    monkeypatch.setattr(runner, "run_paired", held)
+    monkeypatch.setattr(runner_requests, "run_paired", held)
     config = AppConfig(default_model=str(tiny_sd_folder), models=[str(tiny_sd_folder)], max_queue=1)
     with running_app(config, tmp_path) as url:
         client = Client(url, verbose=False)
@@ -403,11 +406,11 @@ class Recorder:
         self.log: list[tuple[str, str]] = []
         self.hold, self.holding, self.release = hold, threading.Event(), threading.Event()
         for name in ("run_paired", "sample_grid"):
-            monkeypatch.setattr(runner, name, self.wrap(getattr(runner, name)))
+            monkeypatch.setattr(runner_requests, name, self.wrap(getattr(runner_requests, name)))
 
     def wrap(self, real):
         def spied(pipe, target, *args, on_step=None, **options):
-            settings = getattr(target, "settings", target)  # a SeedGrid carries its settings
+            settings = target.settings  # the prepared run's
 
             def step(*values):
                 if on_step is not None:
@@ -514,12 +517,12 @@ def test_a_killed_clients_many_seeds_job_stops_within_one_step(shared_server, do
                 assert seen[-1] is not None, f"the job ended before sampling: {seen[-4:]}"
         # …and is gone (connection closed); the server notices within a heartbeat and sets the run's stop flag
         deadline = time.monotonic() + TIMEOUT
-        while not (runner._stop_flags and all(flag.is_set() for flag in runner._stop_flags.values())):
+        while not (runner.device.stop_flags and all(flag.is_set() for flag in runner.device.stop_flags.values())):
             assert time.monotonic() < deadline, "the server never stopped the job of a client that left"
             time.sleep(0.05)
         held_at = calls.count
         calls.release.set()
-        while runner._stop_flags:  # the job ends
+        while runner.device.stop_flags:  # the job ends
             assert time.monotonic() < deadline
             time.sleep(0.05)
     finally:

@@ -9,13 +9,12 @@ import torch
 from tiny_models import tiny_flux_pipeline, tiny_sd3_pipeline, tiny_sd_pipeline
 
 from negprompt_demo.models import loading
+from negprompt_demo.models.families import family_of
 from negprompt_demo.models.loading import (
     ModelLoadError,
     check_model_name,
     load_pipeline,
     model_defaults,
-    model_family,
-    native_size,
 )
 from negprompt_demo.page.app_config import KNOWN_MODELS
 
@@ -73,7 +72,7 @@ def test_sd3_and_flux_folders_load_as_safetensors_only(family, make, tmp_path, m
     pipe = make(tmp_path / "tokenizers")
     pipe.save_pretrained(tmp_path / "safe")
     loaded = load_pipeline(str(tmp_path / "safe"))
-    assert model_family(loaded) == family and type(loaded) is type(pipe)
+    assert family_of(loaded).key == family and type(loaded) is type(pipe)
     pipe.save_pretrained(tmp_path / "pickled", safe_serialization=False)
     monkeypatch.setattr(torch, "load", lambda *args, **kwargs: pytest.fail("torch.load was called on pickle weights"))
     with pytest.raises(ModelLoadError, match="no safetensors weights; pickle"):
@@ -113,7 +112,7 @@ def test_pickle_only_model_is_refused_before_any_weight_is_unpickled(sd_pipe, tm
 def test_local_folder_loads_and_is_cached(tiny_sd_folder):
     pipe = load_pipeline(str(tiny_sd_folder))
     assert load_pipeline(str(tiny_sd_folder)) is pipe
-    assert native_size(pipe) == 32
+    assert family_of(pipe).native_size(pipe) == 32
     assert model_defaults(pipe)["guidance"] == 7.5
 
 

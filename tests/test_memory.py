@@ -13,7 +13,7 @@ import weakref
 import pytest
 import torch
 
-from negprompt_demo.runner import Done, astream
+from negprompt_demo.runner import CompareRequest, Done, astream
 from negprompt_demo.sampling.engine import compare
 from negprompt_demo.settings import CompareSettings
 
@@ -61,7 +61,7 @@ def test_fifty_app_comparisons_leave_no_threads_or_tensors(tiny_sd_folder):
     """The app's path: each comparison runs on its own worker thread, which must end with it."""
 
     async def one(run: int) -> None:
-        async for event in astream(str(tiny_sd_folder), settings_for(run)):
+        async for event in astream(str(tiny_sd_folder), CompareRequest(settings_for(run))):
             if isinstance(event, Done):
                 assert event.comparison.settings.seed == run
 

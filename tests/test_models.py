@@ -10,8 +10,8 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 
-from negprompt_demo.models.flow_models import FLUX_DISTILLED_GUIDANCE
-from negprompt_demo.models.loading import model_defaults, model_family, native_size
+from negprompt_demo.models.families import FLUX_DISTILLED_GUIDANCE, family_of
+from negprompt_demo.models.loading import model_defaults
 from negprompt_demo.models.previews import fill_previews
 from negprompt_demo.sampling.engine import compare
 from negprompt_demo.settings import CompareSettings
@@ -62,8 +62,8 @@ def call_sizes(denoiser, monkeypatch) -> list[int]:
 
 
 def test_families_sizes_and_defaults(sd3_pipe, flux_pipe):
-    assert model_family(sd3_pipe) == "sd3" and model_family(flux_pipe) == "flux"
-    assert native_size(sd3_pipe) == 32 and native_size(flux_pipe) == 32  # the tiny models' own sizes
+    assert family_of(sd3_pipe).key == "sd3" and family_of(flux_pipe).key == "flux"
+    assert family_of(sd3_pipe).native_size(sd3_pipe) == 32 and family_of(flux_pipe).native_size(flux_pipe) == 32
     assert model_defaults(sd3_pipe) == {
         "steps": 40,
         "guidance": 4.5,
@@ -267,8 +267,9 @@ def test_flux_sweep_equals_each_start_on_its_own(flux_pipe):
     from negprompt_demo.sampling.engine import prepare
     from negprompt_demo.sampling.sweep import sweep_starts
 
-    resolved, _ = prepare(flux_pipe, settings(TRUE_CFG))
-    sweep = sweep_starts(flux_pipe, resolved, (0.0, 0.5))
+    prepared = prepare(flux_pipe, settings(TRUE_CFG))
+    resolved = prepared.settings
+    sweep = sweep_starts(flux_pipe, prepared, (0.0, 0.5))
     assert sweep.start_steps == [0, 3]
     for start, image in zip((0.0, 0.5), sweep.with_negative):
         single = compare(flux_pipe, resolved.replace(negative_start=start), trace=False)

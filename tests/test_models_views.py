@@ -24,8 +24,9 @@ def pixels(image) -> np.ndarray:
 def test_every_grid_column_equals_its_own_run(request, pipe_name, guidance, name):
     pipe = request.getfixturevalue(pipe_name)
     settings = CompareSettings(PROMPT, NEGATIVE, seed=5, steps=3, guidance=guidance)
-    resolved, _ = prepare(pipe, settings)
-    grid = sample_grid(pipe, new_grid(resolved, name, True), 3)
+    prepared = prepare(pipe, settings)
+    resolved = prepared.settings
+    grid = sample_grid(pipe, prepared, new_grid(resolved, name, True), 3)
     assert grid.columns == ("without", "with", "phrased") and grid.seeds == [5, 6, 7]
     phrased_prompt = grid.prompts["phrased"][0]
     for i, seed in enumerate(grid.seeds):

@@ -235,8 +235,9 @@ def test_step_view_draws_the_nag_map_also_from_a_stored_trace(sd_pipe, tmp_path)
 
 
 def test_the_many_seeds_grid_takes_nag(sd_pipe):
-    settings, _ = prepare(sd_pipe, nag_settings(nag_scale=8.0, nag_tau=4.0, nag_alpha=0.9))
-    grid = sample_grid(sd_pipe, new_grid(settings, "tiny", True), 2)
+    prepared = prepare(sd_pipe, nag_settings(nag_scale=8.0, nag_tau=4.0, nag_alpha=0.9))
+    settings = prepared.settings
+    grid = sample_grid(sd_pipe, prepared, new_grid(settings, "tiny", True), 2)
     pairs = generate_pairs(sd_pipe, settings, [SEED, SEED + 1])
     for k, (without, with_nag) in enumerate(pairs):
         assert np.abs(pixels(grid.images["with"][k]) - pixels(with_nag)).max() <= 2

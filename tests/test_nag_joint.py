@@ -14,7 +14,7 @@ import torch
 from diffusers import FluxPipeline, FluxTransformer2DModel
 from diffusers.models.embeddings import apply_rotary_emb
 
-from negprompt_demo.models.flow_models import FLUX_DISTILLED_GUIDANCE
+from negprompt_demo.models.families import FLUX_DISTILLED_GUIDANCE, family_of
 from negprompt_demo.sampling.engine import GenerationCancelled, compare, generate_pairs
 from negprompt_demo.sampling.guidance import NegativePlan
 from negprompt_demo.sampling.nag_joint import JointNag
@@ -324,7 +324,7 @@ def test_one_transformer_call_equals_the_hand_written_forward_closely(pipe_name,
         expected = flux_forward(
             model, hidden, embeds, pooled, timestep, guidance, ids, (negative, negative_pooled), nag
         )
-    family = "sd3" if pipe_name == "sd3_pipe" else "flux"
+    family = family_of(pipe)
     joint = JointNag(
         model, OneWithRun(), [NegativePlan(0, 1)], [0], negative, negative_pooled, family, latent_size=(16, 16),
         traced=None, **nag,

@@ -30,7 +30,7 @@ def test_big_model_previews_use_the_latent_rgb_factors(factor_previews, request,
     decoded = []
     handle = pipe.vae.decoder.register_forward_pre_hook(lambda module, args: decoded.append(1))
     try:
-        pictures = decode_previews(pipe, latents.half(), family)
+        pictures = decode_previews(pipe, latents.half())
     finally:
         handle.remove()
     assert not decoded, "the factor branch must not run the VAE"
@@ -51,7 +51,7 @@ def test_factor_branch_clamps_and_maps_nan_to_black(factor_previews, sd_pipe):
     latents = torch.zeros((1, 4, 2, 2))
     latents[0, :, 0, 0] = 1e4  # far out of range in every channel
     latents[0, 0, 1, 1] = float("nan")
-    pictures = decode_previews(sd_pipe, latents, "sd")
+    pictures = decode_previews(sd_pipe, latents)
     assert pictures.dtype == np.uint8 and pictures.min() >= 0 and pictures.max() <= 255
     assert pictures[0, 1, 1].tolist() == [0, 0, 0]
     assert pictures[0, 0, 1].tolist() == [128, 128, 128]  # zero latents are mid grey (SD has no bias)
@@ -65,6 +65,6 @@ def test_a_small_flow_matching_vae_decodes_with_its_shift(flux_pipe):
     with torch.no_grad():
         expected = vae.decode(latents / vae.config.scaling_factor + vae.config.shift_factor).sample
     expected = ((expected / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy() * 255).round()
-    pictures = decode_previews(flux_pipe, latents, "flux")
+    pictures = decode_previews(flux_pipe, latents)
     assert pictures.shape == (2, 16, 16, 3)
     assert np.abs(pictures.astype(float) - expected).max() <= 6  # bf16 autocast on CPUs that have it: ≤ 5/255

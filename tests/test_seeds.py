@@ -33,9 +33,12 @@ def pixels(image) -> np.ndarray:
 
 
 def test_every_column_equals_its_own_run(sd_pipe):
-    resolved, _ = prepare(sd_pipe, SETTINGS)
+    prepared = prepare(sd_pipe, SETTINGS)
+    resolved = prepared.settings
     rows = []
-    grid = sample_grid(sd_pipe, new_grid(resolved, "tiny", None), 4, on_rows=lambda seeds, images: rows.append(seeds))
+    grid = sample_grid(
+        sd_pipe, prepared, new_grid(resolved, "tiny", None), 4, on_rows=lambda seeds, images: rows.append(seeds)
+    )
     assert rows == [[11], [12, 13, 14]] and grid.seeds == [11, 12, 13, 14]
     assert grid.columns == ("without", "with", "phrased")
     assert grid.prompts["phrased"] == ("a red hat without blue", "")
@@ -50,8 +53,9 @@ def test_every_column_equals_its_own_run(sd_pipe):
 
 def test_the_grid_uses_the_negatives_window_and_strength(sd_pipe):
     settings = SETTINGS.replace(negative_start=0.5, negative_strength=2.0)
-    resolved, _ = prepare(sd_pipe, settings)
-    grid = sample_grid(sd_pipe, new_grid(resolved, "tiny", False), 4)
+    prepared = prepare(sd_pipe, settings)
+    resolved = prepared.settings
+    grid = sample_grid(sd_pipe, prepared, new_grid(resolved, "tiny", False), 4)
     assert grid.columns == ("without", "with")
     single = compare(sd_pipe, settings.replace(seed=13), trace=False)
     assert np.abs(pixels(grid.images["with"][2]) - pixels(single.with_negative)).max() <= 2
@@ -67,7 +71,8 @@ def test_chunks_start_with_one_seed_and_respect_the_memory_bound():
 
 
 def test_stop_ends_the_grid_between_steps(sd_pipe):
-    resolved, _ = prepare(sd_pipe, SETTINGS)
+    prepared = prepare(sd_pipe, SETTINGS)
+    resolved = prepared.settings
     stop, steps = threading.Event(), []
 
     def on_step(done, total, record):
@@ -76,7 +81,7 @@ def test_stop_ends_the_grid_between_steps(sd_pipe):
             stop.set()
 
     with pytest.raises(GenerationCancelled):
-        sample_grid(sd_pipe, new_grid(resolved, "tiny", None), 8, on_step=on_step, stop=stop)
+        sample_grid(sd_pipe, prepared, new_grid(resolved, "tiny", None), 8, on_step=on_step, stop=stop)
     assert steps == [1, 2]
 
 
@@ -201,8 +206,9 @@ def test_many_seeds_rates_equal_the_evaluate_tool_on_seeds_0_to_63():
     from negprompt_demo.embedded_tools.evaluate import evaluate
 
     pipe = load_pipeline(None)
-    resolved, _ = prepare(pipe, CompareSettings("portrait photo of a man", "mustache", seed=0))
-    reading = grid_reading(sample_grid(pipe, new_grid(resolved, "embedded", None), 64))
+    prepared = prepare(pipe, CompareSettings("portrait photo of a man", "mustache", seed=0))
+    resolved = prepared.settings
+    reading = grid_reading(sample_grid(pipe, prepared, new_grid(resolved, "embedded", None), 64))
     tool = evaluate("portrait photo of a man", "mustache", "mustache", list(range(64)))
     assert reading.rate("without", "mustache").share == pytest.approx(tool["rate_empty_negative"], abs=1e-4)
     assert reading.rate("with", "mustache").share == pytest.approx(tool["rate_with_negative"], abs=1e-4)

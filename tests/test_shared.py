@@ -22,7 +22,7 @@ from negprompt_demo.page.tracefile import trim_folders
 from negprompt_demo.sampling import cost
 from negprompt_demo.sampling.cost import (
     CostLimits,
-    Request,
+    Workload,
     check_request,
     estimate_seconds,
     text_chunks,
@@ -72,28 +72,28 @@ def fixed_rates(sd_pipe, monkeypatch):
 
 
 def test_the_estimate_grows_with_steps_seeds_pixels_and_chunks(fixed_rates):
-    pipe, base = fixed_rates, estimate_seconds(fixed_rates, resolved(), Request())
-    assert estimate_seconds(pipe, resolved(steps=40), Request()) == pytest.approx(2 * base)
-    assert estimate_seconds(pipe, resolved(width=64, height=64), Request()) == pytest.approx(4 * base)
-    assert estimate_seconds(pipe, resolved(), Request(), chunks=5) > base
-    seeds = estimate_seconds(pipe, resolved(), Request("seeds", runs=3, seeds=64))
+    pipe, base = fixed_rates, estimate_seconds(fixed_rates, resolved(), Workload())
+    assert estimate_seconds(pipe, resolved(steps=40), Workload()) == pytest.approx(2 * base)
+    assert estimate_seconds(pipe, resolved(width=64, height=64), Workload()) == pytest.approx(4 * base)
+    assert estimate_seconds(pipe, resolved(), Workload(), chunks=5) > base
+    seeds = estimate_seconds(pipe, resolved(), Workload("seeds", runs=3, seeds=64))
     assert seeds > 30 * base
 
 
 def test_a_shared_instance_refuses_a_request_over_budget_up_front(fixed_rates):
     limits = CostLimits(max_seconds=0.05)
-    check_request(fixed_rates, resolved(), Request(), limits)  # a small comparison passes
+    check_request(fixed_rates, resolved(), Workload(), limits)  # a small comparison passes
     with pytest.raises(
         InputError, match=r"about \d+ s of device time \(64 seeds × 150 steps at 32×32 px\).*at most 0 s"
     ):
-        check_request(fixed_rates, resolved(steps=150), Request("seeds", runs=3, seeds=64), limits)
-    check_request(fixed_rates, resolved(steps=150), Request("seeds", runs=3, seeds=64), None)  # local: today's limits
+        check_request(fixed_rates, resolved(steps=150), Workload("seeds", runs=3, seeds=64), limits)
+    check_request(fixed_rates, resolved(steps=150), Workload("seeds", runs=3, seeds=64), None)  # local: today's limits
 
 
 def test_a_shared_instance_caps_prompt_chunks(fixed_rates):
     with pytest.raises(InputError, match="The negative prompt fills 4 chunks of 75 tokens; .* at most 3 "):
-        check_request(fixed_rates, resolved(negative="x BREAK x BREAK x BREAK x"), Request(), CostLimits())
-    check_request(fixed_rates, resolved(negative="x BREAK x BREAK x BREAK x"), Request(), None)
+        check_request(fixed_rates, resolved(negative="x BREAK x BREAK x BREAK x"), Workload(), CostLimits())
+    check_request(fixed_rates, resolved(negative="x BREAK x BREAK x BREAK x"), Workload(), None)
 
 
 def test_device_rates_are_measured_once_per_pipeline(sd_pipe):

@@ -133,7 +133,7 @@ def test_sdxl_trace_and_push_map(sdxl_pipe):
 
 def test_previews_are_the_decoded_x0_of_each_step(traced, sd_pipe):
     step = traced.trace.steps[2]
-    assert np.array_equal(step.previews, decode_previews(sd_pipe, step.x0_latents, "sd"))
+    assert np.array_equal(step.previews, decode_previews(sd_pipe, step.x0_latents))
     assert not np.array_equal(traced.trace.steps[0].previews, traced.trace.steps[-1].previews)
 
 

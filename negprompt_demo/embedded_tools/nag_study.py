@@ -143,7 +143,8 @@ class _LayerStats:
 def layer_diagnostics(pipe, negative: str, seeds: list[int], sampling: dict, nag: dict) -> dict:
     """Per cross-attention layer, averaged over the steps of plain guidance-1 runs of `seeds`: the `_LayerStats`
     figures, to say why NAG does or does not move an attribute on this model."""
-    resolved, _ = prepare(pipe, CompareSettings(BASE_PROMPT, negative, seed=seeds[0], **sampling, **nag))
+    prepared = prepare(pipe, CompareSettings(BASE_PROMPT, negative, seed=seeds[0], **sampling, **nag))
+    resolved = prepared.settings
     context, _ = encode_text(pipe, negative, None)
     inputs = {"context": context, "scale": resolved.nag_scale, "tau": resolved.nag_tau, "alpha": resolved.nag_alpha}
     stats: dict = {}

@@ -23,8 +23,9 @@ def side_effects_tables(pipe, first_seed: int, count: int, negatives: list[str])
     the page's limit of 64 is for one user's request)."""
     results: dict = {"prompt": BASE_PROMPT, "seeds": f"{first_seed}:{first_seed + count}", "negatives": {}}
     for negative in negatives:
-        resolved, _ = prepare(pipe, CompareSettings(BASE_PROMPT, negative, seed=first_seed))
-        reading = grid_reading(sample_grid(pipe, new_grid(resolved, "embedded", False), count))
+        prepared = prepare(pipe, CompareSettings(BASE_PROMPT, negative, seed=first_seed))
+        resolved = prepared.settings
+        reading = grid_reading(sample_grid(pipe, prepared, new_grid(resolved, "embedded", False), count))
         table = side_effects(reading)
         results["negatives"][negative] = {
             "markdown": side_effects_markdown(table),

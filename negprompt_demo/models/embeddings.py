@@ -31,7 +31,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from negprompt_demo.models.loading import hub_reachable, model_family
+from negprompt_demo.models.families import family_of
+from negprompt_demo.models.loading import hub_reachable
 from negprompt_demo.settings import InputError, embedding_name
 
 MAX_FILE_BYTES = 16 * 1024 * 1024  # a textual-inversion file is 4–100 KB; anything this large is something else
@@ -150,7 +151,7 @@ def read_embedding(pipe, source: str | None) -> NegativeEmbedding | None:
 def _vectors_for(pipe, tensors: dict, file_name: str) -> dict[str, torch.Tensor]:
     """The file's vectors by text encoder, or InputError saying what does not fit this model."""
     sdxl_keys = {"clip_l", "clip_g"}
-    if model_family(pipe) == "sdxl":
+    if family_of(pipe).two_clips:
         if not sdxl_keys <= set(tensors):
             raise InputError(
                 f"'{file_name}' is not an SDXL embedding (SDXL needs its vectors for both text encoders, 'clip_l' and "

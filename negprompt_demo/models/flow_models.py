@@ -1,11 +1,11 @@
 """SD3/SD3.5 and FLUX.1, the flow-matching families that read the text with a T5 encoder: what differs for them.
 
 - Settings (`check_settings`): they always sample with their own FlowMatchEulerDiscreteScheduler ("Euler"); on
-  FLUX.1 the guidance setting is true CFG's scale (`guidance_arguments`). A1111 prompt weights, BREAK, escapes and
-  negative embeddings are refused (an InputError at `engine.prepare`): those are read by the CLIP chunking of
-  `prompts.py`, for SD 1.x/2.x and SDXL; these models read the text as written, each encoder up to its own limit:
-  CLIP 77 tokens (SD3's two CLIPs, FLUX.1's pooled CLIP), T5 256 (SD3) or 512 (FLUX.1). Every encoder that cuts
-  gets a warning that names the words it never sees (`truncation_warnings`).
+  FLUX.1 the guidance setting is true CFG's scale (`families.Flux.guidance_arguments`). A1111 prompt weights,
+  BREAK, escapes and negative embeddings are refused (an InputError at `engine.prepare`): those are read by the
+  CLIP chunking of `prompts.py`, for SD 1.x/2.x and SDXL; these models read the text as written, each encoder up
+  to its own limit: CLIP 77 tokens (SD3's two CLIPs, FLUX.1's pooled CLIP), T5 256 (SD3) or 512 (FLUX.1). Every
+  encoder that cuts gets a warning that names the words it never sees (`truncation_warnings`).
 - Encoding (`encode_flow_runs`): each text through the pipeline's own `encode_prompt` (SD3: two CLIPs and T5;
   FLUX.1: CLIP's pooled and T5), so every run equals a plain diffusers call. Every text is padded to the same
   length by the pipeline itself, so runs of different texts batch without the chunk padding of `prompts.py`.
@@ -18,29 +18,12 @@ from __future__ import annotations
 
 import torch
 
-from negprompt_demo.models.loading import FLOW_MATCHING_FAMILIES, model_family
+from negprompt_demo.models.families import FLOW_MATCHING_SCHEDULER, family_of
 from negprompt_demo.settings import CompareSettings, InputError
 from negprompt_demo.syntax.prompt_syntax import has_syntax
 
-# They always sample with the model's own FlowMatchEulerDiscreteScheduler (engine.SCHEDULERS' DDPM-family samplers
-# do not apply to them); it is an Euler sampler, so the settings say "Euler".
-FLOW_MATCHING_SCHEDULER = "Euler"
-# FLUX.1-dev's distilled guidance (diffusers' and Black Forest Labs' default); the guidance setting is true CFG's.
-FLUX_DISTILLED_GUIDANCE = 3.5
-# The T5 tokens each family's pipeline reads (its `max_sequence_length` default).
-T5_SEQUENCE_LENGTH = {"sd3": 256, "flux": 512}
 # The output names of SD3's `encode_prompt` (FLUX.1's is called once per text, see `encode_flow_text`).
 SD3_ENCODED_NAMES = ("prompt_embeds", "negative_prompt_embeds", "pooled_prompt_embeds", "negative_pooled_prompt_embeds")
-# What a user must know about a family before comparing (engine.py's docstring says why): the model note's end.
-FAMILY_NOTES = {
-    "sd3": " SD3 samples with its own flow-matching Euler scheduler; the scheduler setting does not apply.",
-    "flux": (
-        " FLUX.1 ignores a negative prompt unless true CFG is on: here the guidance scale is true CFG's scale "
-        "(above 1; it doubles the sampling time). Both images use it, the first with an empty negative; FLUX.1's "
-        "default image (no true CFG) comes as a third picture in the downloads. NAG (“how the negative acts”: "
-        "nag) needs no true CFG."
-    ),
-}
 # The page's status line when a result carries FLUX.1's plain distilled image (engine.Comparison.distilled).
 DISTILLED_NOTE = (
     "FLUX.1: both images use true CFG (the guidance scale), the left one with an empty negative, so only the "
@@ -49,18 +32,10 @@ DISTILLED_NOTE = (
 )
 
 
-def is_flow_model(pipe) -> bool:
-    return model_family(pipe) in FLOW_MATCHING_FAMILIES
-
-
-def family_name(pipe) -> str:
-    return "FLUX.1" if model_family(pipe) == "flux" else "SD3"
-
-
 def check_settings(pipe, resolved: CompareSettings) -> tuple[CompareSettings, list[str]]:
     """The settings as these families run them, and the warnings that says; InputError for what they cannot read
     (A1111 weights and negative embeddings, see the module docstring)."""
-    name = family_name(pipe)
+    name = family_of(pipe).title
     refused = "A1111 weights / negative embeddings are for SD 1.x/2.x and SDXL; this {} model reads the text as written"
     if resolved.negative_embedding:
         raise InputError(f"{refused.format(name)}. Remove the negative embedding (the file is not read).")
@@ -95,35 +70,28 @@ def text_warnings(pipe, resolved: CompareSettings) -> list[str]:
 def text_encoders(pipe) -> list[tuple[str, object, int, str]]:
     """(name, tokenizer, tokens it reads with its special tokens, what it gives the model) for each text encoder of
     the pipeline, as its `encode_prompt` calls them: CLIPs at their tokenizer's 77, T5 at `max_sequence_length`."""
-    family = model_family(pipe)
-    clips = (
-        (("CLIP ViT-L", "tokenizer"), ("OpenCLIP bigG", "tokenizer_2"))
-        if family == "sd3"
-        else (("CLIP ViT-L", "tokenizer"),)
-    )
-    t5 = {"sd3": "tokenizer_3", "flux": "tokenizer_2"}[family]
-    role = (
-        "its pooled vector and its part of the sequence"
-        if family == "sd3"
-        else "its pooled vector (all FLUX.1 takes of CLIP)"
-    )
+    family = family_of(pipe)
+    if family.true_cfg:  # FLUX.1
+        clips, role = (("CLIP ViT-L", "tokenizer"),), "its pooled vector (all FLUX.1 takes of CLIP)"
+    else:
+        clips = (("CLIP ViT-L", "tokenizer"), ("OpenCLIP bigG", "tokenizer_2"))
+        role = "its pooled vector and its part of the sequence"
     encoders = [
         (name, getattr(pipe, attribute), getattr(pipe, attribute).model_max_length, role)
         for name, attribute in clips
         if getattr(pipe, attribute, None) is not None
     ]
-    if getattr(pipe, t5, None) is not None:
-        encoders.append(("T5", getattr(pipe, t5), T5_SEQUENCE_LENGTH[family], "the sequence"))
+    if getattr(pipe, family.t5_tokenizer, None) is not None:
+        encoders.append(("T5", getattr(pipe, family.t5_tokenizer), family.t5_tokens, "the sequence"))
     return encoders
 
 
 def reading_tokenizer(pipe):
     """The T5 tokenizer, whose limit decides what the model reads (its CLIP encoders read 77 tokens, but T5
     carries the longer text), and that limit; CLIP's where a T5 encoder was left out of the pipeline."""
-    family = model_family(pipe)
-    t5 = {"sd3": "tokenizer_3", "flux": "tokenizer_2"}[family]
-    if getattr(pipe, t5, None) is not None:
-        return getattr(pipe, t5), T5_SEQUENCE_LENGTH[family]
+    family = family_of(pipe)
+    if getattr(pipe, family.t5_tokenizer, None) is not None:
+        return getattr(pipe, family.t5_tokenizer), family.t5_tokens
     return pipe.tokenizer, pipe.tokenizer.model_max_length
 
 
@@ -207,7 +175,7 @@ def encode_flow_runs(pipe, texts: list, seed_count: int, cfg_active: bool) -> di
 def encode_flow_text(pipe, text, cfg_active: bool) -> dict[str, torch.Tensor]:
     """One run's embeddings by keyword name, one row each; the negative ones only with classifier-free guidance."""
     device = pipe._execution_device
-    if model_family(pipe) == "flux":  # FLUX.1 encodes one text at a time; its negative is a second text (true CFG)
+    if family_of(pipe).true_cfg:  # FLUX.1 encodes one text at a time; its negative is a second text (true CFG)
         prompt_embeds, pooled, _ = pipe.encode_prompt(prompt=text.prompt, prompt_2=None, device=device)
         embeds = {"prompt_embeds": prompt_embeds, "pooled_prompt_embeds": pooled}
         if cfg_active:
@@ -228,17 +196,9 @@ def encode_flow_text(pipe, text, cfg_active: bool) -> dict[str, torch.Tensor]:
     return {name: value for name, value in zip(SD3_ENCODED_NAMES, outputs) if value is not None}
 
 
-def guidance_arguments(family: str, guidance: float) -> dict:
-    """The guidance setting as the pipeline's arguments: classifier-free guidance's scale, except on FLUX.1, where
-    it is true CFG's scale and the distilled guidance stays at its default (see engine.py's docstring)."""
-    if family == "flux":
-        return {"true_cfg_scale": guidance, "guidance_scale": FLUX_DISTILLED_GUIDANCE}
-    return {"guidance_scale": guidance}
-
-
 def spatial_latents(pipe, settings: CompareSettings):
     """How the trace reads the denoiser's latents as [n, c, h, w]: FLUX.1 packs 2×2 patches into 64 channels
     (`FluxPipeline._unpack_latents` undoes it); the other families' latents are spatial already."""
-    if model_family(pipe) != "flux":
+    if not family_of(pipe).true_cfg:  # FLUX.1's packed latents
         return None
     return lambda packed: pipe._unpack_latents(packed, settings.height, settings.width, pipe.vae_scale_factor)

@@ -19,18 +19,11 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import torch
-from diffusers import FluxPipeline, StableDiffusion3Pipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
 
 from negprompt_demo.embedded import MODEL_DIR
-from negprompt_demo.settings import NAG_DEFAULTS
+from negprompt_demo.models.families import FAMILY_BY_PIPELINE, family_of
 
 EMBEDDED = "embedded"
-SUPPORTED_PIPELINES = {
-    "StableDiffusionPipeline": StableDiffusionPipeline,
-    "StableDiffusionXLPipeline": StableDiffusionXLPipeline,
-    "StableDiffusion3Pipeline": StableDiffusion3Pipeline,
-    "FluxPipeline": FluxPipeline,
-}
 SUPPORTED_TEXT = "Stable Diffusion 1.x/2.x, SDXL, SD3/SD3.5 and FLUX.1 text-to-image models"
 # Component libraries a model_index.json may name; anything else would mean code from the model repository.
 TRUSTED_LIBRARIES = {"diffusers", "transformers", None}
@@ -155,7 +148,7 @@ def _free_accelerator_memory() -> None:
 
 
 def _parameter_count(pipe) -> int:
-    return sum(p.numel() for p in denoiser(pipe).parameters())
+    return sum(p.numel() for p in family_of(pipe).denoiser(pipe).parameters())
 
 
 def _load_uncached(key: str):
@@ -169,7 +162,7 @@ def _load_uncached(key: str):
 
     index = _read_model_index(source, shown)
     class_name = index.get("_class_name")
-    if not isinstance(class_name, str) or class_name not in SUPPORTED_PIPELINES:
+    if not isinstance(class_name, str) or class_name not in FAMILY_BY_PIPELINE:
         raise ModelLoadError(f"{shown} is a {class_name or 'unknown'} model; this demo supports {SUPPORTED_TEXT}.")
     for component, spec in index.items():
         if isinstance(spec, list) and spec and spec[0] not in TRUSTED_LIBRARIES:
@@ -178,11 +171,11 @@ def _load_uncached(key: str):
                 "model repository."
             )
 
-    pipeline_class = SUPPORTED_PIPELINES[class_name]
-    if dtype == torch.float16 and pipeline_class in (StableDiffusion3Pipeline, FluxPipeline):
+    family = FAMILY_BY_PIPELINE[class_name]
+    if dtype == torch.float16 and family.flow_matching:
         dtype = torch.bfloat16  # their T5 encoder and FLUX.1's transformer overflow in fp16 (black or NaN images)
     try:
-        pipe = pipeline_class.from_pretrained(source, dtype=dtype, use_safetensors=True)
+        pipe = family.pipeline_class.from_pretrained(source, dtype=dtype, use_safetensors=True)
     except (OSError, ValueError) as error:
         message = str(error)
         # Only a *missing* safetensors file means pickle-only weights; a corrupt one also names its .safetensors
@@ -266,32 +259,10 @@ def hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-FAMILY_DEFAULTS = {
-    "sd": {"steps": 25, "guidance": 7.5, "scheduler": "Euler"},
-    "sdxl": {"steps": 30, "guidance": 5.0, "scheduler": "Euler"},  # diffusers' SDXL default scale is 5
-    # SD3.5 medium's model card: 40 steps, scale 4.5. The flow-matching families always sample with their own
-    # FlowMatchEulerDiscreteScheduler, which "Euler" names (engine.prepare says so if another was asked for).
-    "sd3": {"steps": 40, "guidance": 4.5, "scheduler": "Euler"},
-    # FLUX.1: the guidance setting is true CFG's scale (engine.FLUX_DISTILLED_GUIDANCE is the distilled one);
-    # 4 is diffusers' true-CFG example. FLUX.1-schnell (no guidance embedding) is made for 4 steps, dev for 28.
-    "flux": {"steps": 28, "guidance": 4.0, "scheduler": "Euler"},
-    "flux-schnell": {"steps": 4, "guidance": 4.0, "scheduler": "Euler"},
-}
-# NAG's α for the joint-attention families (nag_joint.py), the NAG authors' defaults: their SD3 processor 0.125,
-# their FLUX.1 processor and pipeline 0.25 (τ 2.5 in both, and s = 5 in their FLUX.1 example, as settings.NAG_DEFAULTS,
-# which also holds the cross-attention families' α).
-JOINT_NAG_ALPHA = {"sd3": {"nag_alpha": 0.125}, "flux": {"nag_alpha": 0.25}}
-# Families sampled by flow matching (x_t = (1 − σ)·x0 + σ·noise, the model predicts v = noise − x0).
-FLOW_MATCHING_FAMILIES = ("sd3", "flux")
-
-
 def model_defaults(pipe) -> dict:
     """Default steps/guidance/scheduler/size and NAG's inputs: the family's, overridden by a `negprompt_defaults.json`
     that a model folder may ship (the embedded model does, with the settings its results table was measured at)."""
-    family = model_family(pipe)
-    if family == "flux" and not pipe.transformer.config.guidance_embeds:
-        family = "flux-schnell"
-    defaults = NAG_DEFAULTS | FAMILY_DEFAULTS[family] | JOINT_NAG_ALPHA.get(model_family(pipe), {})
+    defaults = family_of(pipe).defaults(pipe)
     folder = getattr(pipe, "name_or_path", None) or pipe.config.get("_name_or_path")
     if folder and os.path.isdir(folder):
         path = os.path.join(folder, "negprompt_defaults.json")
@@ -307,26 +278,3 @@ def model_label(pipe) -> str:
     if os.path.isdir(source) and Path(source).resolve() == MODEL_DIR.resolve():
         return EMBEDDED
     return str(source)
-
-
-def model_family(pipe) -> str:
-    """'sd' (1.x/2.x), 'sdxl', 'sd3' (SD3/SD3.5) or 'flux' (FLUX.1): what decides how a run is encoded, guided,
-    traced and previewed."""
-    if isinstance(pipe, FluxPipeline):
-        return "flux"
-    if isinstance(pipe, StableDiffusion3Pipeline):
-        return "sd3"
-    return "sdxl" if isinstance(pipe, StableDiffusionXLPipeline) else "sd"
-
-
-def denoiser(pipe) -> torch.nn.Module:
-    """The network called at every step: the UNet (SD 1.x/2.x, SDXL) or the transformer (SD3, FLUX.1)."""
-    return pipe.transformer if model_family(pipe) in FLOW_MATCHING_FAMILIES else pipe.unet
-
-
-def native_size(pipe) -> int:
-    """The resolution the model was trained at, in pixels: the denoiser's sample size times the VAE's downsampling
-    (for the transformer families, the pipeline's own default size, which FLUX.1 does not read from a config)."""
-    if model_family(pipe) in FLOW_MATCHING_FAMILIES:
-        return int(pipe.default_sample_size) * int(pipe.vae_scale_factor)
-    return int(pipe.unet.config.sample_size) * int(pipe.vae_scale_factor)

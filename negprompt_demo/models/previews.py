@@ -19,7 +19,7 @@ import time
 import numpy as np
 import torch
 
-from negprompt_demo.models.loading import model_family
+from negprompt_demo.models.families import family_of
 
 # Published latent→RGB factors (rows: latent channels, columns: R, G, B) and bias, for the scaled latents diffusers
 # samples (SD3/FLUX.1: (z − shift)·scale, ComfyUI's "process_in" space). Source: ComfyUI, comfy/latent_formats.py,
@@ -71,12 +71,12 @@ def cpu_has_bfloat16() -> bool:
 def uses_vae_for_previews(pipe) -> bool:
     """A real decode for a small VAE, or for latents no published factors fit (a custom VAE's channel count)."""
     decoder_size = sum(p.numel() for p in pipe.vae.decoder.parameters())
-    factors, _ = LATENT_RGB_FACTORS.get(model_family(pipe), ([], []))
+    factors, _ = LATENT_RGB_FACTORS.get(family_of(pipe).key, ([], []))
     return decoder_size <= SMALL_VAE_PARAMETERS or pipe.vae.config.latent_channels != len(factors)
 
 
 @torch.no_grad()
-def decode_previews(pipe, latents: torch.Tensor, family: str) -> np.ndarray:
+def decode_previews(pipe, latents: torch.Tensor) -> np.ndarray:
     """[n, c, h, w] latents → [n, H, W, 3] uint8 pictures."""
     if uses_vae_for_previews(pipe):
         vae = pipe.vae
@@ -97,7 +97,7 @@ def decode_previews(pipe, latents: torch.Tensor, family: str) -> np.ndarray:
             images = vae.decode(scaled, return_dict=False)[0].float()
         images = (images / 2 + 0.5).clamp(0, 1)
     else:
-        factors, bias = LATENT_RGB_FACTORS[family]
+        factors, bias = LATENT_RGB_FACTORS[family_of(pipe).key]
         weight = torch.tensor(factors, dtype=torch.float32)
         rgb = torch.einsum("nchw,cr->nrhw", latents.float().cpu(), weight) + torch.tensor(bias).view(1, 3, 1, 1)
         images = ((rgb + 1) / 2).clamp(0, 1)
@@ -111,7 +111,7 @@ def fill_previews(pipe, steps: list) -> None:
     if not missing:
         return
     latents = torch.cat([step.x0_latents for step in missing])
-    pictures = decode_previews(pipe, latents, model_family(pipe))
+    pictures = decode_previews(pipe, latents)
     start = 0
     for step in missing:  # each run's x0, and each branch's when they were recorded
         step.previews = pictures[start : start + len(step.x0_latents)]

@@ -35,8 +35,8 @@ from dataclasses import dataclass, field
 import torch
 
 from negprompt_demo.models.embeddings import NegativeEmbedding, trigger_in, vectors_injected, with_trigger
-from negprompt_demo.models.flow_models import encode_flow_runs, is_flow_model, token_count
-from negprompt_demo.models.loading import model_family
+from negprompt_demo.models.families import family_of
+from negprompt_demo.models.flow_models import encode_flow_runs, token_count
 from negprompt_demo.syntax.prompt_syntax import Fragment, has_syntax, parse_weights
 
 COMMA_BACKTRACK = 20  # A1111's default "comma padding backtrack"
@@ -116,7 +116,7 @@ def _span_markdown(span: Span) -> str:
 def text_pairs(pipe) -> list[tuple[str, object, object]]:
     """(encoder attribute, tokenizer, text encoder) for each text encoder the pipeline has, in diffusers' order."""
     pairs = [("text_encoder", pipe.tokenizer, pipe.text_encoder)]
-    if model_family(pipe) == "sdxl":
+    if family_of(pipe).two_clips:
         pairs.append(("text_encoder_2", pipe.tokenizer_2, pipe.text_encoder_2))
     return [(name, tokenizer, encoder) for name, tokenizer, encoder in pairs if encoder is not None]
 
@@ -190,7 +190,7 @@ def _split_after(chunk: Chunk, place: int) -> tuple[Chunk, Chunk]:
 def read_prompt(pipe, text: str, embedding: NegativeEmbedding | None = None) -> PromptReading:
     """How the text is read (with the first tokenizer; SDXL's two share one vocabulary). SD3 and FLUX.1 read it
     as plain text, counted in T5 tokens (their chunk length: what T5 reads)."""
-    if is_flow_model(pipe):
+    if family_of(pipe).flow_matching:
         count, limit = token_count(pipe, text)
         return PromptReading(text, True, count, [[Span(text, 1.0)]] if text else [], limit)
     tokenizer = text_pairs(pipe)[0][1]
@@ -240,7 +240,7 @@ def encode_text(pipe, text: str, embedding: NegativeEmbedding | None) -> tuple[t
     """One text's embeddings [1, 77·chunks, width] and, for SDXL, its pooled embedding [1, width_2]."""
     device = pipe._execution_device
     pairs = text_pairs(pipe)
-    sdxl = model_family(pipe) == "sdxl"
+    sdxl = family_of(pipe).two_clips
     if is_plain(pairs[0][1], text, embedding):
         encoded = pipe.encode_prompt(
             prompt=text, device=device, num_images_per_prompt=1, do_classifier_free_guidance=False
@@ -298,8 +298,7 @@ def encoded_length(pipe, text: str | None, embedding: NegativeEmbedding | None) 
     baseline (zeros read the same at any length: every key alike, every value zero)."""
     tokenizer = text_pairs(pipe)[0][1]
     if text is None:
-        sdxl_zeros = model_family(pipe) == "sdxl" and bool(pipe.config.get("force_zeros_for_empty_prompt", False))
-        return None if sdxl_zeros else tokenizer.model_max_length
+        return None if family_of(pipe).zero_empty_negative(pipe) else tokenizer.model_max_length
     if is_plain(tokenizer, text, embedding):
         return tokenizer.model_max_length
     return len(tokenize_chunks(tokenizer, text, embedding)) * tokenizer.model_max_length
@@ -316,10 +315,10 @@ def encode_runs(
 ) -> dict:
     """The embeddings keyword arguments of a pipeline call whose batch is `texts` repeated for each of
     `seed_count` seeds (items [seed0 run0, seed0 run1, ..., seed1 run0, ...])."""
-    if is_flow_model(pipe):  # SD3, FLUX.1: their own encoding (no embedding: engine.prepare refuses one)
+    family = family_of(pipe)
+    if family.flow_matching:  # SD3, FLUX.1: their own encoding (no embedding: engine.prepare refuses one)
         return encode_flow_runs(pipe, texts, seed_count, cfg_active)
-    sdxl = model_family(pipe) == "sdxl"
-    zeros_for_none = sdxl and bool(pipe.config.get("force_zeros_for_empty_prompt", False))
+    sdxl, zeros_for_none = family.two_clips, family.zero_empty_negative(pipe)
     wanted = [text.prompt for text in texts]
     if cfg_active:
         wanted += [text.negative for text in texts if text.negative is not None]

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from negprompt_demo.models.embeddings import NegativeEmbedding
-from negprompt_demo.models.flow_models import is_flow_model
+from negprompt_demo.models.families import family_of
 from negprompt_demo.models.prompts import RunText, encode_runs, encoded_length
 from negprompt_demo.syntax.prompt_editing import step_texts
 
@@ -63,7 +63,7 @@ def text_lengths(
     pipe, by_step: list[list[RunText]], cfg_active: bool, embedding: NegativeEmbedding | None
 ) -> TextLengths | None:
     """The texts' own lengths, or None where they are all one length (the batch needs no splitting)."""
-    if is_flow_model(pipe):  # their encoders read the text whole, in one length
+    if family_of(pipe).flow_matching:  # their encoders read the text whole, in one length
         return None
     length = {}
     for text in {text for step in by_step for run_text in step for text in (run_text.prompt, run_text.negative)}:

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import gradio as gr
 
-from negprompt_demo.models.loading import EMBEDDED, load_pipeline, model_defaults, native_size
+from negprompt_demo.models.families import family_of
+from negprompt_demo.models.loading import EMBEDDED, load_pipeline, model_defaults
 from negprompt_demo.page import handlers
 from negprompt_demo.page.app_config import MAX_UPLOAD, AppConfig
 from negprompt_demo.page.article import article_row
@@ -82,7 +83,7 @@ def build_app(config: AppConfig, warm_first_example: bool = False, private: Path
 
     `private` is this process's folder for runs (a new one by default; `run` also puts Gradio's cache there)."""
     pipe = load_pipeline(config.default_model)
-    native = native_size(pipe)
+    native = family_of(pipe).native_size(pipe)
     defaults = {"width": native, "height": native, **model_defaults(pipe)}
     cache_folder = example_cache_folder(pipe)
     private = private or private_folder()  # this process's runs: traces and job files, mode 0700

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from negprompt_demo.runner import SeedsDone, stream
+from negprompt_demo.runner import SeedsDone, SeedsRequest, stream
 from negprompt_demo.settings import CompareSettings
 from negprompt_demo.views.attributes import READING_ORDER, attribute_present, probed_attribute
 from negprompt_demo.views.seed_pictures import column_titles
@@ -45,8 +45,8 @@ def article_row(model: str, values: dict, folder: Path) -> Article:
         pictures = {column: folder / f"{column}.png" for column in READING_ORDER}
         if all(path.is_file() for path in pictures.values()):
             return Article(pictures, stored["prompts"], stored["seed"], stored["reading"])
-    grid = next(event.grid for event in stream(model, CompareSettings(**values), seeds=(1, True))
-                if isinstance(event, SeedsDone))  # fmt: skip
+    job = SeedsRequest(CompareSettings(**values), count=1, phrased=True)
+    grid = next(event.grid for event in stream(model, job) if isinstance(event, SeedsDone))
     folder.mkdir(parents=True, exist_ok=True)
     images = {column: grid.images[column][0] for column in READING_ORDER}
     pictures = {column: folder / f"{column}.png" for column in READING_ORDER}

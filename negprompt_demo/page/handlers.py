@@ -22,8 +22,9 @@ from pathlib import Path
 
 import gradio as gr
 
-from negprompt_demo.models.flow_models import DISTILLED_NOTE, FAMILY_NOTES
-from negprompt_demo.models.loading import ModelLoadError, load_pipeline, model_defaults, model_family, native_size
+from negprompt_demo.models.families import family_of
+from negprompt_demo.models.flow_models import DISTILLED_NOTE
+from negprompt_demo.models.loading import ModelLoadError, load_pipeline, model_defaults
 from negprompt_demo.page.app_config import AppConfig
 from negprompt_demo.page.jobs import JobFiles, StepFiles
 from negprompt_demo.page.links import NOT_IN_LINKS, link_query, link_values
@@ -38,7 +39,7 @@ from negprompt_demo.page.messages import (
 from negprompt_demo.page.step_view import STEP_OUTPUTS, live_trace, step_outputs, step_slider, telling_step
 from negprompt_demo.page.tracefile import RUN_MAX_AGE_S, TraceNotFound, TraceStore, remove_old_folders, trim_folders
 from negprompt_demo.page.widgets import range_note
-from negprompt_demo.runner import Done, Ready, Step, SweepDone, astream
+from negprompt_demo.runner import CompareRequest, Done, Ready, Request, Step, SweepDone, SweepRequest, astream
 from negprompt_demo.sampling.cost import CostLimits
 from negprompt_demo.sampling.sweep import SWEEP_STARTS, Sweep
 from negprompt_demo.settings import FIELDS, MAX_SEED, CompareSettings, InputError, resolve_settings, size_limits
@@ -90,10 +91,10 @@ class Handlers:
         self.door = None  # door.Door once the queue exists: tells a running job that its client has gone
         self.limits = CostLimits(config.max_request_seconds, config.max_chunks) if config.shared else None
 
-    def stream(self, request: gr.Request | None, model: str, settings: CompareSettings, **options) -> AsyncIterator:
+    def stream(self, request: gr.Request | None, model: str, job: Request) -> AsyncIterator:
         """`runner.astream` with this deployment's cost limits, stopped when the client of `request` leaves."""
         gone = self.door.gone(request) if self.door is not None else None
-        return astream(model, settings, limits=self.limits, gone=gone, **options)
+        return astream(model, job, limits=self.limits, gone=gone)
 
     def new_job(self) -> JobFiles:
         """A folder for one job's files. Before it, jobs' folders older than RUN_MAX_AGE_S go (looked for at most
@@ -152,7 +153,7 @@ class Handlers:
             model, settings = self.unpack(values)
             progress(0, desc="loading the model")
             files, records, last_curves = self.new_job(), [], 0.0
-            async for event in self.stream(request, model, settings):
+            async for event in self.stream(request, model, CompareRequest(settings)):
                 if isinstance(event, Ready):
                     settings = event.settings
                     for warning in event.warnings:
@@ -205,7 +206,7 @@ class Handlers:
         """An example's result, computed on its first click and then served from Gradio's example cache."""
         try:
             model, settings = self.unpack(dict(zip(EXAMPLE_NAMES, values, strict=True)))
-            async for event in astream(model, settings):
+            async for event in astream(model, CompareRequest(settings)):
                 if isinstance(event, Done):
                     final = await asyncio.to_thread(self.final_outputs, event.comparison, "example", None, model)
                     return ordered(final)
@@ -218,7 +219,7 @@ class Handlers:
         PNG files with their generation parameters. Cancelling the job stops sampling after the current step."""
         try:
             model, settings = self.unpack(values)
-            async for event in self.stream(request, model, settings):
+            async for event in self.stream(request, model, CompareRequest(settings)):
                 if isinstance(event, Step):
                     progress((event.done, event.total), desc="sampling", unit="steps")
                 elif isinstance(event, Done):
@@ -268,7 +269,7 @@ class Handlers:
 
     async def run_sweep(self, values: dict, progress, request: gr.Request | None = None) -> Sweep:
         model, settings = self.unpack(values)
-        async for event in self.stream(request, model, settings, sweep=SWEEP_STARTS):
+        async for event in self.stream(request, model, SweepRequest(settings, SWEEP_STARTS)):
             if isinstance(event, Step):
                 progress((event.done, event.total), desc="sampling the sweep", unit="steps")
             elif isinstance(event, SweepDone):
@@ -287,7 +288,7 @@ class Handlers:
         try:
             model = self.config.check_model(values.pop("model", None))
             pipe = load_pipeline(model)
-            defaults, native = model_defaults(pipe), native_size(pipe)
+            defaults, native = model_defaults(pipe), family_of(pipe).native_size(pipe)
             settings = resolve_settings(CompareSettings(**values), native, defaults)
         except Exception as error:
             message = html.escape(user_message(error), quote=False)
@@ -351,13 +352,13 @@ class Handlers:
 
 def model_widgets(pipe) -> tuple:
     """(info text, steps, guidance, scheduler, width, height) updates for a loaded model."""
-    defaults, native = model_defaults(pipe), native_size(pipe)
+    defaults, native = model_defaults(pipe), family_of(pipe).native_size(pipe)
     low, high = size_limits(native)
     sizes = [
         gr.update(info=range_note(name, FIELDS[name], (low, high)), value=defaults.get(name, native))
         for name in ("width", "height")
     ]
-    info = f"Native size {native} px; sizes {low}–{high} px allowed." + FAMILY_NOTES.get(model_family(pipe), "")
+    info = f"Native size {native} px; sizes {low}–{high} px allowed." + family_of(pipe).note
     return (
         info,
         gr.update(value=defaults["steps"]),

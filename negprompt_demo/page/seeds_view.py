@@ -17,7 +17,7 @@ import gradio as gr
 from negprompt_demo.page.handlers import INPUT_NAMES, Handlers
 from negprompt_demo.page.messages import input_error, user_message
 from negprompt_demo.page.widgets import field_widget
-from negprompt_demo.runner import Ready, SeedRows, SeedsDone, Step
+from negprompt_demo.runner import Ready, SeedRows, SeedsDone, SeedsRequest, Step
 from negprompt_demo.sampling.many_seeds import SeedGrid, phrased_by_default
 from negprompt_demo.settings import GRID_DEFAULTS, GRID_FIELDS, resolve_grid
 from negprompt_demo.views.attributes import (
@@ -115,7 +115,7 @@ class SeedsHandlers:
         then SeedsDone with the whole grid."""
         count, phrased = resolve_grid(values.pop("seed_count", None), values.pop("phrased", None))
         model, settings = self.events.unpack(values)
-        return self.events.stream(request, model, settings, seeds=(count, phrased))
+        return self.events.stream(request, model, SeedsRequest(settings, count, phrased))
 
     async def seeds_ui(self, request: gr.Request = None, progress=gr.Progress(), **values) -> AsyncIterator[tuple]:  # noqa: B008
         """Stream the rows into the three galleries, then the probe's reading (or the click-to-count line)."""

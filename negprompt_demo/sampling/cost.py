@@ -23,7 +23,8 @@ from dataclasses import dataclass
 
 import torch
 
-from negprompt_demo.models.loading import native_size, pipeline_lock
+from negprompt_demo.models.families import family_of
+from negprompt_demo.models.loading import pipeline_lock
 from negprompt_demo.settings import InputError
 from negprompt_demo.syntax.prompt_syntax import BREAK, parse_weights
 
@@ -41,8 +42,8 @@ class CostLimits:
 
 
 @dataclass(frozen=True)
-class Request:
-    """What a request asks the device to do, beyond its settings."""
+class Workload:
+    """What a request asks the device to do, beyond its settings: how many runs and seeds one call samples."""
 
     kind: str = "compare"  # "compare", "sweep" or "seeds"
     runs: int = 2  # paired runs sampled together (sweep: 1 + starts; seeds: columns)
@@ -64,7 +65,7 @@ def text_chunks(pipe, text: str) -> int:
     return chunks
 
 
-def check_request(pipe, settings, request: Request, limits: CostLimits | None) -> None:
+def check_request(pipe, settings, request: Workload, limits: CostLimits | None) -> None:
     """The up-front checks of one request (`settings` resolved, its weights checked there): chunks and device time
     on a shared instance (`limits`)."""
     if limits is None:
@@ -87,12 +88,12 @@ def check_request(pipe, settings, request: Request, limits: CostLimits | None) -
         )
 
 
-def describe(settings, request: Request) -> str:
+def describe(settings, request: Workload) -> str:
     seeds = f"{request.seeds} seeds × " if request.kind == "seeds" else ""
     return f"{seeds}{settings.steps} steps at {settings.width}×{settings.height} px"
 
 
-def estimate_seconds(pipe, settings, request: Request, chunks: int = 1) -> float:
+def estimate_seconds(pipe, settings, request: Workload, chunks: int = 1) -> float:
     """The estimated device time of a request (module docstring), from this device's rates for `pipe`."""
     small_batch, large_batch, decode_rate = device_rates(pipe)
     scale = getattr(pipe, "vae_scale_factor", 8)
@@ -119,11 +120,11 @@ def device_rates(pipe) -> tuple[float, float, float]:
     (the fastest of two tries after a warm-up)."""
     if pipe in _rates:
         return _rates[pipe]
-    denoiser = getattr(pipe, "unet", None)
-    if denoiser is None:  # a transformer model (SD3, FLUX): no UNet call to time, assume a large one
+    family = family_of(pipe)
+    if family.joint_attention:  # a transformer model (SD3, FLUX.1): no UNet call to time, assume a large one
         _rates[pipe] = (2e-5, 2e-5, 2e-6)
         return _rates[pipe]
-    side = native_size(pipe) // pipe.vae_scale_factor
+    side = family.native_size(pipe) // pipe.vae_scale_factor
     unet = [unet_seconds(pipe, batch, side) / (batch * side * side) for batch in (SMALL_BATCH, LARGE_BATCH)]
     latents = torch.zeros(1, pipe.vae.config.latent_channels, side, side, device=pipe.device, dtype=pipe.vae.dtype)
     timings = []

@@ -11,8 +11,9 @@ are checked where the settings are: `engine.prepare`, `flow_models.truncation_wa
 
 from __future__ import annotations
 
-from negprompt_demo.models.embeddings import read_embedding
-from negprompt_demo.models.loading import EMBEDDED, model_family, model_label
+from negprompt_demo.models.embeddings import NegativeEmbedding
+from negprompt_demo.models.families import family_of
+from negprompt_demo.models.loading import EMBEDDED, model_label
 from negprompt_demo.models.prompts import read_prompt
 from negprompt_demo.settings import CompareSettings
 from negprompt_demo.syntax.prompt_editing import step_texts
@@ -30,8 +31,9 @@ NAG_OFFER = (
 )
 
 
-def negative_diagnostics(pipe, settings: CompareSettings) -> list[str]:
-    """Everything that makes this run's negative prompt weak or idle, one sentence each (none when all is well)."""
+def negative_diagnostics(pipe, settings: CompareSettings, embedding: NegativeEmbedding | None = None) -> list[str]:
+    """Everything that makes this run's negative prompt weak or idle, one sentence each (none when all is well);
+    `embedding` is the run's negative embedding (`engine.prepare` reads it)."""
     notes = []
     reason = distilled_reason(pipe)
     if reason and (takes_guidance_as_input(pipe) or settings.guidance <= 1):
@@ -61,11 +63,11 @@ def negative_diagnostics(pipe, settings: CompareSettings) -> list[str]:
         )
     if settings.perp_neg and settings.guidance > 1:
         notes.append(perp_neg_note(settings))
-    if model_family(pipe) == "sdxl":
-        embedding = read_embedding(pipe, settings.negative_embedding)
+    family = family_of(pipe)
+    if family.two_clips:
         for text, field_name in ((settings.prompt, "prompt"), (settings.negative, "negative prompt")):
             notes += [note for note in [pooled_cut(pipe, text, field_name, embedding)] if note]
-    if model_family(pipe) == "sdxl" and not settings.empty_as_text and pipe.config.get("force_zeros_for_empty_prompt"):
+    if family.zero_empty_negative(pipe) and not settings.empty_as_text:
         notes.append(
             "The run without a negative used SDXL's zero embeddings (diffusers' default), not the encoded \"\" that "
             'A1111 and ComfyUI use; tick "baseline: encode \\"\\"" to compare against that.'

@@ -30,28 +30,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from diffusers import (
-    DDIMScheduler,
-    DPMSolverMultistepScheduler,
-    EulerAncestralDiscreteScheduler,
-    EulerDiscreteScheduler,
-    UniPCMultistepScheduler,
-)
 from PIL import Image
 
 from negprompt_demo.models import flow_models
-from negprompt_demo.models.embeddings import read_embedding, trigger_in
-from negprompt_demo.models.flow_models import guidance_arguments, spatial_latents
-from negprompt_demo.models.loading import (
-    FLOW_MATCHING_FAMILIES,
-    base_scheduler_config,
-    denoiser,
-    model_defaults,
-    model_family,
-    model_label,
-    native_size,
-    pipeline_lock,
-)
+from negprompt_demo.models.embeddings import NegativeEmbedding, read_embedding, trigger_in
+from negprompt_demo.models.families import StableDiffusion, family_of
+from negprompt_demo.models.flow_models import spatial_latents
+from negprompt_demo.models.loading import base_scheduler_config, model_defaults, model_label, pipeline_lock
 from negprompt_demo.models.prompts import PromptReading, RunText, chunk_message, read_prompt, text_pairs
 from negprompt_demo.models.scheduled_text import encode_scheduled, texts_by_step, used_texts
 from negprompt_demo.sampling.attention import AttentionRecorder, plan_attention, recording
@@ -59,7 +44,7 @@ from negprompt_demo.sampling.diagnostics import negative_diagnostics
 from negprompt_demo.sampling.guidance import NO_NEGATIVE, BranchHook, NegativePlan
 from negprompt_demo.sampling.nag import nag_attention, nag_warnings
 from negprompt_demo.sampling.trace import GuidanceTrace, GuidanceTracer, StepRecord
-from negprompt_demo.settings import SCHEDULER_NAMES, CompareSettings, resolve_settings
+from negprompt_demo.settings import CompareSettings, resolve_settings
 from negprompt_demo.syntax.prompt_editing import step_texts, window_steps
 
 # on_step(done_steps, total_steps, record): record is None when the trace is off.
@@ -89,43 +74,86 @@ class Comparison:
     distilled: Image.Image | None = None  # FLUX.1 with true CFG: the plain distilled run (see the module docstring)
 
 
-# Both runs always use the same scheduler; settings.SCHEDULER_NAMES are the names users pick from.
-SCHEDULERS: dict[str, tuple[type, dict]] = {
-    "Euler": (EulerDiscreteScheduler, {}),
-    "Euler a": (EulerAncestralDiscreteScheduler, {}),
-    "DPM++ 2M Karras": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "use_karras_sigmas": True}),
-    "DDIM": (DDIMScheduler, {}),
-    "UniPC": (UniPCMultistepScheduler, {}),
-}
-assert tuple(SCHEDULERS) == SCHEDULER_NAMES
+@dataclass(frozen=True)
+class Run:
+    """One run of a seed in a pipeline call: what it is conditioned on and how its negative prompt acts."""
+
+    text: RunText
+    plan: NegativePlan | None = None  # None: a run of its own (its negative branch is its text's, at every step)
+    unguided: bool = False  # FLUX.1's plain distilled run: no negative branch at all (guidance.BranchHook)
 
 
-def cfg_active(pipe, guidance: float) -> bool:
-    """Whether the call has a negative branch at all: guidance above 1 (on FLUX.1: true CFG), and not an
-    LCM-style UNet with guidance built into its timestep embedding."""
-    if guidance <= 1:
-        return False
-    return model_family(pipe) in FLOW_MATCHING_FAMILIES or pipe.unet.config.time_cond_proj_dim is None
+@dataclass
+class PreparedRun:
+    """A checked comparison, ready to sample: everything `prepare` found, read once, and handed to each sampling
+    function (a comparison, a sweep, many seeds). It holds no pipeline, so it crosses ZeroGPU's process boundary."""
+
+    settings: CompareSettings  # resolved: seed, size and the model's defaults filled in
+    warnings: list[str]  # what a user must see before the images
+    family: StableDiffusion  # the model family's adapter (models.families)
+    guided: bool  # whether the call has a negative branch at all (guidance above 1, on FLUX.1 true CFG)
+    embedding: NegativeEmbedding | None = None  # the negative embedding, its file read once
+    negative_reading: PromptReading | None = None  # how the negative prompt is read where it first acts
+
+    def plan(self, start: float | None = None) -> NegativePlan:
+        """The with-run's plan from the settings (`start` overrides the window's start, for a sweep)."""
+        settings = self.settings
+        start_step, end_step = window_steps(
+            settings.negative_start if start is None else start, settings.negative_end, settings.steps
+        )
+        if settings.negative_mode == "nag":  # the CFG branch stays the empty prompt's: strength and Perp-Neg are CFG's
+            return NegativePlan(start_step, end_step)
+        return NegativePlan(start_step, end_step, settings.negative_strength, settings.perp_neg)
+
+    def baseline_negative(self) -> str | None:
+        """The negative prompt of a run "without" one (see the module docstring)."""
+        return "" if self.settings.empty_as_text else None
+
+    def runs(self, plans: list[NegativePlan] | None = None) -> list[Run]:
+        """A seed's runs: without the negative prompt first, then one with it per plan (the settings' own plan by
+        default; with NAG alone, the with-run's CFG negative branch is the empty prompt's, as the without-run's:
+        the negative acts in attention only)."""
+        settings = self.settings
+        without = Run(RunText(settings.prompt, self.baseline_negative()))
+        cfg_negative = settings.negative if settings.negative_mode != "nag" else ""
+        negative = cfg_negative or self.baseline_negative()
+        plans = [self.plan()] if plans is None else plans
+        with_runs = [Run(RunText(settings.prompt, negative), plan) for plan in plans]
+        return [without, *with_runs]
 
 
-def prepare(pipe, settings: CompareSettings) -> tuple[CompareSettings, list[str]]:
-    """Validate and complete the settings for this model (the one check of a run's input); return them with the
-    warnings a user must see.
+def prepare(pipe, settings: CompareSettings) -> PreparedRun:
+    """Validate and complete the settings for this model (the one check of a run's input), and read what the run
+    needs once: the family, the negative embedding, how the negative is read, the warnings a user must see.
 
     Under the pipeline lock: a fast tokenizer's padding/truncation state is shared, so tokenizing here while
     another thread encodes its prompts gives that thread unpadded embeddings ("Expected size 77 but got 21")."""
     with pipeline_lock(pipe):
-        return _prepare_unlocked(pipe, settings)
+        family = family_of(pipe)
+        resolved = resolve_settings(settings, family.native_size(pipe), model_defaults(pipe))
+        guided = family.guided(pipe, resolved.guidance)
+        warnings = nag_warnings(resolved, guided)
+        if family.flow_matching:  # their scheduler; A1111 syntax and embeddings refused (flow_models.py)
+            resolved, family_warnings = flow_models.check_settings(pipe, resolved)
+            warnings += family_warnings
+        warnings += settings_warnings(family, resolved)
+        embedding = None
+        if family.flow_matching:  # the text as written, T5 reading the long ones up to its limit
+            warnings += flow_models.text_warnings(pipe, resolved)
+        else:
+            embedding = read_embedding(pipe, resolved.negative_embedding)
+            if embedding is not None:
+                resolved = resolved.replace(negative_embedding=str(embedding.path))  # a Hub file: its downloaded copy
+            warnings += chunk_warnings(pipe, resolved, embedding)
+        warnings += negative_diagnostics(pipe, resolved, embedding)
+        reading = negative_reading(pipe, resolved, embedding)
+    return PreparedRun(resolved, warnings, family, guided, embedding, reading)
 
 
-def _prepare_unlocked(pipe, settings: CompareSettings) -> tuple[CompareSettings, list[str]]:
-    resolved = resolve_settings(settings, native_size(pipe), model_defaults(pipe))
-    family = model_family(pipe)
-    warnings = nag_warnings(resolved, cfg_active(pipe, resolved.guidance))
-    if family in FLOW_MATCHING_FAMILIES:  # their scheduler; A1111 syntax and embeddings refused (flow_models.py)
-        resolved, family_warnings = flow_models.check_settings(pipe, resolved)
-        warnings += family_warnings
-    if family == "flux" and resolved.guidance <= 1 and not resolved.uses_nag():
+def settings_warnings(family: StableDiffusion, resolved: CompareSettings) -> list[str]:
+    """Settings under which the negative prompt cannot act: both images would be the same."""
+    warnings = []
+    if family.true_cfg and resolved.guidance <= 1 and not resolved.uses_nag():
         warnings.append(
             "FLUX.1 is guidance-distilled: it ignores a negative prompt unless true CFG is on (true_cfg_scale > 1), "
             f"and here the guidance scale is true CFG's scale, {resolved.guidance:g}. Both images are the same. Use "
@@ -149,16 +177,18 @@ def _prepare_unlocked(pipe, settings: CompareSettings) -> tuple[CompareSettings,
             )
         elif resolved.negative_strength == 0 and resolved.negative_mode == "cfg":
             warnings.append("Negative strength 0 turns the negative prompt off: both images are the same.")
-    if family in FLOW_MATCHING_FAMILIES:  # the text as written, T5 reading the long ones up to its limit
-        return resolved, warnings + flow_models.text_warnings(pipe, resolved) + negative_diagnostics(pipe, resolved)
-    embedding = read_embedding(pipe, resolved.negative_embedding)
-    if embedding is not None:
-        resolved = resolved.replace(negative_embedding=str(embedding.path))  # a Hub file: its downloaded copy
-        if not trigger_in(text_pairs(pipe)[0][1], resolved.negative, embedding):
-            warnings.append(
-                f"The negative embedding's trigger word {embedding.name} is not in the negative prompt, so the "
-                f"embedding is not used: write {embedding.name} in the negative prompt (A1111's rule)."
-            )
+    return warnings
+
+
+def chunk_warnings(pipe, resolved: CompareSettings, embedding: NegativeEmbedding | None) -> list[str]:
+    """How the CLIP families read the texts: an embedding without its trigger word, texts past one chunk, and
+    texts of different chunk counts padded to one length where batch rows must line up."""
+    warnings = []
+    if embedding is not None and not trigger_in(text_pairs(pipe)[0][1], resolved.negative, embedding):
+        warnings.append(
+            f"The negative embedding's trigger word {embedding.name} is not in the negative prompt, so the "
+            f"embedding is not used: write {embedding.name} in the negative prompt (A1111's rule)."
+        )
     chunk_counts = {1}  # the "" of the run without
     for text, field_name in ((resolved.prompt, "prompt"), (resolved.negative, "negative prompt")):
         # with prompt editing, the step text of the most chunks
@@ -174,16 +204,16 @@ def _prepare_unlocked(pipe, settings: CompareSettings) -> tuple[CompareSettings,
             "encoded \"\" chunk (A1111's pad_cond_uncond option), not read at their own lengths (A1111's default, "
             f"as otherwise): the images can differ slightly from a run without {reason}."
         )
-    return resolved, warnings + negative_diagnostics(pipe, resolved)
+    return warnings
 
 
-def negative_reading(pipe, resolved: CompareSettings) -> PromptReading | None:
+def negative_reading(pipe, resolved: CompareSettings, embedding: NegativeEmbedding | None) -> PromptReading | None:
     """How the negative prompt is read: tokens by chunk, weights, the embedding's places (None when empty)."""
     if not resolved.negative:
         return None
     first, _ = window_steps(resolved.negative_start, resolved.negative_end, resolved.steps)
     text = step_texts(resolved.negative, resolved.steps)[min(first, resolved.steps - 1)]  # with prompt editing:
-    return read_prompt(pipe, text, read_embedding(pipe, resolved.negative_embedding))  # its text when it first acts
+    return read_prompt(pipe, text, embedding)  # its text when it first acts
 
 
 def compare(
@@ -195,15 +225,15 @@ def compare(
     stop: threading.Event | None = None,
 ) -> Comparison:
     """Check the settings, then run one seed with and without the negative prompt (see `run_paired`)."""
-    resolved, warnings = prepare(pipe, settings)
-    comparison = run_paired(pipe, resolved, trace=trace, on_step=on_step, stop=stop)
-    comparison.warnings[:0] = warnings
+    prepared = prepare(pipe, settings)
+    comparison = run_paired(pipe, prepared, trace=trace, on_step=on_step, stop=stop)
+    comparison.warnings[:0] = prepared.warnings
     return comparison
 
 
 def run_paired(
     pipe,
-    resolved: CompareSettings,
+    prepared: PreparedRun,
     *,
     trace: bool = True,
     on_step: StepCallback | None = None,
@@ -211,21 +241,20 @@ def run_paired(
 ) -> Comparison:
     """Run one seed with and without the negative prompt, in one batched pipeline call, recording the trace.
 
-    `resolved` must come from `prepare` (it is not checked again); the warnings in the result are only those the
-    run itself found (a safety checker's blanking)."""
+    The warnings in the result are only those the run itself found (a safety checker's blanking); `prepared`'s
+    own are the caller's to show."""
     started = time.perf_counter()
+    resolved = prepared.settings
     with pipeline_lock(pipe):
-        active = cfg_active(pipe, resolved.guidance)
         tracer = None
         if trace:
             attention = plan_attention(pipe, resolved) if resolved.attention_maps else None
             spatial = spatial_latents(pipe, resolved)
-            tracer = GuidanceTracer(pipe, resolved.guidance, active, resolved.push_map, spatial, attention)
-        runs = paired_runs(resolved, [negative_plan(resolved)])
-        if model_family(pipe) == "flux" and active:  # the plain distilled run, third (see the module docstring)
+            tracer = GuidanceTracer(pipe, resolved.guidance, prepared.guided, resolved.push_map, spatial, attention)
+        runs = prepared.runs()
+        if prepared.family.true_cfg and prepared.guided:  # the plain distilled run, third (the module docstring)
             runs.append(Run(RunText(resolved.prompt, None), unguided=True))
-        images, nsfw = sample_runs(pipe, resolved, [resolved.seed], runs, tracer, on_step, stop)
-        reading = negative_reading(pipe, resolved)
+        images, nsfw = sample_runs(pipe, prepared, [resolved.seed], runs, tracer=tracer, on_step=on_step, stop=stop)
     warnings = [
         f"The model's safety checker blanked the image {run} the negative prompt."
         for run, flagged in zip(("without", "with"), nsfw)
@@ -239,7 +268,7 @@ def run_paired(
         trace=None if tracer is None else tracer.trace,
         warnings=warnings,
         seconds=time.perf_counter() - started,
-        negative_reading=reading,
+        negative_reading=prepared.negative_reading,
         distilled=images[2] if len(runs) > 2 else None,
     )
 
@@ -249,84 +278,79 @@ def generate_pairs(pipe, settings: CompareSettings, seeds: list[int]) -> list[tu
     batched pipeline call. Used for evaluation, where one seed per call would waste most of the time."""
     if not seeds:
         return []
+    prepared = prepare(pipe, settings.replace(seed=seeds[0]))
     with pipeline_lock(pipe):
-        resolved, _ = _prepare_unlocked(pipe, settings.replace(seed=seeds[0]))
-        runs = paired_runs(resolved, [negative_plan(resolved)])
-        images, _ = sample_runs(pipe, resolved, [int(seed) for seed in seeds], runs, None, None, None)
+        images, _ = sample_runs(pipe, prepared, [int(seed) for seed in seeds], prepared.runs())
     return [(images[2 * i], images[2 * i + 1]) for i in range(len(seeds))]
 
 
-def negative_plan(settings: CompareSettings, start: float | None = None) -> NegativePlan:
-    """The with-run's plan from the settings (`start` overrides the window's start, for a sweep)."""
-    start_step, end_step = window_steps(
-        settings.negative_start if start is None else start, settings.negative_end, settings.steps
-    )
-    if settings.negative_mode == "nag":  # the CFG branch stays the empty prompt's: strength and Perp-Neg are CFG's
-        return NegativePlan(start_step, end_step)
-    return NegativePlan(start_step, end_step, settings.negative_strength, settings.perp_neg)
-
-
-@dataclass(frozen=True)
-class Run:
-    """One run of a seed in a pipeline call: what it is conditioned on and how its negative prompt acts."""
-
-    text: RunText
-    plan: NegativePlan | None = None  # None: a run of its own (its negative branch is its text's, at every step)
-    unguided: bool = False  # FLUX.1's plain distilled run: no negative branch at all (guidance.BranchHook)
-
-
-def baseline_negative(settings: CompareSettings) -> str | None:
-    """The negative prompt of a run "without" one (see the module docstring)."""
-    return "" if settings.empty_as_text else None
-
-
-def paired_runs(settings: CompareSettings, plans: list[NegativePlan]) -> list[Run]:
-    """A seed's runs: without the negative prompt first, then one with it per plan (with NAG alone, the with-run's
-    CFG negative branch is the empty prompt's, as the without-run's: the negative acts in attention only)."""
-    without = Run(RunText(settings.prompt, baseline_negative(settings)))
-    cfg_negative = settings.negative if settings.negative_mode != "nag" else ""
-    negative = cfg_negative or baseline_negative(settings)
-    return [without, *(Run(RunText(settings.prompt, negative), plan) for plan in plans)]
-
-
 @torch.no_grad()
-def sample_runs(pipe, settings: CompareSettings, seeds: list[int], runs: list[Run], tracer, on_step, stop):
+def sample_runs(
+    pipe,
+    prepared: PreparedRun,
+    seeds: list[int],
+    runs: list[Run],
+    *,
+    tracer: GuidanceTracer | None = None,
+    on_step: StepCallback | None = None,
+    stop: threading.Event | None = None,
+) -> tuple[list[Image.Image], list[bool]]:
     """The single pipeline call: every seed sampled once per run in `runs`, all from the seed's noise; batch items
     are [seed0 run0, seed0 run1, ..., seed1 run0, ...]. `runs[0]` must be the seed's run without the negative
-    prompt: a run with a negative plan shares its steps before the window opens and takes its ε_∅."""
-    family = model_family(pipe)
-    if family in FLOW_MATCHING_FAMILIES:
-        pipe.scheduler = type(pipe.scheduler).from_config(base_scheduler_config(pipe))
-    else:
-        scheduler_class, scheduler_kwargs = SCHEDULERS[settings.scheduler]
-        pipe.scheduler = scheduler_class.from_config(base_scheduler_config(pipe), **scheduler_kwargs)
-    active = cfg_active(pipe, settings.guidance)
-    embedding = read_embedding(pipe, settings.negative_embedding)
+    prompt: a run with a negative plan shares its steps before the window opens and takes its ε_∅. Returns the
+    images and, per image, whether a safety checker blanked it. The caller holds the pipeline lock."""
+    settings, family = prepared.settings, prepared.family
+    pipe.scheduler = family.scheduler(pipe, settings.scheduler, base_scheduler_config(pipe))
     texts = [run.text for run in runs]
-    embeddings, conditioning, lengths = encode_scheduled(pipe, texts, len(seeds), active, settings.steps, embedding)
+    embeddings, conditioning, lengths = encode_scheduled(
+        pipe, texts, len(seeds), prepared.guided, settings.steps, prepared.embedding
+    )
     generators = [torch.Generator(device="cpu").manual_seed(seed) for seed in seeds for _ in runs]
     plans = [NO_NEGATIVE if run.plan is None else run.plan for run in runs] * len(seeds)
     first_of_seed = [item // len(runs) * len(runs) for item in range(len(plans))]
     source = [item if runs[item % len(runs)].plan is None else first_of_seed[item] for item in range(len(plans))]
     hook = BranchHook(
-        denoiser(pipe),
+        family.denoiser(pipe),
         plans,
         source,
         push_runs=(1,) if tracer is not None and tracer.push_map else (),
         capture=tracer is not None,
-        split_calls=family == "flux" and active,  # FLUX.1's true CFG: text call, then negative call, per step
+        split_calls=family.true_cfg and prepared.guided,  # FLUX.1's true CFG: text call, then negative call
         unguided=tuple(item for item in range(len(plans)) if runs[item % len(runs)].unguided),
         conditioning=conditioning,
         # attention maps and NAG read batch rows of one batched call: there, texts are padded to one length
         # (A1111's pad_cond_uncond option; prepare says so)
         lengths=None if (tracer is not None and tracer.attention) or settings.uses_nag() else lengths,
     )
-    by_step = texts_by_step(texts, settings.steps) if tracer is not None else None
-    total = settings.steps
     item_plans = [None if hook.source[item] == item else plan for item, plan in enumerate(plans)]
-    nag = nag_attention(pipe, settings, item_plans, hook, embedding, 1 if tracer is not None else None)
+    nag = nag_attention(pipe, settings, item_plans, hook, prepared.embedding, 1 if tracer is not None else None)
     # Cross-attention maps of the with-run (run 1) of a single-seed traced call, when its tracer asks for them.
     attention = AttentionRecorder(tracer.attention, hook) if tracer is not None and tracer.attention else None
+    on_step_end = step_end_callback(hook, tracer, nag, attention, texts, settings.steps, on_step, stop)
+    nag_context = nag if nag is not None else contextlib.nullcontext()
+    with hook, nag_context, recording(pipe.unet, attention) if attention is not None else contextlib.nullcontext():
+        output = pipe(
+            **embeddings,
+            **family.guidance_arguments(settings.guidance),
+            num_inference_steps=settings.steps,
+            width=settings.width,
+            height=settings.height,
+            generator=generators,
+            output_type="np",
+            callback_on_step_end=on_step_end,
+        )
+    pixels = output.images
+    if not np.isfinite(pixels).all():
+        raise NonFiniteError("The decoded image contains NaN/inf (the VAE failed, often fp16 overflow).")
+    images = [Image.fromarray((image * 255).round().astype(np.uint8)) for image in pixels]
+    nsfw = getattr(output, "nsfw_content_detected", None) or [False] * len(images)
+    return images, nsfw
+
+
+def step_end_callback(hook: BranchHook, tracer, nag, attention, texts: list[RunText], total: int, on_step, stop):
+    """The pipeline's `callback_on_step_end`: checks the sample, records the step's trace from what the hooks
+    captured, reports it, and stops the run when the stop flag is set."""
+    by_step = texts_by_step(texts, total) if tracer is not None else None
 
     def on_step_end(pipeline, index: int, timestep, callback_kwargs: dict) -> dict:
         latents = callback_kwargs["latents"]
@@ -348,21 +372,4 @@ def sample_runs(pipe, settings: CompareSettings, seeds: list[int], runs: list[Ru
             raise GenerationCancelled(f"Stopped after step {index + 1} of {total}.")
         return callback_kwargs
 
-    nag_context = nag if nag is not None else contextlib.nullcontext()
-    with hook, nag_context, recording(pipe.unet, attention) if attention is not None else contextlib.nullcontext():
-        output = pipe(
-            **embeddings,
-            **guidance_arguments(family, settings.guidance),
-            num_inference_steps=settings.steps,
-            width=settings.width,
-            height=settings.height,
-            generator=generators,
-            output_type="np",
-            callback_on_step_end=on_step_end,
-        )
-    pixels = output.images
-    if not np.isfinite(pixels).all():
-        raise NonFiniteError("The decoded image contains NaN/inf (the VAE failed, often fp16 overflow).")
-    images = [Image.fromarray((image * 255).round().astype(np.uint8)) for image in pixels]
-    nsfw = getattr(output, "nsfw_content_detected", None) or [False] * len(images)
-    return images, nsfw
+    return on_step_end

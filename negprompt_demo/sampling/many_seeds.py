@@ -21,7 +21,7 @@ from PIL import Image
 
 from negprompt_demo.models.loading import model_label, pipeline_lock
 from negprompt_demo.models.prompts import RunText
-from negprompt_demo.sampling.engine import Run, StepCallback, baseline_negative, negative_plan, paired_runs, sample_runs
+from negprompt_demo.sampling.engine import PreparedRun, Run, StepCallback, sample_runs
 from negprompt_demo.settings import CompareSettings
 
 # The most latent pixels (batch items × latent height × latent width) one call may hold: 8 SDXL items at
@@ -88,6 +88,7 @@ def seed_chunks(seeds: list[int], runs: int, latent_pixels: int) -> list[list[in
 
 def sample_grid(
     pipe,
+    prepared: PreparedRun,
     grid: SeedGrid,
     count: int,
     *,
@@ -99,9 +100,9 @@ def sample_grid(
     `on_rows(seeds, images by column)` after each chunk. Steps are counted over the whole grid."""
     started = time.perf_counter()
     settings = grid.settings
-    runs = paired_runs(settings, [negative_plan(settings)])
+    runs = prepared.runs()
     if "phrased" in grid.columns:
-        runs.append(Run(RunText(grid.prompts["phrased"][0], baseline_negative(settings))))
+        runs.append(Run(RunText(grid.prompts["phrased"][0], prepared.baseline_negative())))
     if "with" in grid.columns and not settings.negative:
         runs = runs[:1]  # no negative: the with-column is the without-column (the warning says so)
     seeds = [(settings.seed + i) % 2**32 for i in range(count)]
@@ -115,7 +116,7 @@ def sample_grid(
 
     for chunk in chunks:
         with pipeline_lock(pipe):
-            images, _ = sample_runs(pipe, settings, chunk, runs, None, count_steps, stop)
+            images, _ = sample_runs(pipe, prepared, chunk, runs, on_step=count_steps, stop=stop)
         by_column = {column: images[k :: len(runs)] for k, column in enumerate(grid.columns[: len(runs)])}
         by_column.setdefault("with", by_column["without"])
         grid.add(chunk, by_column)

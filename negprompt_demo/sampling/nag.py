@@ -34,8 +34,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from negprompt_demo.models.families import family_of
 from negprompt_demo.models.flow_models import encode_flow_text
-from negprompt_demo.models.loading import model_family
 from negprompt_demo.models.prompts import RunText, encode_text
 from negprompt_demo.sampling.guidance import NO_NEGATIVE, NegativePlan
 
@@ -193,8 +193,8 @@ def nag_attention(pipe, settings, item_plans: list[NegativePlan | None], hook, e
         "latent_size": (settings.height // pipe.vae_scale_factor, settings.width // pipe.vae_scale_factor),
         "traced": traced,
     }
-    family = model_family(pipe)
-    if family in ("sd3", "flux"):
+    family = family_of(pipe)
+    if family.joint_attention:
         from negprompt_demo.sampling.nag_joint import JointNag  # it builds on this module's NagAttention
 
         encoded = encode_flow_text(pipe, RunText(settings.negative, None), False)

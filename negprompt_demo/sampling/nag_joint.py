@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from diffusers.models.embeddings import apply_rotary_emb
 
+from negprompt_demo.models.families import StableDiffusion3
 from negprompt_demo.sampling.nag import NagAttention, nag_blend
 
 ADAPTIVE_NORMS = ("AdaLayerNormZero", "AdaLayerNormContinuous", "SD35AdaLayerNormZeroX", "AdaLayerNormZeroSingle")
@@ -41,10 +42,10 @@ class JointNag(NagAttention):
     and hooks removed also on error). `pooled` is the negative's pooled embedding [1, width] (FLUX.1's companions
     use it); the other arguments are `NagAttention`'s."""
 
-    def __init__(self, transformer, hook, plans, items, context, pooled, family: str, **nag_inputs):
+    def __init__(self, transformer, hook, plans, items, context, pooled, family: StableDiffusion3, **nag_inputs):
         super().__init__(transformer, hook, plans, items, context, **nag_inputs)
         self.pooled, self.family = pooled, family
-        self.norm_p = 2 if family == "flux" else 1
+        self.norm_p = family.nag_norm
         self.call_rows: list[int] = []  # this call's with-run rows getting NAG (their companions follow the batch)
         self.call_traced: int | None = None
         self.batch = 0  # this call's batch without companions
@@ -103,7 +104,10 @@ class JointNag(NagAttention):
             raise RuntimeError(f"The negative's text is {tuple(self.context.shape)}, the prompt's {tuple(text.shape)}.")
         kwargs["encoder_hidden_states"] = torch.cat([text, self.context.to(text).expand(count, -1, -1)])
         pooled = kwargs["pooled_projections"]
-        companion_pooled = self.pooled.to(pooled).expand(count, -1) if self.family == "flux" else pooled[index]
+        if self.family.nag_pooled_from_negative:
+            companion_pooled = self.pooled.to(pooled).expand(count, -1)
+        else:
+            companion_pooled = pooled[index]
         kwargs["pooled_projections"] = torch.cat([pooled, companion_pooled])
         for name in ("timestep", "guidance"):  # per item: the companion takes its item's
             value = kwargs.get(name)
@@ -179,7 +183,7 @@ class JointNagProcessor:
             return outputs
         image_qkv = [torch.cat([part, part[index]]) for part in _heads(attn, hidden_states, "to")]
         text_qkv = _heads(attn, encoder_hidden_states, "add")
-        image_first = nag.family != "flux"  # SD3 joins [image ; text], FLUX.1 [text ; image]
+        image_first = not nag.family.text_first  # SD3 joins [image ; text], FLUX.1 [text ; image]
         first, second = (image_qkv, text_qkv) if image_first else (text_qkv, image_qkv)
         joined = [torch.cat([a, b], dim=1) for a, b in zip(first, second)]
         outputs = _attend(attn, *joined, rotary)

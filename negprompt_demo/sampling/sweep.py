@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from PIL import Image
 
 from negprompt_demo.models.loading import model_label, pipeline_lock
-from negprompt_demo.sampling.engine import StepCallback, negative_plan, paired_runs, sample_runs
+from negprompt_demo.sampling.engine import PreparedRun, StepCallback, sample_runs
 from negprompt_demo.settings import CompareSettings
 
 SWEEP_STARTS = (0.0, 0.1, 0.2, 0.3, 0.5, 0.7)
@@ -32,18 +32,20 @@ class Sweep:
 
 def sweep_starts(
     pipe,
-    resolved: CompareSettings,
+    prepared: PreparedRun,
     starts: tuple[float, ...] = SWEEP_STARTS,
     *,
     on_step: StepCallback | None = None,
     stop: threading.Event | None = None,
 ) -> Sweep:
     """ "When does the negative act?": the settings' negative started at each of `starts` (fractions of the steps;
-    its end, strength and Perp-Neg as set), all runs in ONE pipeline call. `resolved` must come from `prepare`."""
+    its end, strength and Perp-Neg as set), all runs in ONE pipeline call."""
     started = time.perf_counter()
-    plans = [negative_plan(resolved, start) for start in starts]
+    resolved = prepared.settings
+    plans = [prepared.plan(start) for start in starts]
     with pipeline_lock(pipe):
-        images, _ = sample_runs(pipe, resolved, [resolved.seed], paired_runs(resolved, plans), None, on_step, stop)
+        runs = prepared.runs(plans)
+        images, _ = sample_runs(pipe, prepared, [resolved.seed], runs, on_step=on_step, stop=stop)
     return Sweep(
         without_negative=images[0],
         with_negative=images[1:],

@@ -70,7 +70,7 @@ class StepRecord:
 
     def __getstate__(self) -> dict:
         """Pickled with numpy arrays: torch pickles tensors between processes as file descriptors of the sender,
-        which a ZeroGPU worker process may not outlive (runner.sample_on_device yields these records)."""
+        which a ZeroGPU worker process may not outlive (runner.device.sample_on_device yields these records)."""
         return {name: value.numpy() if torch.is_tensor(value) else value for name, value in vars(self).items()}
 
     def __setstate__(self, state: dict) -> None:
