@@ -25,8 +25,8 @@ from negprompt_demo.sampling.cost import (
     Workload,
     check_request,
     estimate_seconds,
-    text_chunks,
 )
+from negprompt_demo.sampling.engine import prepare
 from negprompt_demo.settings import CompareSettings, InputError, check_weights
 
 
@@ -57,11 +57,17 @@ def test_ordinary_weights_pass(text):
 # --- chunks and the device-time budget ---------------------------------------------------------------------------
 
 
+def chunks_of(pipe, negative: str) -> dict[str, int]:
+    return prepare(pipe, resolved(negative=negative)).chunks
+
+
 def test_chunks_are_counted_as_a1111_counts_them(sd_pipe):
-    assert text_chunks(sd_pipe, "a man") == 1
-    assert text_chunks(sd_pipe, "a man BREAK a man BREAK a man") == 3
-    long = text_chunks(sd_pipe, "word " * 200)
+    """The chunks the cap counts are those the encoding reads (engine.prepare → prompts.tokenize_chunks)."""
+    assert chunks_of(sd_pipe, "a man") == {"prompt": 1, "negative": 1}
+    assert chunks_of(sd_pipe, "a man BREAK a man BREAK a man")["negative"] == 3
+    long = chunks_of(sd_pipe, "word " * 200)["negative"]
     assert long == -(-len(sd_pipe.tokenizer("word " * 200, add_special_tokens=False).input_ids) // 75) >= 2
+    assert chunks_of(sd_pipe, "[a man BREAK a man BREAK a man:hat:0.5]")["negative"] == 3  # its longest step text
 
 
 @pytest.fixture
@@ -82,18 +88,22 @@ def test_the_estimate_grows_with_steps_seeds_pixels_and_chunks(fixed_rates):
 
 def test_a_shared_instance_refuses_a_request_over_budget_up_front(fixed_rates):
     limits = CostLimits(max_seconds=0.05)
-    check_request(fixed_rates, resolved(), Workload(), limits)  # a small comparison passes
+    one = {"prompt": 1, "negative": 1}
+    check_request(fixed_rates, resolved(), one, Workload(), limits)  # a small comparison passes
     with pytest.raises(
         InputError, match=r"about \d+ s of device time \(64 seeds × 150 steps at 32×32 px\).*at most 0 s"
     ):
-        check_request(fixed_rates, resolved(steps=150), Workload("seeds", runs=3, seeds=64), limits)
-    check_request(fixed_rates, resolved(steps=150), Workload("seeds", runs=3, seeds=64), None)  # local: today's limits
+        check_request(fixed_rates, resolved(steps=150), one, Workload("seeds", runs=3, seeds=64), limits)
+    check_request(
+        fixed_rates, resolved(steps=150), one, Workload("seeds", runs=3, seeds=64), None
+    )  # local: today's limits
 
 
 def test_a_shared_instance_caps_prompt_chunks(fixed_rates):
+    four = chunks_of(fixed_rates, "x BREAK x BREAK x BREAK x")
     with pytest.raises(InputError, match="The negative prompt fills 4 chunks of 75 tokens; .* at most 3 "):
-        check_request(fixed_rates, resolved(negative="x BREAK x BREAK x BREAK x"), Workload(), CostLimits())
-    check_request(fixed_rates, resolved(negative="x BREAK x BREAK x BREAK x"), Workload(), None)
+        check_request(fixed_rates, resolved(), four, Workload(), CostLimits())
+    check_request(fixed_rates, resolved(), four, Workload(), None)
 
 
 def test_device_rates_are_measured_once_per_pipeline(sd_pipe):

@@ -69,7 +69,7 @@ def stream(
     instance) also the prompt chunks and the estimated device time (`cost.check_request`)."""
     pipe = load_pipeline(model)
     prepared = prepare(pipe, request.settings)
-    check_request(pipe, prepared.settings, request.workload(), limits)
+    check_request(pipe, prepared.settings, prepared.chunks, request.workload(), limits)
     yield Ready(prepared.settings, prepared.warnings, model_label(pipe))
     run_id = uuid.uuid4().hex
     device.stop_flags[run_id] = stop or threading.Event()

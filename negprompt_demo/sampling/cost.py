@@ -16,7 +16,6 @@ every cross-attention and adds a word map per token.
 
 from __future__ import annotations
 
-import math
 import time
 import weakref
 from dataclasses import dataclass
@@ -26,7 +25,6 @@ import torch
 from negprompt_demo.models.families import family_of
 from negprompt_demo.models.loading import pipeline_lock
 from negprompt_demo.settings import InputError
-from negprompt_demo.syntax.prompt_syntax import BREAK, parse_weights
 
 CHUNK_COST = 0.25  # extra UNet time per extra chunk (measured +8 % for 10 chunks on the embedded model; SD 1.5's
 # cross-attention is a larger share, so the estimate is kept on the safe side)
@@ -50,28 +48,12 @@ class Workload:
     seeds: int = 1
 
 
-def text_chunks(pipe, text: str) -> int:
-    """How many 75-token chunks the text fills (BREAK starts a new one), by the model's first tokenizer."""
-    tokenizer = getattr(pipe, "tokenizer", None) or getattr(pipe, "tokenizer_2", None)
-    if tokenizer is None or not text:
-        return 1
-    chunks, tokens = 0, 0
-    for fragment in [*parse_weights(text), None]:
-        if fragment is None or fragment.weight is None:  # the end, or BREAK
-            chunks += max(1, math.ceil(tokens / 75))
-            tokens = 0
-        elif fragment.text.strip() and fragment.text != BREAK:
-            tokens += len(tokenizer(fragment.text, add_special_tokens=False, truncation=False).input_ids)
-    return chunks
-
-
-def check_request(pipe, settings, request: Workload, limits: CostLimits | None) -> None:
-    """The up-front checks of one request (`settings` resolved, its weights checked there): chunks and device time
-    on a shared instance (`limits`)."""
+def check_request(pipe, settings, chunks: dict[str, int], request: Workload, limits: CostLimits | None) -> None:
+    """The up-front checks of one request (`settings` resolved, its weights checked there; `chunks` the most
+    chunks the prompt and the negative fill, as `engine.prepare` read them): chunks and device time on a shared
+    instance (`limits`)."""
     if limits is None:
         return
-    with pipeline_lock(pipe):  # a fast tokenizer's truncation state is shared with sampling threads
-        chunks = {name: text_chunks(pipe, getattr(settings, name)) for name in ("prompt", "negative")}
     for name, count in chunks.items():
         if count > limits.max_chunks:
             label = "prompt" if name == "prompt" else "negative prompt"

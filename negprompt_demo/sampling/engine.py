@@ -94,6 +94,8 @@ class PreparedRun:
     guided: bool  # whether the call has a negative branch at all (guidance above 1, on FLUX.1 true CFG)
     embedding: NegativeEmbedding | None = None  # the negative embedding, its file read once
     negative_reading: PromptReading | None = None  # how the negative prompt is read where it first acts
+    # The most 75-token chunks the prompt and the negative fill at any step (CLIP families; 1: read whole by T5)
+    chunks: dict[str, int] = field(default_factory=lambda: {"prompt": 1, "negative": 1})
 
     def plan(self, start: float | None = None) -> NegativePlan:
         """The with-run's plan from the settings (`start` overrides the window's start, for a sweep)."""
@@ -137,17 +139,19 @@ def prepare(pipe, settings: CompareSettings) -> PreparedRun:
             resolved, family_warnings = flow_models.check_settings(pipe, resolved)
             warnings += family_warnings
         warnings += settings_warnings(family, resolved)
-        embedding = None
+        embedding, chunks = None, {"prompt": 1, "negative": 1}
         if family.flow_matching:  # the text as written, T5 reading the long ones up to its limit
             warnings += flow_models.text_warnings(pipe, resolved)
         else:
             embedding = read_embedding(pipe, resolved.negative_embedding)
             if embedding is not None:
                 resolved = resolved.replace(negative_embedding=str(embedding.path))  # a Hub file: its downloaded copy
-            warnings += chunk_warnings(pipe, resolved, embedding)
+            readings = step_readings(pipe, resolved, embedding)
+            chunks = {name: max(max(len(reading.chunks), 1) for reading in texts) for name, texts in readings.items()}
+            warnings += chunk_warnings(pipe, resolved, embedding, readings)
         warnings += negative_diagnostics(pipe, resolved, embedding)
         reading = negative_reading(pipe, resolved, embedding)
-    return PreparedRun(resolved, warnings, family, guided, embedding, reading)
+    return PreparedRun(resolved, warnings, family, guided, embedding, reading, chunks)
 
 
 def settings_warnings(family: StableDiffusion, resolved: CompareSettings) -> list[str]:
@@ -180,7 +184,19 @@ def settings_warnings(family: StableDiffusion, resolved: CompareSettings) -> lis
     return warnings
 
 
-def chunk_warnings(pipe, resolved: CompareSettings, embedding: NegativeEmbedding | None) -> list[str]:
+def step_readings(pipe, resolved: CompareSettings, embedding: NegativeEmbedding | None) -> dict[str, list]:
+    """How the CLIP families read the prompt and the negative (A1111's chunking: BREAK, commas), each distinct
+    step text of prompt editing once, by field."""
+    readings = {}
+    for name in ("prompt", "negative"):
+        distinct = dict.fromkeys(step_texts(getattr(resolved, name), resolved.steps))
+        readings[name] = [read_prompt(pipe, step_text, embedding) for step_text in distinct]
+    return readings
+
+
+def chunk_warnings(
+    pipe, resolved: CompareSettings, embedding: NegativeEmbedding | None, readings: dict[str, list]
+) -> list[str]:
     """How the CLIP families read the texts: an embedding without its trigger word, texts past one chunk, and
     texts of different chunk counts padded to one length where batch rows must line up."""
     warnings = []
@@ -189,15 +205,12 @@ def chunk_warnings(pipe, resolved: CompareSettings, embedding: NegativeEmbedding
             f"The negative embedding's trigger word {embedding.name} is not in the negative prompt, so the "
             f"embedding is not used: write {embedding.name} in the negative prompt (A1111's rule)."
         )
-    chunk_counts = {1}  # the "" of the run without
-    for text, field_name in ((resolved.prompt, "prompt"), (resolved.negative, "negative prompt")):
-        # with prompt editing, the step text of the most chunks
-        distinct = dict.fromkeys(step_texts(text, resolved.steps))
-        readings = [read_prompt(pipe, step_text, embedding) for step_text in distinct]
-        chunk_counts.update(max(len(reading.chunks), 1) for reading in readings)
-        message = chunk_message(max(readings, key=lambda reading: len(reading.chunks)), field_name)
+    counts = {1}  # the "" of the run without
+    for name, field_name in (("prompt", "prompt"), ("negative", "negative prompt")):
+        counts.update(max(len(reading.chunks), 1) for reading in readings[name])
+        message = chunk_message(max(readings[name], key=lambda reading: len(reading.chunks)), field_name)
         warnings += [message] if message else []
-    if (resolved.attention_maps or resolved.uses_nag()) and len(chunk_counts) > 1 and resolved.guidance > 1:
+    if (resolved.attention_maps or resolved.uses_nag()) and len(counts) > 1 and resolved.guidance > 1:
         reason = "attention maps recorded" if resolved.attention_maps else "NAG"
         warnings.append(
             f"With {reason}, texts of different chunk counts are padded to one length with the "
