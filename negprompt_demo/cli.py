@@ -8,11 +8,10 @@ runs on the terminal while sampling.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
-from negprompt_demo.settings import FIELDS, GRID_FIELDS, Field
+from negprompt_demo.settings import FIELDS, GRID_FIELDS, Field, default_model
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
@@ -51,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
             add_field_flag(command, name, field)
         command.add_argument(
             "--model",
-            default=os.environ.get("NEGPROMPT_MODEL"),
+            default=default_model(),
             help="hub id (owner/name) or local diffusers folder; default: the embedded model (offline)",
         )
     compare.add_argument("--out", required=True, type=Path, help="folder for the PNGs, steps.gif and trace.json")
@@ -77,8 +76,7 @@ def main(argv: list[str] | None = None) -> int:
 def exit_code_of(command, args: argparse.Namespace) -> int:
     """Run a command; the errors a user can act on are one line on stderr and an exit code (2: the input, 1: the
     run or writing its files failed), never a traceback."""
-    from negprompt_demo.models.loading import ModelLoadError
-    from negprompt_demo.sampling.engine import NonFiniteError
+    from negprompt_demo.runner import ModelLoadError, NonFiniteError
     from negprompt_demo.settings import InputError
 
     try:
@@ -129,8 +127,7 @@ def run_sweep(args: argparse.Namespace) -> int:
     """The `sweep` command: the images in a row with their labels (sweep.png), each image and sweep.json."""
     import json
 
-    from negprompt_demo.runner import SweepDone, stream
-    from negprompt_demo.sampling.sweep import SWEEP_STARTS
+    from negprompt_demo.runner import SWEEP_STARTS, SweepDone, stream
     from negprompt_demo.settings import CompareSettings
     from negprompt_demo.views.attributes import sweep_reading
     from negprompt_demo.views.visualize import sweep_labels, sweep_picture

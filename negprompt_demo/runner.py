@@ -18,14 +18,25 @@ Gradio do when the user cancels). Without `spaces` it is a plain generator in th
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import queue
 import threading
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 
-from negprompt_demo.models.loading import ModelLoadError, load_pipeline, model_label, pipeline_lock
+from negprompt_demo.models.flow_models import DISTILLED_NOTE, FAMILY_NOTES
+from negprompt_demo.models.loading import (
+    ModelLoadError,
+    load_pipeline,
+    model_defaults,
+    model_family,
+    model_label,
+    native_size,
+    pipeline_lock,
+)
 from negprompt_demo.models.previews import LivePreviews, fill_previews
+from negprompt_demo.sampling.attention import AttentionPlan
 from negprompt_demo.sampling.cost import CostLimits, Request, check_request
 from negprompt_demo.sampling.engine import (
     Comparison,
@@ -34,10 +45,10 @@ from negprompt_demo.sampling.engine import (
     prepare,
     run_paired,
 )
-from negprompt_demo.sampling.many_seeds import SeedGrid, new_grid, sample_grid
-from negprompt_demo.sampling.sweep import Sweep, sweep_starts
-from negprompt_demo.sampling.trace import StepRecord
-from negprompt_demo.settings import CompareSettings, InputError
+from negprompt_demo.sampling.many_seeds import SeedGrid, new_grid, phrased_by_default, sample_grid
+from negprompt_demo.sampling.sweep import SWEEP_STARTS, Sweep, sweep_starts
+from negprompt_demo.sampling.trace import BRANCHES, GuidanceTrace, StepRecord
+from negprompt_demo.settings import CompareSettings, InputError, size_limits
 
 
 @dataclass
@@ -334,3 +345,71 @@ def merge_steps(events: list) -> list:
         else:
             merged.append(event)
     return merged
+
+
+# --- What front ends may know of the layers below --------------------------------------------------------------
+# The page, the API and the CLI import only this module, `settings` and `views` (the one door): what they need to
+# know of a model (`model_info`), the errors they word for users and the types of the results they show are named
+# here, so a change in how models are loaded or sampled stays behind this door.
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a front end shows about a model and fills its blank fields with, read from the loaded pipeline once."""
+
+    label: str  # the name to show and to write into metadata ('embedded' for the shipped model)
+    native_size: int  # px
+    defaults: dict  # every model default a blank field takes: steps, guidance, scheduler, width, height, NAG's
+    note: str  # "Native size … px; sizes …–… px allowed." and what this model family does differently
+
+    @property
+    def size_limits(self) -> tuple[int, int]:
+        return size_limits(self.native_size)
+
+
+def model_info_of(pipe) -> ModelInfo:
+    """A loaded pipeline's `ModelInfo`."""
+    native = native_size(pipe)
+    low, high = size_limits(native)
+    note = f"Native size {native} px; sizes {low}–{high} px allowed." + FAMILY_NOTES.get(model_family(pipe), "")
+    defaults = {"width": native, "height": native, **model_defaults(pipe)}
+    return ModelInfo(model_label(pipe), native, defaults, note)
+
+
+def model_info(model: str) -> ModelInfo:
+    """Load `model` (from the module cache when it is there) and say what a front end needs of it; raises
+    InputError for a name no front end may load and ModelLoadError for a model that cannot be loaded."""
+    return model_info_of(load_pipeline(model))
+
+
+def weights_fingerprint(pipe) -> bytes:
+    """What identifies a model's weights cheaply: every tensor's name, shape and first 16 values, for the denoiser
+    (UNet or transformer), the text encoder(s) and the VAE (a retrained or fine-tuned model changes them; reading all
+    of an SDXL's 7 GB at every start would not be cheap)."""
+    digest = hashlib.sha256()
+    for component in ("unet", "transformer", "text_encoder", "text_encoder_2", "text_encoder_3", "vae"):
+        module = getattr(pipe, component, None)
+        if module is None:
+            continue
+        for name, tensor in module.state_dict().items():
+            head = tensor.detach().flatten()[:16].float().cpu().numpy()
+            digest.update(f"{component}.{name}{tuple(tensor.shape)}".encode() + head.tobytes())
+    return digest.digest()
+
+
+def model_fingerprint(model: str) -> bytes:
+    """`weights_fingerprint` of a model by name (what the page's example cache is keyed on)."""
+    return weights_fingerprint(load_pipeline(model))
+
+
+__all__ = [
+    # the events of a run, and the run
+    "Event", "Ready", "Step", "Done", "SweepDone", "SeedRows", "SeedsDone", "stream", "astream",
+    # what a front end knows of a model
+    "ModelInfo", "model_info", "model_info_of", "weights_fingerprint", "model_fingerprint",
+    # the errors a front end words for users (InputError is the settings' own: `settings.InputError`)
+    "ModelLoadError", "NonFiniteError", "GenerationCancelled", "DeviceError",
+    # the results it shows, and the constants it shows them with
+    "Comparison", "Sweep", "SWEEP_STARTS", "SeedGrid", "phrased_by_default", "CostLimits",
+    "GuidanceTrace", "StepRecord", "BRANCHES", "AttentionPlan", "DISTILLED_NOTE",
+]  # fmt: skip

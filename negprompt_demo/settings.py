@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import random
 import unicodedata
 from dataclasses import dataclass
@@ -39,6 +40,14 @@ NAG_DEFAULTS = {"nag_scale": 5.0, "nag_tau": 2.5, "nag_alpha": 0.5}
 MIN_GRID_SEEDS, MAX_GRID_SEEDS, DEFAULT_GRID_SEEDS = 4, 64, 16
 MAX_ECHO_CHARS = 40  # a message quotes at most this much of a bad value
 MAX_PATH_CHARS = 1024
+# The model name meaning the tiny face model shipped in the package (negprompt_demo/embedded), the default: it
+# runs offline. Declared here, beside the other inputs, so front ends read it before torch loads.
+EMBEDDED = "embedded"
+
+
+def default_model() -> str:
+    """The model a front end uses when none is named: $NEGPROMPT_MODEL, else the embedded one."""
+    return os.environ.get("NEGPROMPT_MODEL") or EMBEDDED
 
 
 class InputError(ValueError):

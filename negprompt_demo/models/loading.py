@@ -22,9 +22,8 @@ import torch
 from diffusers import FluxPipeline, StableDiffusion3Pipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
 
 from negprompt_demo.embedded import MODEL_DIR
-from negprompt_demo.settings import NAG_DEFAULTS
+from negprompt_demo.settings import EMBEDDED, NAG_DEFAULTS
 
-EMBEDDED = "embedded"
 SUPPORTED_PIPELINES = {
     "StableDiffusionPipeline": StableDiffusionPipeline,
     "StableDiffusionXLPipeline": StableDiffusionXLPipeline,

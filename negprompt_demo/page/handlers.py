@@ -22,8 +22,6 @@ from pathlib import Path
 
 import gradio as gr
 
-from negprompt_demo.models.flow_models import DISTILLED_NOTE, FAMILY_NOTES
-from negprompt_demo.models.loading import ModelLoadError, load_pipeline, model_defaults, model_family, native_size
 from negprompt_demo.page.app_config import AppConfig
 from negprompt_demo.page.jobs import JobFiles, StepFiles
 from negprompt_demo.page.links import NOT_IN_LINKS, link_query, link_values
@@ -38,10 +36,21 @@ from negprompt_demo.page.messages import (
 from negprompt_demo.page.step_view import STEP_OUTPUTS, live_trace, step_outputs, step_slider, telling_step
 from negprompt_demo.page.tracefile import RUN_MAX_AGE_S, TraceNotFound, TraceStore, remove_old_folders, trim_folders
 from negprompt_demo.page.widgets import range_note
-from negprompt_demo.runner import Done, Ready, Step, SweepDone, astream
-from negprompt_demo.sampling.cost import CostLimits
-from negprompt_demo.sampling.sweep import SWEEP_STARTS, Sweep
-from negprompt_demo.settings import FIELDS, MAX_SEED, CompareSettings, InputError, resolve_settings, size_limits
+from negprompt_demo.runner import (
+    DISTILLED_NOTE,
+    SWEEP_STARTS,
+    CostLimits,
+    Done,
+    ModelInfo,
+    ModelLoadError,
+    Ready,
+    Step,
+    Sweep,
+    SweepDone,
+    astream,
+    model_info,
+)
+from negprompt_demo.settings import FIELDS, MAX_SEED, CompareSettings, InputError, resolve_settings
 from negprompt_demo.views.attention_views import chosen_word, word_choices
 from negprompt_demo.views.attributes import sweep_reading
 from negprompt_demo.views.export import trace_document, write_outputs
@@ -67,6 +76,8 @@ UI_OUTPUTS = (
 # What opening a link fills in: the inputs, then the model's size note, the status and the two hidden triggers
 # (one starts the comparison, the other shows an example's cached result).
 LINK_OUTPUTS = (*INPUT_NAMES, "model_info", "status", "link_run", "link_example")
+# What choosing a model changes: its note, then the fields it has defaults for.
+MODEL_OUTPUTS = ("model_info", "steps", "guidance", "scheduler", "width", "height")
 CLEANUP_INTERVAL_S = 60.0
 CURVE_INTERVAL_S = 1.0  # while sampling, redraw the curves (the slowest picture: ~0.25 s) at most this often
 
@@ -286,45 +297,41 @@ class Handlers:
             return ordered({}, LINK_OUTPUTS)  # a plain visit
         try:
             model = self.config.check_model(values.pop("model", None))
-            pipe = load_pipeline(model)
-            defaults, native = model_defaults(pipe), native_size(pipe)
-            settings = resolve_settings(CompareSettings(**values), native, defaults)
+            info = model_info(model)
+            settings = resolve_settings(CompareSettings(**values), info.native_size, info.defaults)
         except Exception as error:
             message = html.escape(user_message(error), quote=False)
             gr.Warning(message, title="Could not open the link")
             return ordered({"status": f"❌ **Could not open the link.** {message}"}, LINK_OUTPUTS)
         inputs = {"model": model, **settings.as_dict()}
-        low, high = size_limits(native)
         updates = {
             **{name: value for name, value in inputs.items() if name not in NOT_IN_LINKS},  # the upload stays as is
-            **{
-                name: gr.update(info=range_note(name, FIELDS[name], (low, high)), value=inputs[name])
-                for name in ("width", "height")
-            },  # fmt: skip
-            "model_info": f"Native size {native} px; sizes {low}–{high} px allowed.",
+            **{name: size_update(name, info, inputs[name]) for name in ("width", "height")},
+            "model_info": info.note,
             "status": "Opening the linked comparison…",
         }
-        same = [i for i, row in enumerate(self.examples) if self._resolved(row, native, defaults) == inputs]
+        same = [i for i, row in enumerate(self.examples) if self._resolved(row, info) == inputs]
         updates.update({"link_example": str(same[0])} if same else {"link_run": "1"})
         return ordered(updates, LINK_OUTPUTS)
 
     @staticmethod
-    def _resolved(row: dict, native: int, defaults: dict) -> dict | None:
+    def _resolved(row: dict, info: ModelInfo) -> dict | None:
         """An example row as resolved inputs, to compare with a link's."""
         values = dict(row)
         model = values.pop("model")
         try:
-            return {"model": model, **resolve_settings(CompareSettings(**values), native, defaults).as_dict()}
+            settings = resolve_settings(CompareSettings(**values), info.native_size, info.defaults)
+            return {"model": model, **settings.as_dict()}
         except InputError:
             return None
 
     def model_selected(self, name: str | None) -> tuple:
         """Load the chosen model and adopt its defaults (steps, guidance, scheduler, size limits)."""
         try:
-            pipe = load_pipeline(self.config.check_model(name))
+            info = model_info(self.config.check_model(name))
         except (InputError, ModelLoadError) as error:
-            return (f"⚠️ {html.escape(str(error), quote=False)}", *(gr.skip(),) * 5)
-        return model_widgets(pipe)
+            return ordered({"model_info": f"⚠️ {html.escape(str(error), quote=False)}"}, MODEL_OUTPUTS)
+        return ordered(model_widgets(info), MODEL_OUTPUTS)
 
     def show_step(self, trace_id: str | None, step: float, word, request: gr.Request) -> tuple:
         """Redraw the step view for the step the slider points at and the chosen word's attention map, from the
@@ -349,22 +356,18 @@ class Handlers:
         return ordered(step_outputs(trace, index, files, curves, word, strip), STEP_OUTPUTS)
 
 
-def model_widgets(pipe) -> tuple:
-    """(info text, steps, guidance, scheduler, width, height) updates for a loaded model."""
-    defaults, native = model_defaults(pipe), native_size(pipe)
-    low, high = size_limits(native)
-    sizes = [
-        gr.update(info=range_note(name, FIELDS[name], (low, high)), value=defaults.get(name, native))
-        for name in ("width", "height")
-    ]
-    info = f"Native size {native} px; sizes {low}–{high} px allowed." + FAMILY_NOTES.get(model_family(pipe), "")
-    return (
-        info,
-        gr.update(value=defaults["steps"]),
-        gr.update(value=defaults["guidance"]),
-        gr.update(value=defaults["scheduler"]),
-        *sizes,
-    )
+def model_widgets(info: ModelInfo) -> dict:
+    """What choosing a model changes, by output name (`MODEL_OUTPUTS`): its note and the fields it has defaults for."""
+    return {
+        "model_info": info.note,
+        **{name: gr.update(value=info.defaults[name]) for name in ("steps", "guidance", "scheduler")},
+        **{name: size_update(name, info, info.defaults[name]) for name in ("width", "height")},
+    }
+
+
+def size_update(name: str, info: ModelInfo, value: int) -> dict:
+    """A size box's update for a model: its value and the model's range under it."""
+    return gr.update(info=range_note(name, FIELDS[name], info.size_limits), value=value)
 
 
 def random_seed() -> int:

@@ -17,8 +17,7 @@ import gradio as gr
 from negprompt_demo.page.handlers import INPUT_NAMES, Handlers
 from negprompt_demo.page.messages import input_error, user_message
 from negprompt_demo.page.widgets import field_widget
-from negprompt_demo.runner import Ready, SeedRows, SeedsDone, Step
-from negprompt_demo.sampling.many_seeds import SeedGrid, phrased_by_default
+from negprompt_demo.runner import Ready, SeedGrid, SeedRows, SeedsDone, Step, phrased_by_default
 from negprompt_demo.settings import GRID_DEFAULTS, GRID_FIELDS, resolve_grid
 from negprompt_demo.views.attributes import (
     READING_ORDER,

@@ -28,8 +28,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from negprompt_demo.sampling.attention import AttentionPlan
-from negprompt_demo.sampling.trace import GuidanceTrace, StepRecord
+from negprompt_demo.runner import AttentionPlan, GuidanceTrace, StepRecord
 from negprompt_demo.views.visualize import CurvesPicture
 
 FORMAT_VERSION = 2
