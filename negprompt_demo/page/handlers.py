@@ -34,7 +34,14 @@ from negprompt_demo.page.messages import (
     user_message,
 )
 from negprompt_demo.page.step_view import STEP_OUTPUTS, live_trace, step_outputs, step_slider, telling_step
-from negprompt_demo.page.tracefile import RUN_MAX_AGE_S, TraceNotFound, TraceStore, remove_old_folders, trim_folders
+from negprompt_demo.page.tracefile import (
+    RUN_MAX_AGE_S,
+    TraceKind,
+    TraceNotFound,
+    TraceStore,
+    remove_old_folders,
+    trim_folders,
+)
 from negprompt_demo.page.widgets import range_note
 from negprompt_demo.runner import (
     DISTILLED_NOTE,
@@ -122,7 +129,9 @@ class Handlers:
         self.config.check_embedding(values.get("negative_embedding"))
         return model, CompareSettings(**values)
 
-    def final_outputs(self, comparison, kind: str = "run", owner: str | None = None, model: str | None = None) -> dict:
+    def final_outputs(
+        self, comparison, kind: TraceKind = TraceKind.RUN, owner: str | None = None, model: str | None = None
+    ) -> dict:
         """Every output of the page for a finished comparison (also what the example cache stores); `model` is the
         name it was asked for (the link names it), by default the loaded model's label."""
         settings, trace = comparison.settings, comparison.trace
@@ -203,7 +212,7 @@ class Handlers:
                 elif isinstance(event, Done):
                     progress(1.0, desc="drawing the results")
                     owner = request.session_hash if request is not None else None
-                    final = await asyncio.to_thread(self.final_outputs, event.comparison, "run", owner, model)
+                    final = await asyncio.to_thread(self.final_outputs, event.comparison, TraceKind.RUN, owner, model)
                     yield ordered(final)
         except Exception as error:
             # Shown in the status line and as a toast; the last result stays on the page, and no output box
@@ -218,7 +227,9 @@ class Handlers:
             model, settings = self.unpack(dict(zip(EXAMPLE_NAMES, values, strict=True)))
             async for event in astream(model, settings):
                 if isinstance(event, Done):
-                    final = await asyncio.to_thread(self.final_outputs, event.comparison, "example", None, model)
+                    final = await asyncio.to_thread(
+                        self.final_outputs, event.comparison, TraceKind.EXAMPLE, None, model
+                    )
                     return ordered(final)
         except Exception as error:
             raise input_error(error) from None
