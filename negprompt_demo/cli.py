@@ -11,24 +11,23 @@ import argparse
 import sys
 from pathlib import Path
 
-from negprompt_demo.settings import FIELDS, GRID_FIELDS, Field, default_model
+from negprompt_demo.settings import FIELDS, GRID_FIELDS, Field, Kind, default_model
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
-FLAG_TYPES = {"text": str, "int": int, "float": float, "choice": str, "file": str}
 
 
 def add_field_flag(parser: argparse.ArgumentParser, name: str, field: Field) -> None:
     """One `--flag` for a settings field: its type, choices and help, default blank (the model's or random)."""
     flag = "--" + name.replace("_", "-")
-    if field.kind == "flag":  # --flag / --no-flag; neither: the field's default
+    if field.kind is Kind.FLAG:  # --flag / --no-flag; neither: the field's default
         parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=field.help)
         return
-    bounds = f" ({field.minimum:g}-{field.maximum:g})" if field.minimum is not None and field.kind != "text" else ""
+    bounds = f" ({field.minimum:g}-{field.maximum:g})" if field.minimum is not None and field.is_number else ""
     note = "; default: the model's" if field.model_default else ""
     parser.add_argument(
         flag,
-        type=FLAG_TYPES[field.kind],
+        type=field.python_type,
         choices=list(field.choices) or None,
         required=name == "prompt",
         default=None,
