@@ -1,9 +1,13 @@
 """What a comparison is asked to do: every input declared once, and the one check that makes input safe to run.
 
 Each field of `CompareSettings` carries a `Field` (type, range, default, label, help). The page's widgets, the
-public `/compare` API, the CLI flags and the example rows are all built from these declarations, and every entry
-point passes what it received through `resolve_settings` exactly once, so bad input gets the same clear message
-everywhere and never reaches the pipeline. Adding an input is one field here plus its use in the engine.
+public `/compare` API, the CLI flags and the example rows are all built from these declarations. Every run, from
+any entry point, passes what it received through `resolve_settings` once, in `engine.prepare` before sampling, so
+bad input gets the same clear message everywhere and never reaches the pipeline. Opening a link resolves its
+values one step earlier too (`Handlers.open_link`), to fill the page's inputs with what will run (the seed drawn,
+the model's defaults) and to recognise an example's link; the run then checks those filled-in values again, which
+changes nothing (resolved settings resolve to themselves). Adding an input is one field here plus its use in the
+engine.
 
 This module imports no torch or diffusers, so the CLI can build its parser (and answer `--help`) at once.
 """

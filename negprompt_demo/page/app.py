@@ -2,10 +2,12 @@
 
 Reads top to bottom as the page does, in the article's order: the three-way row (`article.py`), inputs and results
 with the examples, the step view (why: the branches), many seeds, the sweep (when and how strongly), where each word
-looks, then the hidden public API endpoints. The result sections' layouts are in `panels.py` (many seeds' in
-`seeds_view.py`), the event functions in `handlers.py`; this module places the sections and connects them. The
-comparison's input widgets, the API's inputs and the example rows are built from `settings.FIELDS`: a field that
-the layout does not place by name lands in the "sampling settings" accordion.
+looks, then the hidden public API endpoints (`/compare`, `/sweep`, `/seeds`). The result sections' layouts are in
+`panels.py`; the event functions that run or show comparisons are in `handlers.py` (`Handlers`), the many-seeds
+section's layout and events in `seeds_view.py` (`SeedsHandlers`); the link row's browser-only events are in
+`widgets.link_row`, and the one-line ones (Stop's message, "use NAG") here. This module places the sections and
+connects them. The comparison's input widgets, the API's inputs and the example rows are built from
+`settings.FIELDS`: a field that the layout does not place by name lands in the "sampling settings" accordion.
 """
 
 from __future__ import annotations

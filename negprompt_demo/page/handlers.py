@@ -99,7 +99,9 @@ def ordered(updates: dict, names: tuple[str, ...] = UI_OUTPUTS) -> tuple:
 class Handlers:
     """The page's event functions, bound to one app's config (its model policy), trace store and output folder:
     compare_ui (the Compare button), compare_example (Gradio's example cache), compare_api (public /compare),
-    open_link (page load: a link's inputs), model_selected (the model selector) and show_step (the step slider)."""
+    sweep_ui (the sweep's button), sweep_api (public /sweep), open_link (page load: a link's inputs),
+    model_selected (the model selector) and show_step (the step slider and the word chips). The many-seeds
+    section's events, public /seeds among them, are `seeds_view.SeedsHandlers`, which share this object."""
 
     def __init__(self, config: AppConfig, traces: TraceStore, output_root: Path):
         self.config, self.traces, self.output_root = config, traces, output_root
