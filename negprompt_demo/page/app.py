@@ -75,7 +75,7 @@ def model_choices(config: AppConfig) -> list[tuple[str, str]]:
 
 
 def build_app(config: AppConfig, warm_first_example: bool = False, private: Path | None = None) -> gr.Blocks:
-    """The whole page for one deployment; loads the default model to learn its defaults.
+    """The whole page for one deployment; the default model is loaded first, to learn its defaults (`model_info`).
 
     With `warm_first_example`, the first example is computed now, before the server starts (once per model: the
     cache stays on disk), so a newcomer's first click on it is answered at once instead of after a whole run
@@ -114,14 +114,7 @@ def build_app(config: AppConfig, warm_first_example: bool = False, private: Path
         examples.dataset.click(None, js=SHOW_RESULT_ON_PHONE_JS)
         wire_page(demo, config, events, inputs, buttons, shown, model_note)
         wire_links(demo, config, events, inputs, shown, model_note, examples)
-        sweep["button"].click(
-            events.sweep_ui,
-            inputs_kwargs=inputs,
-            outputs=[sweep["picture"], sweep["reading"]],
-            api_visibility="private",
-            concurrency_id="device",
-            concurrency_limit=config.concurrency,
-        )
+        wire_sweep(config, events, inputs, sweep)
         wire_seeds(config, events, inputs, seeds)
         api_endpoints(config, events, defaults)
     # A shared instance: no direct REST route beside the queue, and door.py's lane bounds and turns instead of
@@ -243,6 +236,18 @@ def wire_links(demo, config: AppConfig, events, inputs: dict, shown: dict, model
         shown["link_example"],
         [shown[name] for name in UI_OUTPUTS],
         postprocess=False,
+        api_visibility="private",
+        concurrency_id="device",
+        concurrency_limit=config.concurrency,
+    )
+
+
+def wire_sweep(config: AppConfig, events, inputs: dict, sweep: dict) -> None:
+    """The sweep's button: the negative started at several steps, drawn in a row with its reading."""
+    sweep["button"].click(
+        events.sweep_ui,
+        inputs_kwargs=inputs,
+        outputs=[sweep["picture"], sweep["reading"]],
         api_visibility="private",
         concurrency_id="device",
         concurrency_limit=config.concurrency,
