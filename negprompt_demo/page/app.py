@@ -263,7 +263,9 @@ def api_endpoints(config: AppConfig, events, defaults: dict) -> None:
         **GRID_DEFAULTS,
         **defaults,
         "model": config.default_model,
-        "phrased": True,  # an API checkbox has no "blank": the third column unless phrased=False
+        # An API checkbox has no "blank" (the page's follows the negative, the CLI's blank is `phrased_by_default`):
+        # left out, the third column is there whenever there is a negative
+        "phrased": True,
         "seed": -1,
         "width": 0,
         "height": 0,

@@ -20,7 +20,7 @@ from negprompt_demo.page.jobs import JobFiles
 from negprompt_demo.page.messages import input_error, user_message
 from negprompt_demo.page.widgets import field_widget
 from negprompt_demo.runner import Ready, SeedGrid, SeedRows, SeedsDone, Step, phrased_by_default
-from negprompt_demo.settings import GRID_DEFAULTS, GRID_FIELDS, resolve_grid
+from negprompt_demo.settings import DEFAULTS, GRID_DEFAULTS, GRID_FIELDS, resolve_grid
 from negprompt_demo.views.attributes import (
     READING_ORDER,
     GridReading,
@@ -51,7 +51,10 @@ def seeds_panel() -> dict:
     panel: dict = {}
     with gr.Row(equal_height=True):
         panel["seed_count"] = field_widget("seed_count", GRID_FIELDS["seed_count"], GRID_DEFAULTS["seed_count"])
-        panel["phrased"] = field_widget("phrased", GRID_FIELDS["phrased"], True)  # follows the negative (wire_seeds)
+        # on when the negative is short (`phrased_by_default`, the same rule as a blank `phrased` in the CLI): for
+        # the page's first negative now, then for each one typed (`wire_seeds`)
+        phrased = phrased_by_default(DEFAULTS["negative"])
+        panel["phrased"] = field_widget("phrased", GRID_FIELDS["phrased"], phrased)
         panel["button"] = gr.Button("Run many seeds", variant="secondary", elem_id="seeds-button", scale=0)
     panel["seeds_status"] = gr.Markdown(
         "The grids use the prompt, negative and settings above.", elem_id="seeds-status"
