@@ -47,7 +47,7 @@ from negprompt_demo.sampling.engine import (
 )
 from negprompt_demo.sampling.many_seeds import SeedGrid, new_grid, phrased_by_default, sample_grid
 from negprompt_demo.sampling.sweep import SWEEP_STARTS, Sweep, sweep_starts
-from negprompt_demo.sampling.trace import BRANCHES, GuidanceTrace, StepRecord
+from negprompt_demo.sampling.trace import GuidanceTrace, StepRecord
 from negprompt_demo.settings import CompareSettings, InputError, size_limits
 
 
@@ -347,10 +347,8 @@ def merge_steps(events: list) -> list:
     return merged
 
 
-# --- What front ends may know of the layers below --------------------------------------------------------------
-# The page, the API and the CLI import only this module, `settings` and `views` (the one door): what they need to
-# know of a model (`model_info`), the errors they word for users and the types of the results they show are named
-# here, so a change in how models are loaded or sampled stays behind this door.
+# --- The one door: front ends (page, API, CLI) import only this module, `settings` and `views`, so what they know
+# of a model (`model_info`), the errors they word and the result types they show are named here (`__all__`).
 
 
 @dataclass(frozen=True)
@@ -402,14 +400,10 @@ def model_fingerprint(model: str) -> bytes:
     return weights_fingerprint(load_pipeline(model))
 
 
-__all__ = [
-    # the events of a run, and the run
+__all__ = [  # a run and its events; a model's info; the errors front ends word (and settings.InputError); results
     "Event", "Ready", "Step", "Done", "SweepDone", "SeedRows", "SeedsDone", "stream", "astream",
-    # what a front end knows of a model
     "ModelInfo", "model_info", "model_info_of", "weights_fingerprint", "model_fingerprint",
-    # the errors a front end words for users (InputError is the settings' own: `settings.InputError`)
     "ModelLoadError", "NonFiniteError", "GenerationCancelled", "DeviceError",
-    # the results it shows, and the constants it shows them with
     "Comparison", "Sweep", "SWEEP_STARTS", "SeedGrid", "phrased_by_default", "CostLimits",
-    "GuidanceTrace", "StepRecord", "BRANCHES", "AttentionPlan", "DISTILLED_NOTE",
+    "GuidanceTrace", "StepRecord", "AttentionPlan", "DISTILLED_NOTE",
 ]  # fmt: skip
