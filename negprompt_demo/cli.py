@@ -8,28 +8,26 @@ runs on the terminal while sampling.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
-from negprompt_demo.settings import FIELDS, GRID_FIELDS, Field
+from negprompt_demo.settings import FIELDS, GRID_FIELDS, Field, Kind, default_model
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
-FLAG_TYPES = {"text": str, "int": int, "float": float, "choice": str, "file": str}
 
 
 def add_field_flag(parser: argparse.ArgumentParser, name: str, field: Field) -> None:
     """One `--flag` for a settings field: its type, choices and help, default blank (the model's or random)."""
     flag = "--" + name.replace("_", "-")
-    if field.kind == "flag":  # --flag / --no-flag; neither: the field's default
+    if field.kind is Kind.FLAG:  # --flag / --no-flag; neither: the field's default
         parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=field.help)
         return
-    bounds = f" ({field.minimum:g}-{field.maximum:g})" if field.minimum is not None and field.kind != "text" else ""
+    bounds = f" ({field.minimum:g}-{field.maximum:g})" if field.minimum is not None and field.is_number else ""
     note = "; default: the model's" if field.model_default else ""
     parser.add_argument(
         flag,
-        type=FLAG_TYPES[field.kind],
+        type=field.python_type,
         choices=list(field.choices) or None,
         required=name == "prompt",
         default=None,
@@ -51,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
             add_field_flag(command, name, field)
         command.add_argument(
             "--model",
-            default=os.environ.get("NEGPROMPT_MODEL"),
+            default=default_model(),
             help="hub id (owner/name) or local diffusers folder; default: the embedded model (offline)",
         )
     compare.add_argument("--out", required=True, type=Path, help="folder for the PNGs, steps.gif and trace.json")
@@ -77,8 +75,7 @@ def main(argv: list[str] | None = None) -> int:
 def exit_code_of(command, args: argparse.Namespace) -> int:
     """Run a command; the errors a user can act on are one line on stderr and an exit code (2: the input, 1: the
     run or writing its files failed), never a traceback."""
-    from negprompt_demo.models.loading import ModelLoadError
-    from negprompt_demo.sampling.engine import NonFiniteError
+    from negprompt_demo.runner import ModelLoadError, NonFiniteError
     from negprompt_demo.settings import InputError
 
     try:
@@ -129,8 +126,7 @@ def run_sweep(args: argparse.Namespace) -> int:
     """The `sweep` command: the images in a row with their labels (sweep.png), each image and sweep.json."""
     import json
 
-    from negprompt_demo.runner import SweepDone, SweepRequest, stream
-    from negprompt_demo.sampling.sweep import SWEEP_STARTS
+    from negprompt_demo.runner import SWEEP_STARTS, SweepDone, SweepRequest, stream
     from negprompt_demo.settings import CompareSettings
     from negprompt_demo.views.attributes import sweep_reading
     from negprompt_demo.views.visualize import sweep_labels, sweep_picture

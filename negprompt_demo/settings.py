@@ -1,9 +1,13 @@
 """What a comparison is asked to do: every input declared once, and the one check that makes input safe to run.
 
 Each field of `CompareSettings` carries a `Field` (type, range, default, label, help). The page's widgets, the
-public `/compare` API, the CLI flags and the example rows are all built from these declarations, and every entry
-point passes what it received through `resolve_settings` exactly once, so bad input gets the same clear message
-everywhere and never reaches the pipeline. Adding an input is one field here plus its use in the engine.
+public `/compare` API, the CLI flags and the example rows are all built from these declarations. Every run, from
+any entry point, passes what it received through `resolve_settings` once, in `engine.prepare` before sampling, so
+bad input gets the same clear message everywhere and never reaches the pipeline. Opening a link resolves its
+values one step earlier too (`Handlers.open_link`), to fill the page's inputs with what will run (the seed drawn,
+the model's defaults) and to recognise an example's link; the run then checks those filled-in values again, which
+changes nothing (resolved settings resolve to themselves). Adding an input is one field here plus its use in the
+engine.
 
 This module imports no torch or diffusers, so the CLI can build its parser (and answer `--help`) at once.
 """
@@ -12,11 +16,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import random
-import unicodedata
 from dataclasses import dataclass
 from pathlib import PurePath
 
+from negprompt_demo.fields import MAX_ECHO_CHARS as MAX_ECHO_CHARS  # front ends' messages cut values alike
+from negprompt_demo.fields import MAX_PROMPT_CHARS, Field, InputError, Kind
 from negprompt_demo.syntax.infotext import parameters_text
 from negprompt_demo.syntax.prompt_editing import step_texts
 from negprompt_demo.syntax.prompt_syntax import WeightError, parse_weights
@@ -26,7 +32,6 @@ SCHEDULER_NAMES = ("Euler", "Euler a", "DPM++ 2M Karras", "DDIM", "UniPC")
 MAX_STEPS = 150
 MAX_GUIDANCE = 30.0
 MAX_SEED = 2**32 - 1
-MAX_PROMPT_CHARS = 2000
 MAX_STRENGTH = 10.0
 MAX_WEIGHT = 100.0  # |weight| of any stretch of text; A1111 users write 0.5–2, and 1.1^50 is already 117
 # How the negative prompt acts: as classifier-free guidance's negative branch, through attention (NAG), or both.
@@ -37,27 +42,14 @@ MAX_NAG_SCALE, MAX_NAG_TAU = 20.0, 10.0
 # A model's defaults may override them (loading.model_defaults: the joint-attention families' α).
 NAG_DEFAULTS = {"nag_scale": 5.0, "nag_tau": 2.5, "nag_alpha": 0.5}
 MIN_GRID_SEEDS, MAX_GRID_SEEDS, DEFAULT_GRID_SEEDS = 4, 64, 16
-MAX_ECHO_CHARS = 40  # a message quotes at most this much of a bad value
-MAX_PATH_CHARS = 1024
+# The model name meaning the tiny face model shipped in the package (negprompt_demo/embedded), the default: it
+# runs offline. Declared here, beside the other inputs, so front ends read it before torch loads.
+EMBEDDED = "embedded"
 
 
-class InputError(ValueError):
-    """Input a user can fix; its message is shown to them as it is."""
-
-
-@dataclass(frozen=True)
-class Field:
-    """How one input is typed, bounded and explained; page, API, CLI and examples are built from it."""
-
-    kind: str  # "text", "int", "float", "choice", "flag" or "file" (a path, or a file on the Hub)
-    label: str
-    help: str
-    minimum: float | None = None
-    maximum: float | None = None
-    step: float | None = None
-    choices: tuple[str, ...] = ()
-    model_default: bool = False  # left blank, it takes the model's default (steps, guidance, scheduler, size)
-    zero_is_blank: bool = False  # 0 also means "the model's default" (sizes: 0 = native)
+def default_model() -> str:
+    """The model a front end uses when none is named: $NEGPROMPT_MODEL, else the embedded one."""
+    return os.environ.get("NEGPROMPT_MODEL") or EMBEDDED
 
 
 def setting(default, field: Field):
@@ -67,7 +59,7 @@ def setting(default, field: Field):
 def size_setting(label: str):
     """Width or height: blank or 0 is the model's native size, bounds follow the model (`size_limits`)."""
     help_text = "multiple of 8, half to twice the model's native size; 0: native"
-    return setting(None, Field("int", label, help_text, step=8, model_default=True, zero_is_blank=True))
+    return setting(None, Field(Kind.INT, label, help_text, step=8, model_default=True, zero_is_blank=True))
 
 
 @dataclass
@@ -77,95 +69,98 @@ class CompareSettings:
     Blank fields (None) mean "random" for the seed and "the model's default" for the rest; `resolve_settings`
     fills them, so resolved settings say exactly what ran."""
 
-    prompt: str = setting("", Field("text", "prompt", "what the image should show", maximum=MAX_PROMPT_CHARS))
+    prompt: str = setting("", Field(Kind.TEXT, "prompt", "what the image should show", maximum=MAX_PROMPT_CHARS))
     negative: str = setting(
         "",
         Field(
-            "text", "negative prompt", "what to steer away from (compared with an empty one)", maximum=MAX_PROMPT_CHARS
+            Kind.TEXT,
+            "negative prompt",
+            "what to steer away from (compared with an empty one)",
+            maximum=MAX_PROMPT_CHARS,
         ),
     )
     seed: int | None = setting(
-        None, Field("int", "seed", "-1 or blank: random; the seed used is always reported", -1, MAX_SEED, 1)
+        None, Field(Kind.INT, "seed", "-1 or blank: random; the seed used is always reported", -1, MAX_SEED, 1)
     )
-    steps: int | None = setting(None, Field("int", "steps", "denoising steps", 1, MAX_STEPS, 1, model_default=True))
+    steps: int | None = setting(None, Field(Kind.INT, "steps", "denoising steps", 1, MAX_STEPS, 1, model_default=True))
     guidance: float | None = setting(
         None,
-        Field("float", "guidance scale", "classifier-free guidance scale (FLUX.1: true CFG's scale)", 0.0,
+        Field(Kind.FLOAT, "guidance scale", "classifier-free guidance scale (FLUX.1: true CFG's scale)", 0.0,
               MAX_GUIDANCE, 0.5, model_default=True),
     )  # fmt: skip
     scheduler: str | None = setting(
         None,
-        Field("choice", "scheduler", "sampler, the same for both runs", choices=SCHEDULER_NAMES, model_default=True),
+        Field(Kind.CHOICE, "scheduler", "sampler, the same for both runs", choices=SCHEDULER_NAMES, model_default=True),
     )
     width: int | None = size_setting("width (px)")
     height: int | None = size_setting("height (px)")
     negative_start: float = setting(
         0.0,
-        Field("float", "negative starts at", "fraction of the steps before the negative acts (A1111 [neg:0.3])", 0.0,
+        Field(Kind.FLOAT, "negative starts at", "fraction of the steps before the negative acts (A1111 [neg:0.3])", 0.0,
               1.0, 0.05),
     )  # fmt: skip
     negative_end: float = setting(
         1.0,
-        Field("float", "negative ends at", "fraction of the steps after which it stops (A1111 [neg::0.6])", 0.0,
+        Field(Kind.FLOAT, "negative ends at", "fraction of the steps after which it stops (A1111 [neg::0.6])", 0.0,
               1.0, 0.05),
     )  # fmt: skip
     negative_strength: float = setting(
         1.0,
-        Field("float", "negative strength", "how hard to push away from the negative: 0 none, 1 plain CFG, 2 twice",
+        Field(Kind.FLOAT, "negative strength", "how hard to push away from the negative: 0 none, 1 plain CFG, 2 twice",
               0.0, MAX_STRENGTH, 0.1),
     )  # fmt: skip
     negative_mode: str = setting(
         "cfg",
-        Field("choice", "how the negative acts", "cfg: as the negative branch of classifier-free guidance; nag: in "
+        Field(Kind.CHOICE, "how the negative acts", "cfg: as the negative branch of classifier-free guidance; nag: in "
               "attention (Normalized Attention Guidance, works at guidance 1 and on distilled models); both",
               choices=NEGATIVE_MODES),
     )  # fmt: skip
     nag_scale: float | None = setting(
         None,
-        Field("float", "NAG scale", "NAG's s: Z = s·Z⁺ − (s − 1)·Z⁻ before normalising; 1: no NAG (the authors' "
+        Field(Kind.FLOAT, "NAG scale", "NAG's s: Z = s·Z⁺ − (s − 1)·Z⁻ before normalising; 1: no NAG (the authors' "
               "convention)", 1.0, MAX_NAG_SCALE, 0.5, model_default=True),
     )  # fmt: skip
     nag_tau: float | None = setting(
         None,
-        Field("float", "NAG tau", "NAG's τ: the extrapolated attention output is at most τ times the prompt's (L1, "
+        Field(Kind.FLOAT, "NAG tau", "NAG's τ: the extrapolated attention output is at most τ times the prompt's (L1, "
               "per token)", 1.0, MAX_NAG_TAU, 0.1, model_default=True),
     )  # fmt: skip
     nag_alpha: float | None = setting(
         None,
-        Field("float", "NAG alpha", "NAG's α: how much of the normalised output replaces the prompt's; 0: no NAG",
+        Field(Kind.FLOAT, "NAG alpha", "NAG's α: how much of the normalised output replaces the prompt's; 0: no NAG",
               0.0, 1.0, 0.05, model_default=True),
     )  # fmt: skip
     perp_neg: bool = setting(
         False,
-        Field("flag", "Perp-Neg", "remove only the part of the negative's push perpendicular to the prompt's, per "
+        Field(Kind.FLAG, "Perp-Neg", "remove only the part of the negative's push perpendicular to the prompt's, per "
               "image; strength m is ComfyUI's neg_scale m·(g−1)/g at guidance g (0.867 for m = 1 at 7.5)"),
     )  # fmt: skip
     push_map: bool = setting(
         True,
         Field(
-            "flag",
+            Kind.FLAG,
             "record what the empty prompt predicts",
             "one extra UNet item per step: the negative-push map and each branch's prediction in the step view",
         ),
     )
     empty_as_text: bool = setting(
         False,
-        Field("flag", 'baseline: encode ""', 'SDXL: the run without a negative uses the encoded "" (as A1111 and '
+        Field(Kind.FLAG, 'baseline: encode ""', 'SDXL: the run without a negative uses the encoded "" (as A1111 and '
               "ComfyUI do), not diffusers' zero embeddings; the same on other models"),
     )  # fmt: skip
     attention_maps: bool = setting(
         False,
-        Field("flag", "record attention maps", "where each word of the negative and the prompt looks, per step "
+        Field(Kind.FLAG, "record attention maps", "where each word of the negative and the prompt looks, per step "
               "(costs memory: up to 32 MiB per run)"),
     )  # fmt: skip
     attention_mid_block: bool = setting(
         False,
-        Field("flag", "attention maps: include the mid block", "off: DAAM's layers (the UNet's down and up blocks' "
+        Field(Kind.FLAG, "attention maps: include the mid block", "off: DAAM's layers (the UNet's down and up blocks' "
               "cross-attention); on: the mid block's too (coarser, often more concentrated)"),
     )  # fmt: skip
     negative_embedding: str = setting(
         "",
-        Field("file", "negative embedding", "a textual-inversion .safetensors file (EasyNegative, badhandv4…) or "
+        Field(Kind.FILE, "negative embedding", "a textual-inversion .safetensors file (EasyNegative, badhandv4…) or "
               "owner/name/file.safetensors on the Hub; its file name is the trigger word to write in the negative "
               "prompt"),
     )  # fmt: skip
@@ -206,9 +201,9 @@ DEFAULTS: dict = {f.name: f.default for f in dataclasses.fields(CompareSettings)
 
 # The many-seeds view's own inputs, beside a comparison's (its `seed` is the first seed).
 GRID_FIELDS: dict[str, Field] = {
-    "seed_count": Field("int", "seeds", "how many seeds, from the seed on", MIN_GRID_SEEDS, MAX_GRID_SEEDS, 1),
+    "seed_count": Field(Kind.INT, "seeds", "how many seeds, from the seed on", MIN_GRID_SEEDS, MAX_GRID_SEEDS, 1),
     "phrased": Field(
-        "flag",
+        Kind.FLAG,
         "third column: the negative phrased in the prompt",
         'the prompt + " without <negative>" with an empty negative; blank: on when the negative is short',
     ),
@@ -218,8 +213,8 @@ GRID_DEFAULTS = {"seed_count": DEFAULT_GRID_SEEDS, "phrased": None}
 
 def resolve_grid(seed_count, phrased) -> tuple[int, bool | None]:
     """The many-seeds inputs checked like every other input; `phrased` None means "on when the negative is short"."""
-    count = DEFAULT_GRID_SEEDS if seed_count is None else _parse(seed_count, "seeds", GRID_FIELDS["seed_count"])
-    return count, None if phrased is None else _parse(phrased, "phrased", GRID_FIELDS["phrased"])
+    count = DEFAULT_GRID_SEEDS if seed_count is None else GRID_FIELDS["seed_count"].parse(seed_count, "seeds")
+    return count, None if phrased is None else GRID_FIELDS["phrased"].parse(phrased, "phrased")
 
 
 def size_limits(native: int) -> tuple[int, int]:
@@ -237,12 +232,9 @@ def resolve_settings(settings: CompareSettings, native_size: int, defaults: dict
     values = {}
     for name, field in FIELDS.items():
         value = getattr(settings, name)
-        blank = value is None or (isinstance(value, str) and not value.strip() and field.kind != "text")
-        if field.zero_is_blank and not isinstance(value, bool) and value == 0:
-            blank = True
-        if blank:  # the model's default, else the field's own (None for the seed: random)
+        if field.is_blank(value):  # the model's default, else the field's own (None for the seed: random)
             value = defaults[name] if field.model_default else DEFAULTS[name]
-        values[name] = None if value is None else _parse(value, name, field)
+        values[name] = None if value is None else field.parse(value, name)
 
     if not values["prompt"]:
         raise InputError("The prompt is empty: write what the image should show.")
@@ -283,91 +275,3 @@ def check_weights(text: str, label: str, steps: int = 1) -> None:
                 f"The {label} gives “{snippet}” a weight of {shown}; weights must be between −{MAX_WEIGHT:g} and "
                 f"{MAX_WEIGHT:g} (each “(” multiplies by 1.1, (word:w) sets w). Remove the extra brackets or lower it."
             )
-
-
-def _parse(value, name: str, field: Field):
-    """One value by its declared kind and range."""
-    if field.kind == "text":
-        return _clean_text(value, field.label, int(field.maximum or MAX_PROMPT_CHARS))
-    if field.kind == "file":
-        return _clean_path(value, field.label)
-    if field.kind == "flag":
-        if not isinstance(value, bool):
-            raise InputError(f"{name} must be true or false, got {_echo(value)}.")
-        return value
-    if field.kind == "choice":
-        if not isinstance(value, str) or value not in field.choices:
-            raise InputError(f"Unknown {name} {_echo(value)}; choose one of: {', '.join(field.choices)}.")
-        return value
-    name = field.label.split(" (")[0]  # "guidance scale", "width"
-    number = _as_int(value, name) if field.kind == "int" else _as_float(value, name)
-    low, high = field.minimum, field.maximum
-    if (low is not None and number < low) or (high is not None and number > high):
-        extra = " (or -1 for random)" if name == "seed" else ""
-        shown = (int(low), int(high)) if field.kind == "int" else (f"{low:g}", f"{high:g}")
-        shown = (0, shown[1]) if extra else shown
-        raise InputError(f"{name} must be between {shown[0]} and {shown[1]}{extra}, got {_echo(number)}.")
-    return number
-
-
-def _echo(value) -> str:
-    """A bad value as a message quotes it: repr, cut to MAX_ECHO_CHARS (a 309-digit number is not read by anyone)."""
-    text = repr(value) if isinstance(value, str) else str(value) if isinstance(value, (int, float)) else repr(value)
-    return text if len(text) <= MAX_ECHO_CHARS else text[: MAX_ECHO_CHARS - 1] + "…"
-
-
-def _clean_text(text, field: str, limit: int) -> str:
-    if text is None:
-        return ""
-    if not isinstance(text, str):
-        raise InputError(f"The {field} must be text, got {type(text).__name__}.")
-    if len(text) > limit:
-        raise InputError(f"The {field} is {len(text)} characters long; the limit is {limit}.")
-    if any(unicodedata.category(ch) == "Cs" for ch in text):
-        raise InputError(f"The {field} contains an invalid character (a lone UTF-16 surrogate); retype it.")
-    # Control characters (NUL, escape sequences) mean nothing to a text encoder; newlines become spaces.
-    kept = "".join(" " if ch in "\n\r\t" else ch for ch in text if unicodedata.category(ch) != "Cc" or ch in "\n\r\t")
-    return " ".join(kept.split())
-
-
-def _clean_path(path, field: str) -> str:
-    """A file name as given (spaces kept), without the characters no file name of a user's has."""
-    if path is None:
-        return ""
-    if not isinstance(path, str):
-        raise InputError(f"The {field} must be a file name (text), got {type(path).__name__}.")
-    path = path.strip()
-    if len(path) > MAX_PATH_CHARS:
-        raise InputError(f"The {field} is {len(path)} characters long; the limit is {MAX_PATH_CHARS}.")
-    if any(unicodedata.category(ch) in ("Cc", "Cs") for ch in path):
-        raise InputError(f"The {field} {_echo(path)} contains a control character.")
-    return path
-
-
-def _as_int(value, field: str) -> int:
-    if isinstance(value, bool):
-        raise InputError(f"{field} must be a whole number, got {value!r}.")
-    if isinstance(value, float):
-        if not math.isfinite(value) or value != int(value):
-            raise InputError(f"{field} must be a whole number, got {_echo(value)}.")
-        return int(value)
-    if isinstance(value, int):
-        return value
-    if not isinstance(value, str):
-        raise InputError(f"{field} must be a whole number, got {_echo(value)}.")
-    try:
-        return int(value.strip())
-    except ValueError:
-        raise InputError(f"{field} must be a whole number, got {_echo(value)}.") from None
-
-
-def _as_float(value, field: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise InputError(f"{field} must be a number, got {_echo(value)}.")
-    try:
-        number = float(value)
-    except (ValueError, OverflowError):
-        raise InputError(f"{field} must be a number, got {_echo(value)}.") from None
-    if not math.isfinite(number):
-        raise InputError(f"{field} must be a finite number, got {_echo(value)}.")
-    return number

@@ -26,7 +26,7 @@ from negprompt_demo.page.handlers import EXAMPLE_NAMES, INPUT_NAMES, LINK_OUTPUT
 from negprompt_demo.page.launch import build_parser
 from negprompt_demo.page.step_view import STEP_OUTPUTS
 from negprompt_demo.page.tracefile import TraceNotFound, TraceStore
-from negprompt_demo.runner import CompareRequest, Step, astream
+from negprompt_demo.runner import CompareRequest, Step, astream, model_info_of, weights_fingerprint
 from negprompt_demo.sampling.engine import compare
 from negprompt_demo.settings import DEFAULTS, CompareSettings, InputError
 from negprompt_demo.views.visualize import curves_picture
@@ -371,10 +371,14 @@ def test_example_cache_folder_follows_the_weights_and_the_examples_file(sd_pipe,
     examples.write_bytes(EXAMPLES_FILE.read_bytes())
     monkeypatch.setattr(example_module, "EXAMPLES_FILE", examples)
     pipe = copy.deepcopy(sd_pipe)
-    original = example_cache_folder(pipe)
+
+    def cache_folder(pipe):
+        return example_cache_folder(model_info_of(pipe).label, weights_fingerprint(pipe))
+
+    original = cache_folder(pipe)
     assert original.parent == tmp_path / "cache"
-    assert example_cache_folder(pipe) == original
-    assert example_cache_folder(sd_pipe) == original  # equal weights in another object: the same cache
+    assert cache_folder(pipe) == original
+    assert cache_folder(sd_pipe) == original  # equal weights in another object: the same cache
 
     for component in ("unet", "vae", "text_encoder"):
         parameter = list(getattr(pipe, component).parameters())[-1]  # not the first tensor: every one counts
@@ -382,16 +386,16 @@ def test_example_cache_folder_follows_the_weights_and_the_examples_file(sd_pipe,
             kept = parameter.view(-1)[0].item()
             parameter.view(-1)[0] += 0.25
             try:
-                assert example_cache_folder(pipe) != original, f"a changed {component} weight"
+                assert cache_folder(pipe) != original, f"a changed {component} weight"
             finally:
                 parameter.view(-1)[0] = kept
-        assert example_cache_folder(pipe) == original
+        assert cache_folder(pipe) == original
 
     text = examples.read_text(encoding="utf-8")
     examples.write_text(text.replace("mustache", "beard", 1), encoding="utf-8")
-    assert example_cache_folder(pipe) != original, "edited examples"
+    assert cache_folder(pipe) != original, "edited examples"
     examples.write_text(text, encoding="utf-8")
-    assert example_cache_folder(pipe) == original
+    assert cache_folder(pipe) == original
 
 
 @pytest.fixture(scope="module")

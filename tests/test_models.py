@@ -279,9 +279,10 @@ def test_flux_sweep_equals_each_start_on_its_own(flux_pipe):
 
 def test_the_model_note_says_what_the_guidance_scale_is_on_flux(sd3_pipe, flux_pipe):
     from negprompt_demo.page.handlers import model_widgets
+    from negprompt_demo.runner import model_info_of
 
-    assert "ignores a negative prompt unless true CFG is on" in model_widgets(flux_pipe)[0]
-    assert "scheduler setting does not apply" in model_widgets(sd3_pipe)[0]
+    assert "ignores a negative prompt unless true CFG is on" in model_widgets(model_info_of(flux_pipe))["model_info"]
+    assert "scheduler setting does not apply" in model_widgets(model_info_of(sd3_pipe))["model_info"]
 
 
 def test_split_calls_refuse_a_third_call_in_one_step():

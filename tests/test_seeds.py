@@ -191,11 +191,11 @@ def test_the_embedded_model_reads_rates_the_space_and_side_effects(tmp_path_fact
         index = 0
 
     # a click's mark moves the rate line, the sampling space and the side-effects table together
-    before = final["marks"]["reading"].rate("with", "mustache").present
+    before = final["marks"].reading.rate("with", "mustache").present
     _, status, space, effects, shown = events.toggler("with")(final["marks"], Click())
-    after = shown["reading"].rate("with", "mustache").present
+    after = shown.reading.rate("with", "mustache").present
     assert abs(after - before) == 1 and f'negative "mustache" {after}/4' in status
-    assert f"| mustache | {shown['reading'].rate('without', 'mustache').text()} | {after}/4" in effects
+    assert f"| mustache | {shown.reading.rate('without', 'mustache').text()} | {after}/4" in effects
     assert space.endswith(".png") and space != final["space"]
 
 

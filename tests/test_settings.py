@@ -89,6 +89,20 @@ def test_blank_fields_are_completed():
     assert (resolve(width=0, height="").width, resolve(height=0).height) == (64, 64)  # 0: native size
 
 
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {},
+        {"prompt": "  a\tman,\n (old:1.2)  ", "negative": "x\x00y", "seed": "7", "steps": 12.0, "guidance": "3"},
+        {"negative": "[hat:0.3]", "negative_start": 0.25, "width": 0, "negative_mode": "nag", "nag_alpha": None},
+    ],
+)
+def test_resolved_settings_resolve_to_themselves(fields):
+    """A link's values are resolved to fill the page, then resolved again when the run starts: nothing changes."""
+    once = resolve(**fields)
+    assert resolve_settings(once, 64, MODEL_DEFAULTS) == once
+
+
 def test_blank_fields_take_the_models_defaults():
     resolved = resolve_settings(
         CompareSettings(prompt="a man"), 64, {"steps": 12, "guidance": 3.0, "scheduler": "DDIM"}

@@ -116,15 +116,34 @@ def draw_portrait(rng: random.Random, labels: dict[str, bool] | None = None) -> 
     facial_hair = _darker(hair_rgb, 0.55) if hair != "gray" else (95, 95, 95)
 
     img = Image.new("RGB", (_DRAW, _DRAW), COLOURS[background])
-    d = ImageDraw.Draw(img)
     dx, dy = rng.randint(-JITTER_X, JITTER_X), rng.randint(-JITTER_Y, JITTER_Y)  # small pose jitter
     w = rng.randint(-JITTER_W, JITTER_W)  # face width jitter
+    pen = _Pen(ImageDraw.Draw(img), dx, dy, w)
+    _draw_head(pen, COLOURS[shirt], skin, hair_rgb)
+    _draw_features(pen, labels, skin, facial_hair)
+    _draw_accessories(pen, labels, COLOURS[hat_colour])
 
-    def box(x0: float, y0: float, x1: float, y1: float) -> tuple[float, float, float, float]:
-        return (x0 + dx, y0 + dy, x1 + dx, y1 + dy)
+    small = img.resize((SIZE, SIZE), Image.Resampling.LANCZOS)
+    return Portrait(small, labels, background, hair, hat_colour)
 
-    # body, neck, hair behind the head, ears, face
-    d.ellipse(box(14, 104, 114, 170), fill=COLOURS[shirt])
+
+@dataclass(frozen=True)
+class _Pen:
+    """Draws on the large canvas with one portrait's pose jitter (`dx`, `dy`) and face width jitter (`w`)."""
+
+    draw: ImageDraw.ImageDraw
+    dx: int
+    dy: int
+    w: int
+
+    def box(self, x0: float, y0: float, x1: float, y1: float) -> tuple[float, float, float, float]:
+        return (x0 + self.dx, y0 + self.dy, x1 + self.dx, y1 + self.dy)
+
+
+def _draw_head(pen: _Pen, shirt: tuple, skin: tuple, hair_rgb: tuple) -> None:
+    """Body, neck, hair behind the head, ears, face and fringe."""
+    d, box, w = pen.draw, pen.box, pen.w
+    d.ellipse(box(14, 104, 114, 170), fill=shirt)
     d.rectangle(box(54, 88, 74, 110), fill=_darker(skin, 0.92))
     d.ellipse(box(32 - w, 20, 96 + w, 78), fill=hair_rgb)
     d.ellipse(box(29 - w, 56, 41 - w, 74), fill=skin)
@@ -132,6 +151,10 @@ def draw_portrait(rng: random.Random, labels: dict[str, bool] | None = None) -> 
     d.ellipse(box(36 - w, 30, 92 + w, 98), fill=skin)
     d.chord(box(36 - w, 26, 92 + w, 62), 180, 360, fill=hair_rgb)  # fringe
 
+
+def _draw_features(pen: _Pen, labels: dict[str, bool], skin: tuple, facial_hair: tuple) -> None:
+    """Beard, eyes, glasses, nose, mouth and mustache, each drawn over what it covers."""
+    d, box, dx, dy, w = pen.draw, pen.box, pen.dx, pen.dy, pen.w
     if labels["beard"]:  # jaw and chin in facial-hair colour
         d.chord(box(36 - w, 46, 92 + w, 98), 10, 170, fill=facial_hair)
         d.ellipse(box(52, 78, 76, 88), fill=skin)  # skin around the mouth
@@ -156,18 +179,19 @@ def draw_portrait(rng: random.Random, labels: dict[str, bool] | None = None) -> 
         d.chord(box(48, 70, 80, 84), 180, 360, fill=facial_hair)
         d.polygon([(48 + dx, 77 + dy), (44 + dx, 82 + dy), (54 + dx, 77 + dy)], fill=facial_hair)
         d.polygon([(80 + dx, 77 + dy), (84 + dx, 82 + dy), (74 + dx, 77 + dy)], fill=facial_hair)
+
+
+def _draw_accessories(pen: _Pen, labels: dict[str, bool], hat: tuple) -> None:
+    """Earrings and the hat, drawn last (the hat's brim covers the hair)."""
+    d, box, w = pen.draw, pen.box, pen.w
     if labels["earrings"]:
         gold = (255, 200, 20)
         for ex in (35 - w, 93 + w):
             d.ellipse(box(ex - 5, 72, ex + 5, 82), fill=gold, outline=(150, 100, 0), width=1)
     if labels["hat"]:
-        hat = COLOURS[hat_colour]
         d.rectangle(box(44, 6, 84, 34), fill=hat)
         d.rectangle(box(26 - w, 30, 102 + w, 39), fill=hat)
         d.rectangle(box(44, 26, 84, 31), fill=_darker(hat, 0.6))  # band
-
-    small = img.resize((SIZE, SIZE), Image.Resampling.LANCZOS)
-    return Portrait(small, labels, background, hair, hat_colour)
 
 
 def draw_non_face(rng: random.Random) -> Image.Image:

@@ -42,7 +42,7 @@ def _load_vae(checkpoint: Path | None) -> AutoencoderKL:
     from diffusers import AutoencoderKL
 
     from negprompt_demo.embedded import MODEL_DIR
-    from negprompt_demo.embedded_tools.train import build_vae
+    from negprompt_demo.embedded_tools.architecture import build_vae
 
     if checkpoint is None:
         return AutoencoderKL.from_pretrained(MODEL_DIR / "vae").eval()

@@ -18,7 +18,7 @@ from negprompt_demo.embedded.faces import ATTRIBUTES
 from negprompt_demo.embedded.probe import OUTPUTS, Probe
 from negprompt_demo.models.loading import load_pipeline, model_defaults
 from negprompt_demo.sampling.engine import generate_pairs
-from negprompt_demo.settings import CompareSettings
+from negprompt_demo.settings import EMBEDDED, CompareSettings
 
 BASE_PROMPT = "portrait photo of a man"
 # per attribute: (phrase after "without", bare negative prompt, phrase after "with")
@@ -113,7 +113,7 @@ def evaluate(
     settings = sampling_settings(pipe, guidance, steps, scheduler)
     rates, _ = probe_pairs(pipe, prompt, negative, seeds, Probe(), **settings)
     return {
-        "model": model or "embedded",
+        "model": model or EMBEDDED,
         "prompt": prompt,
         "negative": negative,
         "attribute": attribute,

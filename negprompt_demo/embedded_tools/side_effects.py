@@ -12,7 +12,7 @@ from pathlib import Path
 
 from negprompt_demo.sampling.engine import prepare
 from negprompt_demo.sampling.many_seeds import new_grid, sample_grid
-from negprompt_demo.settings import CompareSettings
+from negprompt_demo.settings import EMBEDDED, CompareSettings
 from negprompt_demo.views.attributes import grid_reading, side_effects, side_effects_markdown
 
 BASE_PROMPT = "portrait photo of a man"
@@ -24,8 +24,7 @@ def side_effects_tables(pipe, first_seed: int, count: int, negatives: list[str])
     results: dict = {"prompt": BASE_PROMPT, "seeds": f"{first_seed}:{first_seed + count}", "negatives": {}}
     for negative in negatives:
         prepared = prepare(pipe, CompareSettings(BASE_PROMPT, negative, seed=first_seed))
-        resolved = prepared.settings
-        reading = grid_reading(sample_grid(pipe, prepared, new_grid(resolved, "embedded", False), count))
+        reading = grid_reading(sample_grid(pipe, prepared, new_grid(prepared.settings, EMBEDDED, False), count))
         table = side_effects(reading)
         results["negatives"][negative] = {
             "markdown": side_effects_markdown(table),

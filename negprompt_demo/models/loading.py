@@ -22,8 +22,8 @@ import torch
 
 from negprompt_demo.embedded import MODEL_DIR
 from negprompt_demo.models.families import FAMILY_BY_PIPELINE, family_of
+from negprompt_demo.settings import EMBEDDED
 
-EMBEDDED = "embedded"
 SUPPORTED_TEXT = "Stable Diffusion 1.x/2.x, SDXL, SD3/SD3.5 and FLUX.1 text-to-image models"
 # Component libraries a model_index.json may name; anything else would mean code from the model repository.
 TRUSTED_LIBRARIES = {"diffusers", "transformers", None}

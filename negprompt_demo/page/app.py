@@ -2,10 +2,12 @@
 
 Reads top to bottom as the page does, in the article's order: the three-way row (`article.py`), inputs and results
 with the examples, the step view (why: the branches), many seeds, the sweep (when and how strongly), where each word
-looks, then the hidden public API endpoints. The result sections' layouts are in `panels.py` (many seeds' in
-`seeds_view.py`), the event functions in `handlers.py`; this module places the sections and connects them. The
-comparison's input widgets, the API's inputs and the example rows are built from `settings.FIELDS`: a field that
-the layout does not place by name lands in the "sampling settings" accordion.
+looks, then the hidden public API endpoints (`/compare`, `/sweep`, `/seeds`). The result sections' layouts are in
+`panels.py`; the event functions that run or show comparisons are in `handlers.py` (`Handlers`), the many-seeds
+section's layout and events in `seeds_view.py` (`SeedsHandlers`); the link row's browser-only events are in
+`widgets.link_row`, and the one-line ones (Stop's message, "use NAG") here. This module places the sections and
+connects them. The comparison's input widgets, the API's inputs and the example rows are built from
+`settings.FIELDS`: a field that the layout does not place by name lands in the "sampling settings" accordion.
 """
 
 from __future__ import annotations
@@ -14,8 +16,6 @@ from pathlib import Path
 
 import gradio as gr
 
-from negprompt_demo.models.families import family_of
-from negprompt_demo.models.loading import EMBEDDED, load_pipeline, model_defaults
 from negprompt_demo.page import handlers
 from negprompt_demo.page.app_config import MAX_UPLOAD, AppConfig
 from negprompt_demo.page.article import article_row
@@ -27,7 +27,7 @@ from negprompt_demo.page.examples import (
     examples_section,
     warm_example,
 )
-from negprompt_demo.page.handlers import EXAMPLE_NAMES, INPUT_NAMES, LINK_OUTPUTS, UI_OUTPUTS
+from negprompt_demo.page.handlers import EXAMPLE_NAMES, INPUT_NAMES, LINK_OUTPUTS, MODEL_OUTPUTS, UI_OUTPUTS
 from negprompt_demo.page.messages import stopped_message
 from negprompt_demo.page.panels import article_panel, result_panel, step_panel, sweep_panel
 from negprompt_demo.page.seeds_view import SEEDS_API_INPUTS, SeedsHandlers, seeds_panel, wire_seeds
@@ -41,7 +41,8 @@ from negprompt_demo.page.widgets import (
     embedding_upload,
     field_widget,
 )
-from negprompt_demo.settings import DEFAULTS, FIELDS, GRID_DEFAULTS, GRID_FIELDS, size_limits
+from negprompt_demo.runner import ModelInfo, model_fingerprint, model_info
+from negprompt_demo.settings import DEFAULTS, EMBEDDED, FIELDS, GRID_DEFAULTS, GRID_FIELDS
 
 INTRO = """# What does a negative prompt do?
 One seed, generated with an **empty** negative prompt and with **yours**; everything else is the same, so every
@@ -74,7 +75,7 @@ def model_choices(config: AppConfig) -> list[tuple[str, str]]:
 
 
 def build_app(config: AppConfig, warm_first_example: bool = False, private: Path | None = None) -> gr.Blocks:
-    """The whole page for one deployment; loads the default model to learn its defaults.
+    """The whole page for one deployment; the default model is loaded first, to learn its defaults (`model_info`).
 
     With `warm_first_example`, the first example is computed now, before the server starts (once per model: the
     cache stays on disk), so a newcomer's first click on it is answered at once instead of after a whole run
@@ -82,10 +83,9 @@ def build_app(config: AppConfig, warm_first_example: bool = False, private: Path
     which a browser opening the page meanwhile would try to call after it is gone.
 
     `private` is this process's folder for runs (a new one by default; `run` also puts Gradio's cache there)."""
-    pipe = load_pipeline(config.default_model)
-    native = family_of(pipe).native_size(pipe)
-    defaults = {"width": native, "height": native, **model_defaults(pipe)}
-    cache_folder = example_cache_folder(pipe)
+    info = model_info(config.default_model)
+    defaults = info.defaults
+    cache_folder = example_cache_folder(info.label, model_fingerprint(config.default_model))
     private = private or private_folder()  # this process's runs: traces and job files, mode 0700
     (private / "jobs").mkdir()
     events = handlers.Handlers(config, TraceStore(private / "traces", cache_folder / "traces"), private / "jobs")
@@ -99,8 +99,8 @@ def build_app(config: AppConfig, warm_first_example: bool = False, private: Path
             gr.Markdown(HELP)
         with gr.Row(equal_height=False):
             with gr.Column(scale=2, min_width=320):
-                inputs, buttons, examples_slot, model_info = input_panel(
-                    config, defaults, native, first_example_seed(defaults, config)
+                inputs, buttons, examples_slot, model_note = input_panel(
+                    config, info, first_example_seed(defaults, config)
                 )
                 shown = {"seed_used": buttons.pop("seed_used")}
             with gr.Column(scale=3):
@@ -112,16 +112,9 @@ def build_app(config: AppConfig, warm_first_example: bool = False, private: Path
         with examples_slot:
             examples = examples_section(events, inputs, shown, defaults, config, cache_folder)
         examples.dataset.click(None, js=SHOW_RESULT_ON_PHONE_JS)
-        wire_page(demo, config, events, inputs, buttons, shown, model_info)
-        wire_links(demo, config, events, inputs, shown, model_info, examples)
-        sweep["button"].click(
-            events.sweep_ui,
-            inputs_kwargs=inputs,
-            outputs=[sweep["picture"], sweep["reading"]],
-            api_visibility="private",
-            concurrency_id="device",
-            concurrency_limit=config.concurrency,
-        )
+        wire_page(demo, config, events, inputs, buttons, shown, model_note)
+        wire_links(demo, config, events, inputs, shown, model_note, examples)
+        wire_sweep(config, events, inputs, sweep)
         wire_seeds(config, events, inputs, seeds)
         api_endpoints(config, events, defaults)
     # A shared instance: no direct REST route beside the queue, and door.py's lane bounds and turns instead of
@@ -139,9 +132,7 @@ def build_app(config: AppConfig, warm_first_example: bool = False, private: Path
     return demo
 
 
-def input_panel(
-    config: AppConfig, defaults: dict, native: int, page_seed: int
-) -> tuple[dict, dict, gr.Column, gr.Markdown]:
+def input_panel(config: AppConfig, info: ModelInfo, page_seed: int) -> tuple[dict, dict, gr.Column, gr.Markdown]:
     """Prompt, negative prompt, the buttons, the seed row, the model and then every other settings field."""
     inputs: dict[str, gr.components.Component] = {}
     inputs["prompt"] = field_widget("prompt", FIELDS["prompt"], "")
@@ -170,16 +161,15 @@ def input_panel(
         allow_custom_value=not config.lock_models,
         filterable=not config.lock_models,
     )
-    low, high = size_limits(native)
-    model_info = gr.Markdown(f"Native size {native} px; sizes {low}–{high} px allowed.")
+    model_note = gr.Markdown(info.note)
     with gr.Accordion("sampling settings", open=False):
         for name, field in FIELDS.items():
             if name == "negative_embedding":  # a visitor's file only where the model list is not locked
                 inputs[name] = embedding_upload(field, visible=not config.lock_models)
             elif name not in inputs:
-                bounds = (low, high) if name in ("width", "height") else None
-                inputs[name] = field_widget(name, field, defaults.get(name, DEFAULTS[name]), bounds)
-    return {name: inputs[name] for name in INPUT_NAMES}, buttons, examples_slot, model_info
+                bounds = info.size_limits if name in ("width", "height") else None
+                inputs[name] = field_widget(name, field, info.defaults.get(name, DEFAULTS[name]), bounds)
+    return {name: inputs[name] for name in INPUT_NAMES}, buttons, examples_slot, model_note
 
 
 def first_example_values(defaults: dict, config: AppConfig) -> dict:
@@ -195,7 +185,7 @@ def first_example_seed(defaults: dict, config: AppConfig) -> int:
     return int(first_example_values(defaults, config)["seed"])
 
 
-def wire_page(demo, config: AppConfig, events, inputs: dict, buttons: dict, shown: dict, model_info) -> None:
+def wire_page(demo, config: AppConfig, events, inputs: dict, buttons: dict, shown: dict, model_note) -> None:
     """The page's events: the comparison, Stop, the random seed, the model selector and the step slider (none of
     them public API)."""
     comparison = gr.on(
@@ -216,7 +206,7 @@ def wire_page(demo, config: AppConfig, events, inputs: dict, buttons: dict, show
     inputs["model"].input(  # the user's choice only: a link fills in a model together with its own settings
         events.model_selected,
         inputs["model"],
-        [model_info, *(inputs[name] for name in ("steps", "guidance", "scheduler", "width", "height"))],
+        [{**inputs, "model_info": model_note}[name] for name in MODEL_OUTPUTS],
         api_visibility="private",
         concurrency_id="device",
         concurrency_limit=config.concurrency,
@@ -234,11 +224,11 @@ def wire_page(demo, config: AppConfig, events, inputs: dict, buttons: dict, show
     )
 
 
-def wire_links(demo, config: AppConfig, events, inputs: dict, shown: dict, model_info, examples) -> None:
+def wire_links(demo, config: AppConfig, events, inputs: dict, shown: dict, model_note, examples) -> None:
     """A page URL with a comparison's inputs as query parameters (`links.py`) fills them on load and runs it
     (`link_run` joins the Compare button's event, so Stop stops it) or, for an example, shows its cached result."""
     events.examples = [dict(zip(EXAMPLE_NAMES, row, strict=True)) for row in examples.examples]
-    targets = {**inputs, "model_info": model_info, **shown}
+    targets = {**inputs, "model_info": model_note, **shown}
     demo.load(events.open_link, None, [targets[name] for name in LINK_OUTPUTS], api_visibility="private",
               show_progress="hidden", concurrency_limit=None)  # fmt: skip
     shown["link_example"].change(
@@ -246,6 +236,18 @@ def wire_links(demo, config: AppConfig, events, inputs: dict, shown: dict, model
         shown["link_example"],
         [shown[name] for name in UI_OUTPUTS],
         postprocess=False,
+        api_visibility="private",
+        concurrency_id="device",
+        concurrency_limit=config.concurrency,
+    )
+
+
+def wire_sweep(config: AppConfig, events, inputs: dict, sweep: dict) -> None:
+    """The sweep's button: the negative started at several steps, drawn in a row with its reading."""
+    sweep["button"].click(
+        events.sweep_ui,
+        inputs_kwargs=inputs,
+        outputs=[sweep["picture"], sweep["reading"]],
         api_visibility="private",
         concurrency_id="device",
         concurrency_limit=config.concurrency,
@@ -261,7 +263,9 @@ def api_endpoints(config: AppConfig, events, defaults: dict) -> None:
         **GRID_DEFAULTS,
         **defaults,
         "model": config.default_model,
-        "phrased": True,  # an API checkbox has no "blank": the third column unless phrased=False
+        # An API checkbox has no "blank" (the page's follows the negative, the CLI's blank is `phrased_by_default`):
+        # left out, the third column is there whenever there is a negative
+        "phrased": True,
         "seed": -1,
         "width": 0,
         "height": 0,

@@ -11,9 +11,8 @@ import ipaddress
 import os
 from dataclasses import dataclass, field
 
-from negprompt_demo.settings import InputError
+from negprompt_demo.settings import EMBEDDED, InputError
 
-EMBEDDED = "embedded"  # loading.EMBEDDED, not imported: this module is read before torch loads
 # Hub models offered next to the embedded one: SD 1.5, a popular SD 1.5 fine-tune, SDXL base, SD3.5 medium and
 # FLUX.1 dev/schnell (the last three need a GPU and the network; SD3.5 and FLUX.1-dev are gated on the Hub).
 KNOWN_MODELS = (

@@ -12,7 +12,6 @@ from unittest import mock
 
 import gradio as gr
 
-from negprompt_demo.models.loading import model_label
 from negprompt_demo.page.app_config import AppConfig
 from negprompt_demo.page.handlers import EXAMPLE_NAMES, UI_OUTPUTS
 from negprompt_demo.settings import DEFAULTS
@@ -29,30 +28,15 @@ def example_rows(path: Path, defaults: dict, model: str) -> tuple[list[list], li
     return rows, [entry.get("label", entry["prompt"]) for entry in entries]
 
 
-def weights_fingerprint(pipe) -> bytes:
-    """What identifies a model's weights cheaply: every tensor's name, shape and first 16 values, for the denoiser
-    (UNet or transformer), the text encoder(s) and the VAE (a retrained or fine-tuned model changes them; reading all
-    of an SDXL's 7 GB at every start would not be cheap)."""
+def example_cache_folder(label: str, fingerprint: bytes) -> Path:
+    """Where Gradio keeps the lazily cached examples and their step-view traces: one folder per model (its `label`
+    and `runner.weights_fingerprint`), examples file and app code, so a retrained model, edited examples or changed
+    drawing code never show stale results."""
     digest = hashlib.sha256()
-    for component in ("unet", "transformer", "text_encoder", "text_encoder_2", "text_encoder_3", "vae"):
-        module = getattr(pipe, component, None)
-        if module is None:
-            continue
-        for name, tensor in module.state_dict().items():
-            head = tensor.detach().flatten()[:16].float().cpu().numpy()
-            digest.update(f"{component}.{name}{tuple(tensor.shape)}".encode() + head.tobytes())
-    return digest.digest()
-
-
-def example_cache_folder(pipe) -> Path:
-    """Where Gradio keeps the lazily cached examples and their step-view traces: one folder per model weights
-    (`weights_fingerprint`), examples file and app code, so a retrained model, edited examples or changed drawing
-    code never show stale results."""
-    digest = hashlib.sha256()
-    digest.update(f"{model_label(pipe)}\n".encode())
+    digest.update(f"{label}\n".encode())
     for source in sorted(Path(__file__).parents[1].rglob("*.py")):  # the code that computes and draws every output
         digest.update(source.read_bytes())
-    digest.update(weights_fingerprint(pipe))
+    digest.update(fingerprint)
     digest.update(EXAMPLES_FILE.read_bytes())
     base = Path(os.environ.get("GRADIO_EXAMPLES_CACHE", ".gradio/cached_examples"))
     return base / f"negprompt-{digest.hexdigest()[:16]}"

@@ -22,9 +22,6 @@ from pathlib import Path
 
 import gradio as gr
 
-from negprompt_demo.models.families import family_of
-from negprompt_demo.models.flow_models import DISTILLED_NOTE
-from negprompt_demo.models.loading import ModelLoadError, load_pipeline, model_defaults
 from negprompt_demo.page.app_config import AppConfig
 from negprompt_demo.page.jobs import JobFiles, StepFiles
 from negprompt_demo.page.links import NOT_IN_LINKS, link_query, link_values
@@ -37,12 +34,33 @@ from negprompt_demo.page.messages import (
     user_message,
 )
 from negprompt_demo.page.step_view import STEP_OUTPUTS, live_trace, step_outputs, step_slider, telling_step
-from negprompt_demo.page.tracefile import RUN_MAX_AGE_S, TraceNotFound, TraceStore, remove_old_folders, trim_folders
+from negprompt_demo.page.tracefile import (
+    RUN_MAX_AGE_S,
+    TraceKind,
+    TraceNotFound,
+    TraceStore,
+    remove_old_folders,
+    trim_folders,
+)
 from negprompt_demo.page.widgets import range_note
-from negprompt_demo.runner import CompareRequest, Done, Ready, Request, Step, SweepDone, SweepRequest, astream
-from negprompt_demo.sampling.cost import CostLimits
-from negprompt_demo.sampling.sweep import SWEEP_STARTS, Sweep
-from negprompt_demo.settings import FIELDS, MAX_SEED, CompareSettings, InputError, resolve_settings, size_limits
+from negprompt_demo.runner import (
+    DISTILLED_NOTE,
+    SWEEP_STARTS,
+    CompareRequest,
+    CostLimits,
+    Done,
+    ModelInfo,
+    ModelLoadError,
+    Ready,
+    Request,
+    Step,
+    Sweep,
+    SweepDone,
+    SweepRequest,
+    astream,
+    model_info,
+)
+from negprompt_demo.settings import FIELDS, MAX_SEED, CompareSettings, InputError, resolve_settings
 from negprompt_demo.views.attention_views import chosen_word, word_choices
 from negprompt_demo.views.attributes import sweep_reading
 from negprompt_demo.views.export import trace_document, write_outputs
@@ -68,6 +86,8 @@ UI_OUTPUTS = (
 # What opening a link fills in: the inputs, then the model's size note, the status and the two hidden triggers
 # (one starts the comparison, the other shows an example's cached result).
 LINK_OUTPUTS = (*INPUT_NAMES, "model_info", "status", "link_run", "link_example")
+# What choosing a model changes: its note, then the fields it has defaults for.
+MODEL_OUTPUTS = ("model_info", "steps", "guidance", "scheduler", "width", "height")
 CLEANUP_INTERVAL_S = 60.0
 CURVE_INTERVAL_S = 1.0  # while sampling, redraw the curves (the slowest picture: ~0.25 s) at most this often
 
@@ -82,7 +102,9 @@ def ordered(updates: dict, names: tuple[str, ...] = UI_OUTPUTS) -> tuple:
 class Handlers:
     """The page's event functions, bound to one app's config (its model policy), trace store and output folder:
     compare_ui (the Compare button), compare_example (Gradio's example cache), compare_api (public /compare),
-    open_link (page load: a link's inputs), model_selected (the model selector) and show_step (the step slider)."""
+    sweep_ui (the sweep's button), sweep_api (public /sweep), open_link (page load: a link's inputs),
+    model_selected (the model selector) and show_step (the step slider and the word chips). The many-seeds
+    section's events, public /seeds among them, are `seeds_view.SeedsHandlers`, which share this object."""
 
     def __init__(self, config: AppConfig, traces: TraceStore, output_root: Path):
         self.config, self.traces, self.output_root = config, traces, output_root
@@ -112,7 +134,9 @@ class Handlers:
         self.config.check_embedding(values.get("negative_embedding"))
         return model, CompareSettings(**values)
 
-    def final_outputs(self, comparison, kind: str = "run", owner: str | None = None, model: str | None = None) -> dict:
+    def final_outputs(
+        self, comparison, kind: TraceKind = TraceKind.RUN, owner: str | None = None, model: str | None = None
+    ) -> dict:
         """Every output of the page for a finished comparison (also what the example cache stores); `model` is the
         name it was asked for (the link names it), by default the loaded model's label."""
         settings, trace = comparison.settings, comparison.trace
@@ -193,7 +217,7 @@ class Handlers:
                 elif isinstance(event, Done):
                     progress(1.0, desc="drawing the results")
                     owner = request.session_hash if request is not None else None
-                    final = await asyncio.to_thread(self.final_outputs, event.comparison, "run", owner, model)
+                    final = await asyncio.to_thread(self.final_outputs, event.comparison, TraceKind.RUN, owner, model)
                     yield ordered(final)
         except Exception as error:
             # Shown in the status line and as a toast; the last result stays on the page, and no output box
@@ -208,7 +232,9 @@ class Handlers:
             model, settings = self.unpack(dict(zip(EXAMPLE_NAMES, values, strict=True)))
             async for event in astream(model, CompareRequest(settings)):
                 if isinstance(event, Done):
-                    final = await asyncio.to_thread(self.final_outputs, event.comparison, "example", None, model)
+                    final = await asyncio.to_thread(
+                        self.final_outputs, event.comparison, TraceKind.EXAMPLE, None, model
+                    )
                     return ordered(final)
         except Exception as error:
             raise input_error(error) from None
@@ -287,45 +313,41 @@ class Handlers:
             return ordered({}, LINK_OUTPUTS)  # a plain visit
         try:
             model = self.config.check_model(values.pop("model", None))
-            pipe = load_pipeline(model)
-            defaults, native = model_defaults(pipe), family_of(pipe).native_size(pipe)
-            settings = resolve_settings(CompareSettings(**values), native, defaults)
+            info = model_info(model)
+            settings = resolve_settings(CompareSettings(**values), info.native_size, info.defaults)
         except Exception as error:
             message = html.escape(user_message(error), quote=False)
             gr.Warning(message, title="Could not open the link")
             return ordered({"status": f"❌ **Could not open the link.** {message}"}, LINK_OUTPUTS)
         inputs = {"model": model, **settings.as_dict()}
-        low, high = size_limits(native)
         updates = {
             **{name: value for name, value in inputs.items() if name not in NOT_IN_LINKS},  # the upload stays as is
-            **{
-                name: gr.update(info=range_note(name, FIELDS[name], (low, high)), value=inputs[name])
-                for name in ("width", "height")
-            },  # fmt: skip
-            "model_info": f"Native size {native} px; sizes {low}–{high} px allowed.",
+            **{name: size_update(name, info, inputs[name]) for name in ("width", "height")},
+            "model_info": info.note,
             "status": "Opening the linked comparison…",
         }
-        same = [i for i, row in enumerate(self.examples) if self._resolved(row, native, defaults) == inputs]
+        same = [i for i, row in enumerate(self.examples) if self._resolved(row, info) == inputs]
         updates.update({"link_example": str(same[0])} if same else {"link_run": "1"})
         return ordered(updates, LINK_OUTPUTS)
 
     @staticmethod
-    def _resolved(row: dict, native: int, defaults: dict) -> dict | None:
+    def _resolved(row: dict, info: ModelInfo) -> dict | None:
         """An example row as resolved inputs, to compare with a link's."""
         values = dict(row)
         model = values.pop("model")
         try:
-            return {"model": model, **resolve_settings(CompareSettings(**values), native, defaults).as_dict()}
+            settings = resolve_settings(CompareSettings(**values), info.native_size, info.defaults)
+            return {"model": model, **settings.as_dict()}
         except InputError:
             return None
 
     def model_selected(self, name: str | None) -> tuple:
         """Load the chosen model and adopt its defaults (steps, guidance, scheduler, size limits)."""
         try:
-            pipe = load_pipeline(self.config.check_model(name))
+            info = model_info(self.config.check_model(name))
         except (InputError, ModelLoadError) as error:
-            return (f"⚠️ {html.escape(str(error), quote=False)}", *(gr.skip(),) * 5)
-        return model_widgets(pipe)
+            return ordered({"model_info": f"⚠️ {html.escape(str(error), quote=False)}"}, MODEL_OUTPUTS)
+        return ordered(model_widgets(info), MODEL_OUTPUTS)
 
     def show_step(self, trace_id: str | None, step: float, word, request: gr.Request) -> tuple:
         """Redraw the step view for the step the slider points at and the chosen word's attention map, from the
@@ -350,22 +372,18 @@ class Handlers:
         return ordered(step_outputs(trace, index, files, curves, word, strip), STEP_OUTPUTS)
 
 
-def model_widgets(pipe) -> tuple:
-    """(info text, steps, guidance, scheduler, width, height) updates for a loaded model."""
-    defaults, native = model_defaults(pipe), family_of(pipe).native_size(pipe)
-    low, high = size_limits(native)
-    sizes = [
-        gr.update(info=range_note(name, FIELDS[name], (low, high)), value=defaults.get(name, native))
-        for name in ("width", "height")
-    ]
-    info = f"Native size {native} px; sizes {low}–{high} px allowed." + family_of(pipe).note
-    return (
-        info,
-        gr.update(value=defaults["steps"]),
-        gr.update(value=defaults["guidance"]),
-        gr.update(value=defaults["scheduler"]),
-        *sizes,
-    )
+def model_widgets(info: ModelInfo) -> dict:
+    """What choosing a model changes, by output name (`MODEL_OUTPUTS`): its note and the fields it has defaults for."""
+    return {
+        "model_info": info.note,
+        **{name: gr.update(value=info.defaults[name]) for name in ("steps", "guidance", "scheduler")},
+        **{name: size_update(name, info, info.defaults[name]) for name in ("width", "height")},
+    }
+
+
+def size_update(name: str, info: ModelInfo, value: int) -> dict:
+    """A size box's update for a model: its value and the model's range under it."""
+    return gr.update(info=range_note(name, FIELDS[name], info.size_limits), value=value)
 
 
 def random_seed() -> int:

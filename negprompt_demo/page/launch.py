@@ -11,7 +11,7 @@ import signal
 import sys
 import threading
 
-EMBEDDED = "embedded"  # the same name as loading.EMBEDDED, not imported from there: loading pulls in torch
+from negprompt_demo.settings import default_model
 
 
 def env_flag(name: str) -> bool | None:
@@ -23,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python demo.py", description="Open the negative-prompt comparison page.")
     parser.add_argument(
         "--model",
-        default=os.environ.get("NEGPROMPT_MODEL") or EMBEDDED,
+        default=default_model(),
         help="default model: 'embedded' (default, offline), a hub id owner/name or a local diffusers folder "
         "[env NEGPROMPT_MODEL]",
     )
@@ -88,10 +88,10 @@ def serve(args: argparse.Namespace) -> None:
     This process's runs and Gradio's copies of what it serves live in one private folder (mode 0700), capped in
     size (`Handlers.new_job`) and removed at exit; SIGINT and SIGTERM close the server and exit."""
     # the heavy imports (gradio, torch, diffusers) only after parsing
-    from negprompt_demo.models.loading import ModelLoadError
     from negprompt_demo.page.app import build_app, launch_options
     from negprompt_demo.page.app_config import config_from_args
     from negprompt_demo.page.tracefile import private_folder
+    from negprompt_demo.runner import ModelLoadError
 
     config = config_from_args(args)
     os.umask(0o077)  # every file this server writes (results, traces, Gradio's copies) is its user's only

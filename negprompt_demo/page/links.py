@@ -36,7 +36,7 @@ def link_query(model: str, settings: CompareSettings, default_model: str) -> str
             continue
         if name.startswith("nag_") and not settings.uses_nag():  # NAG's inputs change nothing with CFG alone
             continue
-        pairs.append((name, _text(value, field.kind)))
+        pairs.append((name, field.as_text(value)))
     return "?" + urlencode(pairs)
 
 
@@ -47,31 +47,6 @@ def link_values(params: Mapping[str, str]) -> dict | None:
     if not values:
         return None
     for name, text in values.items():
-        kind = LINK_FIELDS[name].kind if name in LINK_FIELDS else "text"
-        values[name] = _typed(text, kind)
+        if name in LINK_FIELDS:  # the model's name stays text
+            values[name] = LINK_FIELDS[name].from_text(text)
     return values
-
-
-def _text(value, kind: str) -> str:
-    if kind == "flag":
-        return "true" if value else "false"
-    if kind == "float":
-        short = f"{value:g}"
-        return short if float(short) == value else repr(float(value))  # exact: the link reproduces the run
-    return str(value)
-
-
-def _typed(text, kind: str):
-    """A query value as typed input would arrive: flags as booleans, numbers as numbers where the text is one;
-    anything else stays the text, for `resolve_settings` to refuse with its usual message."""
-    if not isinstance(text, str):
-        return text
-    if kind == "flag":
-        return {"true": True, "false": False}.get(text.strip().lower(), text)
-    if kind == "int":  # "7.0" and "1e3" as a number box gives them; "2.5" is then refused as not whole
-        for number in (int, float):
-            try:
-                return number(text.strip())
-            except ValueError:
-                pass
-    return text  # floats: resolve_settings reads number text itself

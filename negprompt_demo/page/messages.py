@@ -9,8 +9,7 @@ import string
 
 import gradio as gr
 
-from negprompt_demo.models.loading import ModelLoadError
-from negprompt_demo.sampling.engine import GenerationCancelled, NonFiniteError
+from negprompt_demo.runner import GenerationCancelled, ModelLoadError, NonFiniteError
 from negprompt_demo.settings import CompareSettings, InputError
 from negprompt_demo.views.visualize import run_labels
 

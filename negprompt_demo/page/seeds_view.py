@@ -11,17 +11,19 @@ from __future__ import annotations
 import asyncio
 import html
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 
 import gradio as gr
 
 from negprompt_demo.page.handlers import INPUT_NAMES, Handlers
+from negprompt_demo.page.jobs import JobFiles
 from negprompt_demo.page.messages import input_error, user_message
 from negprompt_demo.page.widgets import field_widget
-from negprompt_demo.runner import Ready, SeedRows, SeedsDone, SeedsRequest, Step
-from negprompt_demo.sampling.many_seeds import SeedGrid, phrased_by_default
-from negprompt_demo.settings import GRID_DEFAULTS, GRID_FIELDS, resolve_grid
+from negprompt_demo.runner import Ready, SeedGrid, SeedRows, SeedsDone, SeedsRequest, Step, phrased_by_default
+from negprompt_demo.settings import DEFAULTS, GRID_DEFAULTS, GRID_FIELDS, resolve_grid
 from negprompt_demo.views.attributes import (
     READING_ORDER,
+    GridReading,
     Rate,
     grid_document,
     grid_reading,
@@ -49,7 +51,10 @@ def seeds_panel() -> dict:
     panel: dict = {}
     with gr.Row(equal_height=True):
         panel["seed_count"] = field_widget("seed_count", GRID_FIELDS["seed_count"], GRID_DEFAULTS["seed_count"])
-        panel["phrased"] = gr.Checkbox(value=True, label=GRID_FIELDS["phrased"].label, elem_id="phrased")
+        # on when the negative is short (`phrased_by_default`, the same rule as a blank `phrased` in the CLI): for
+        # the page's first negative now, then for each one typed (`wire_seeds`)
+        phrased = phrased_by_default(DEFAULTS["negative"])
+        panel["phrased"] = field_widget("phrased", GRID_FIELDS["phrased"], phrased)
         panel["button"] = gr.Button("Run many seeds", variant="secondary", elem_id="seeds-button", scale=0)
     panel["seeds_status"] = gr.Markdown(
         "The grids use the prompt, negative and settings above.", elem_id="seeds-status"
@@ -104,6 +109,23 @@ def wire_seeds(config, events: Handlers, inputs: dict, panel: dict) -> None:
         )
 
 
+@dataclass
+class ShownGrid:
+    """The grids on the page, kept in the section's `gr.State` between events so a click can flip a mark and
+    recount: filled as the chunks arrive, marked when the run is done."""
+
+    negative: str
+    warnings: str  # the run's warnings as Markdown paragraphs, appended to every status
+    seeds: list[int] = field(default_factory=list)
+    paths: dict[str, list[str]] = field(default_factory=dict)  # column → its image files, in `seeds` order
+    marks: dict[str, list[bool]] | None = None  # column → "has it" per seed; None until the run is done
+    name: str = ""  # what is counted: the probe's attribute, else the negative
+    note: str = ""  # the run's timing and how to mark, under the rate line
+    reading: GridReading | None = None  # the probe's (embedded model): the space and side effects follow the marks
+    columns: tuple[str, ...] = ()
+    files: JobFiles | None = None  # where the redrawn sampling space is written
+
+
 class SeedsHandlers:
     """Event functions of the many-seeds section, sharing the page's `Handlers` (model policy, job files)."""
 
@@ -124,16 +146,16 @@ class SeedsHandlers:
             async for event in self.run_grid(values, request):
                 if isinstance(event, Ready):
                     warnings = "".join(f"\n\n⚠️ {html.escape(w, quote=False)}" for w in event.warnings)
-                    shown = {"seeds": [], "paths": {}, "negative": event.settings.negative, "warnings": warnings}
+                    shown = ShownGrid(event.settings.negative, warnings)
                     yield self.outputs({"seeds_status": "Sampling the first seed…" + warnings})
                 elif isinstance(event, Step):
                     progress((event.done, event.total), desc="sampling the seeds", unit="steps")
                 elif isinstance(event, SeedRows):
-                    shown["seeds"] += event.seeds
+                    shown.seeds += event.seeds
                     for column, images in event.images.items():
                         paths = [files.png(image, f"{column}-{seed}") for seed, image in zip(event.seeds, images)]
-                        shown["paths"].setdefault(column, []).extend(paths)
-                    note = f"{len(shown['seeds'])} seeds done, sampling the rest…" + shown["warnings"]
+                        shown.paths.setdefault(column, []).extend(paths)
+                    note = f"{len(shown.seeds)} seeds done, sampling the rest…" + shown.warnings
                     yield self.outputs({**self.galleries(shown), "seeds_status": note})
                 elif isinstance(event, SeedsDone):
                     yield self.outputs(await asyncio.to_thread(self.finished, event.grid, shown, files))
@@ -142,58 +164,58 @@ class SeedsHandlers:
             gr.Warning(message, title="Could not run the seeds")
             yield self.outputs({"seeds_status": f"❌ **Could not run the seeds.** {message}"})
 
-    def finished(self, grid: SeedGrid, shown: dict, files) -> dict:
+    def finished(self, grid: SeedGrid, shown: ShownGrid, files: JobFiles) -> dict:
         """The final galleries with marks, the rate line, the sampling space and the side effects."""
         reading = grid_reading(grid)
         negative = grid.settings.negative or "it"
         note = f"{len(grid.seeds)} seeds × {len(grid.columns)} columns in {grid.seconds:.1f} s."
         updates = {"space": None, "effects": ""}
         if reading is not None and reading.attribute is not None:
-            shown["name"] = reading.attribute
-            shown["marks"] = {c: [bool(v > 0) for v in reading.scores[c][reading.attribute]] for c in grid.columns}
-            shown["reading"], shown["columns"], shown["files"] = reading, grid.columns, files
-            reading.marks = shown["marks"]  # the same lists the clicks flip: rate line, plot and table agree
+            shown.name = reading.attribute
+            shown.marks = {c: [bool(v > 0) for v in reading.scores[c][reading.attribute]] for c in grid.columns}
+            shown.reading, shown.columns, shown.files = reading, grid.columns, files
+            reading.marks = shown.marks  # the same lists the clicks flip: rate line, plot and table agree
             updates |= self.readings(shown)
             how = f"The probe marked every image (✓ {html.escape(reading.attribute)}, ✗ none); click one to correct it."
         else:
-            shown["name"] = negative
-            shown["marks"] = {column: [False] * len(grid.seeds) for column in grid.columns}
+            shown.name = negative
+            shown.marks = {column: [False] * len(grid.seeds) for column in grid.columns}
             how = f"Click each image that has {html.escape(negative, quote=False)} to count it (✓)."
         if reading is not None and "with" in grid.columns:
             updates["effects"] = effects_markdown(reading)
-        shown["note"] = f"{note} {how}{shown['warnings']}"
+        shown.note = f"{note} {how}{shown.warnings}"
         return {**self.galleries(shown), "seeds_status": self.status(shown), **updates, "marks": shown}
 
     @staticmethod
-    def readings(shown: dict) -> dict:
+    def readings(shown: ShownGrid) -> dict:
         """The sampling space and the side-effects table for the shown marks (after each click, too)."""
-        reading, negative = shown["reading"], shown["negative"] or "it"
-        space = sampling_space_figure(reading, reading.attribute, negative, shown["columns"])
-        updates = {"space": shown["files"].png(figure_image(space), "sampling-space")}
-        if "with" in shown["columns"]:
+        reading, negative = shown.reading, shown.negative or "it"
+        space = sampling_space_figure(reading, reading.attribute, negative, shown.columns)
+        updates = {"space": shown.files.png(figure_image(space), "sampling-space")}
+        if "with" in shown.columns:
             updates["effects"] = effects_markdown(reading)
         return updates
 
-    def status(self, shown: dict) -> str:
-        rates = {column: Rate(sum(marks), len(marks)) for column, marks in shown["marks"].items()}
+    def status(self, shown: ShownGrid) -> str:
+        rates = {column: Rate(sum(marks), len(marks)) for column, marks in shown.marks.items()}
         return (
-            rate_line(html.escape(shown["name"], quote=False), rates, html.escape(shown["negative"], quote=False))
+            rate_line(html.escape(shown.name, quote=False), rates, html.escape(shown.negative, quote=False))
             + "\n\n"
-            + shown["note"]
+            + shown.note
         )
 
-    def galleries(self, shown: dict) -> dict:
-        titles = column_titles(shown["negative"])
+    def galleries(self, shown: ShownGrid) -> dict:
+        titles = column_titles(shown.negative)
         updates = {}
         for column in READING_ORDER:
-            paths = shown["paths"].get(column)
+            paths = shown.paths.get(column)
             if paths is None:
                 updates[f"grid_{column}"] = gr.update(value=[], label=titles[column] + " (off)")
                 continue
-            marks = shown.get("marks", {}).get(column)
+            marks = (shown.marks or {}).get(column)
             captions = [
                 f"seed {seed}" + ("" if marks is None else " ✓" if marks[i] else " ✗")
-                for i, seed in enumerate(shown["seeds"])
+                for i, seed in enumerate(shown.seeds)
             ]
             updates[f"grid_{column}"] = gr.update(value=list(zip(paths, captions)), label=titles[column])
         return updates
@@ -201,13 +223,13 @@ class SeedsHandlers:
     def toggler(self, column: str):
         """The click on an image of `column`: flip its mark and recount."""
 
-        def toggle(shown: dict | None, event: gr.SelectData) -> tuple:
-            if not shown or "marks" not in shown or column not in shown["marks"]:
+        def toggle(shown: ShownGrid | None, event: gr.SelectData) -> tuple:
+            if shown is None or shown.marks is None or column not in shown.marks:
                 return (gr.skip(),) * 5
-            marks = shown["marks"][column]
+            marks = shown.marks[column]
             if 0 <= event.index < len(marks):
                 marks[event.index] = not marks[event.index]
-            drawn = self.readings(shown) if "reading" in shown else {}
+            drawn = self.readings(shown) if shown.reading is not None else {}
             space, effects = drawn.get("space", gr.skip()), drawn.get("effects", gr.skip())
             return self.galleries(shown)[f"grid_{column}"], self.status(shown), space, effects, shown
 

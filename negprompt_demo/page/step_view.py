@@ -10,7 +10,7 @@ import gradio as gr
 import numpy as np
 
 from negprompt_demo.page.jobs import JobFiles
-from negprompt_demo.sampling.trace import GuidanceTrace
+from negprompt_demo.runner import GuidanceTrace
 from negprompt_demo.views.attention_views import step_attention
 from negprompt_demo.views.legends import step_legend
 from negprompt_demo.views.visualize import PART_THRESHOLD, CurvesPicture, describe, step_views

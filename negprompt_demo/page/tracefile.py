@@ -22,14 +22,14 @@ import secrets
 import shutil
 import tempfile
 import time
+from enum import Enum
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
-from negprompt_demo.sampling.attention import AttentionPlan
-from negprompt_demo.sampling.trace import GuidanceTrace, StepRecord
+from negprompt_demo.runner import AttentionPlan, GuidanceTrace, StepRecord
 from negprompt_demo.views.visualize import CurvesPicture
 
 FORMAT_VERSION = 2
@@ -37,6 +37,13 @@ TRACE_ID = re.compile(r"^(run|example)-([0-9a-f]{32})$")
 RUN_MAX_AGE_S = 3600  # a run's files are kept this long (Gradio has copied what it serves into its cache by then)
 RUN_FOLDER_CAP = 1024 * 2**20  # bytes: this process's runs, traces and Gradio's cache together, oldest go first
 ARRAYS = ("previews", "guidance_map", "push_map", "attention_maps", "nag_map")
+
+
+class TraceKind(Enum):
+    """Whose a stored trace is, which says where it lives and who may read it (its id starts with the value)."""
+
+    RUN = "run"  # a visitor's run: in this process's private folder, read by its session only, gone after an hour
+    EXAMPLE = "example"  # an example's: beside Gradio's example cache, read by everyone, kept with that cache
 
 
 class TraceNotFound(LookupError):
@@ -52,16 +59,21 @@ class TraceStore:
     """Traces of this process's runs (in a private temporary folder) and of the examples (beside their cache)."""
 
     def __init__(self, runs_root: Path, examples_root: Path | None = None):
-        self.roots = {"run": Path(runs_root), "example": Path(examples_root) if examples_root else None}
+        self.roots = {
+            TraceKind.RUN: Path(runs_root),
+            TraceKind.EXAMPLE: Path(examples_root) if examples_root else None,
+        }
 
-    def save(self, trace: GuidanceTrace, curves: CurvesPicture, kind: str = "run", owner: str | None = None) -> str:
+    def save(
+        self, trace: GuidanceTrace, curves: CurvesPicture, kind: TraceKind = TraceKind.RUN, owner: str | None = None
+    ) -> str:
         """Write the trace and its curves picture and return its id; `owner` (a browser session) is the only one
         that may read it back."""
         root = self.roots[kind]
         if root is None:
-            raise ValueError(f"this store keeps no {kind} traces")
+            raise ValueError(f"this store keeps no {kind.value} traces")
         root.mkdir(parents=True, exist_ok=True)
-        if kind == "run":
+        if kind is TraceKind.RUN:
             remove_old_folders(root, RUN_MAX_AGE_S)
         name = secrets.token_hex(16)
         folder = root / name
@@ -96,7 +108,7 @@ class TraceStore:
             kept = [step.attention_maps.numpy() for step in trace.steps if step.attention_maps is not None]
             if trace.attention is not None and kept:  # [kept steps, words, h, w]
                 np.save(folder / "attention_maps.npy", np.stack(kept))
-        return f"{kind}-{name}"
+        return f"{kind.value}-{name}"
 
     def load(self, trace_id: str, index: int, owner: str | None = None) -> tuple[GuidanceTrace, CurvesPicture]:
         """Every step's scalars and the arrays of step `index` only (clamped to the run; other steps carry none;
@@ -146,7 +158,7 @@ class TraceStore:
     def _open(self, trace_id: str, owner: str | None) -> tuple[Path, dict]:
         """The folder and header of a trace this session may read."""
         match = TRACE_ID.match(trace_id) if isinstance(trace_id, str) else None
-        root = self.roots[match.group(1)] if match else None
+        root = self.roots[TraceKind(match.group(1))] if match else None
         if root is None:
             raise TraceNotFound(trace_id)
         folder = root / match.group(2)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from negprompt_demo.settings import Field
+from negprompt_demo.settings import Field, Kind
 
 CSS = """
 .pixelated img { image-rendering: pixelated; }
@@ -44,13 +44,13 @@ def field_widget(name: str, field: Field, value, bounds: tuple | None = None) ->
     to their precision without a word, and a Textbox's max_length cuts a long prompt, so the page would run other
     values than those typed (and than the API and CLI run). Numbers are plain boxes that say their range; the server
     checks every value once (`settings.resolve_settings`) and answers with the same message as the API and CLI."""
-    if field.kind == "text":
+    if field.kind is Kind.TEXT:
         return gr.Textbox(label=field.label, value=value, lines=2 if name == "prompt" else 1, elem_id=name)
-    if field.kind == "choice":
+    if field.kind is Kind.CHOICE:
         return gr.Dropdown(list(field.choices), value=value, label=field.label)
-    if field.kind == "flag":
+    if field.kind is Kind.FLAG:
         return gr.Checkbox(value=bool(value), label=f"{field.label} ({field.help})", elem_id=name)
-    if field.kind == "file":
+    if field.kind is Kind.FILE:
         return embedding_upload(field, visible=True)
     return gr.Number(label=field.label, value=value, info=range_note(name, field, bounds), elem_id=name)
 
@@ -60,7 +60,7 @@ def range_note(name: str, field: Field, bounds: tuple | None = None) -> str:
     low, high = bounds or (field.minimum, field.maximum)
     if low is None or high is None:
         return field.help
-    whole = ", whole numbers" if field.kind == "int" else ""
+    whole = ", whole numbers" if field.kind is Kind.INT else ""
     if name in ("width", "height"):
         return f"{low} to {high} px, a multiple of 8 (0: native)"
     if name == "seed":
@@ -71,11 +71,11 @@ def range_note(name: str, field: Field, bounds: tuple | None = None) -> str:
 def api_widget(name: str, field: Field | None, default) -> gr.components.Component:
     """The public API's input for one field: plain types and no bounds (the server checks every value); `default`
     is what an API call that leaves the input out gets (the default model's value)."""
-    if field is None or field.kind in ("text", "file"):  # the model, prompts, a file's path or Hub name
+    if field is None or field.kind in (Kind.TEXT, Kind.FILE):  # the model, prompts, a file's path or Hub name
         return gr.Textbox(label=name, value=default)
-    if field.kind == "choice":
+    if field.kind is Kind.CHOICE:
         return gr.Dropdown(list(field.choices), value=default, label=name, info=field.help)
-    if field.kind == "flag":
+    if field.kind is Kind.FLAG:
         return gr.Checkbox(label=name, value=default, info=field.help)
     return gr.Number(label=name, value=default, info=field.help)
 

@@ -19,7 +19,8 @@ import threading
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 
-from negprompt_demo.models.loading import load_pipeline, model_label
+from negprompt_demo.models.flow_models import DISTILLED_NOTE
+from negprompt_demo.models.loading import ModelLoadError, load_pipeline, model_label
 from negprompt_demo.runner import device
 from negprompt_demo.runner.events import (
     DeviceError,
@@ -32,30 +33,34 @@ from negprompt_demo.runner.events import (
     Step,
     SweepDone,
 )
+from negprompt_demo.runner.model_info import (
+    ModelInfo,
+    model_fingerprint,
+    model_info,
+    model_info_of,
+    weights_fingerprint,
+)
 from negprompt_demo.runner.requests import CompareRequest, Request, SeedsRequest, SweepRequest
+from negprompt_demo.sampling.attention import AttentionPlan
 from negprompt_demo.sampling.cost import CostLimits, check_request
-from negprompt_demo.sampling.engine import prepare
-from negprompt_demo.sampling.many_seeds import new_grid
+from negprompt_demo.sampling.engine import Comparison, GenerationCancelled, NonFiniteError, prepare
+from negprompt_demo.sampling.many_seeds import SeedGrid, new_grid, phrased_by_default
+from negprompt_demo.sampling.sweep import SWEEP_STARTS, Sweep
+from negprompt_demo.sampling.trace import GuidanceTrace, StepRecord
 
 GONE_POLL_S = 0.2  # how often a running job looks whether its client is still there
 
+# The one door: front ends (page, API, CLI) import only this package, `settings` and `views`, so the requests they
+# make, the events they read, what they know of a model, the errors they word and the result types they show are
+# all named here.
 __all__ = [
-    "CompareRequest",
-    "SweepRequest",
-    "SeedsRequest",
-    "Request",
-    "Ready",
-    "Step",
-    "Done",
-    "SweepDone",
-    "SeedRows",
-    "SeedsDone",
-    "Event",
-    "DeviceError",
-    "stream",
-    "astream",
-    "merge_steps",
-]
+    "CompareRequest", "SweepRequest", "SeedsRequest", "Request", "stream", "astream", "merge_steps",
+    "Event", "Ready", "Step", "Done", "SweepDone", "SeedRows", "SeedsDone",
+    "ModelInfo", "model_info", "model_info_of", "weights_fingerprint", "model_fingerprint",
+    "ModelLoadError", "NonFiniteError", "GenerationCancelled", "DeviceError",
+    "Comparison", "Sweep", "SWEEP_STARTS", "SeedGrid", "phrased_by_default", "CostLimits",
+    "GuidanceTrace", "StepRecord", "AttentionPlan", "DISTILLED_NOTE",
+]  # fmt: skip
 
 
 def stream(

@@ -14,8 +14,7 @@ import numpy as np
 from PIL import Image
 
 from negprompt_demo.embedded.faces import ATTRIBUTES
-
-EMBEDDED = "embedded"  # loading.EMBEDDED: the model label of the shipped model
+from negprompt_demo.settings import EMBEDDED  # the shipped model's label: the one model the probe knows
 
 
 def probed_attribute(model: str, negative: str) -> str | None:
