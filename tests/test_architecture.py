@@ -87,7 +87,9 @@ def test_modules_and_functions_stay_small():
 
 def test_the_rules_catch_what_they_name():
     """The checks themselves: an upward import, a front end around the runner and a family comparison are seen."""
-    source = "from negprompt_demo.page.app import x\ndef f():\n    from negprompt_demo.models import y\nif f == 'sdxl': pass"
+    source = (
+        "from negprompt_demo.page.app import x\ndef f():\n    from negprompt_demo.models import y\nif f == 'sdxl': pass"
+    )
     tree = ast.parse(source)
     assert imported_layers(tree) == {"page", "models"}  # the lazy import inside a function too
     compare = next(n for n in ast.walk(tree) if isinstance(n, ast.Compare))

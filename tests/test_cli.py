@@ -141,7 +141,7 @@ def test_seeds_writes_the_grids_and_their_document(tiny_sd_folder, tmp_path, cap
     )
     assert code == 0
     document = json.loads((out / "seeds.json").read_text())
-    assert document["seeds"] == [3, 4, 5, 6] and list(document["columns"]) == ["without", "with", "phrased"]
+    assert document["seeds"] == [3, 4, 5, 6] and list(document["columns"]) == ["without", "phrased", "with"]
     assert document["columns"]["phrased"]["prompt"] == "a red hat without blue"
     assert (out / "seeds.png").is_file() and (out / "phrased_6.png").is_file()
     assert not (out / "space.png").exists()  # no probe for this model

@@ -27,7 +27,7 @@ def test_every_grid_column_equals_its_own_run(request, pipe_name, guidance, name
     prepared = prepare(pipe, settings)
     resolved = prepared.settings
     grid = sample_grid(pipe, prepared, new_grid(resolved, name, True), 3)
-    assert grid.columns == ("without", "with", "phrased") and grid.seeds == [5, 6, 7]
+    assert grid.columns == ("without", "phrased", "with") and grid.seeds == [5, 6, 7]
     phrased_prompt = grid.prompts["phrased"][0]
     for i, seed in enumerate(grid.seeds):
         single = compare(pipe, settings.replace(seed=seed), trace=False)

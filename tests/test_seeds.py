@@ -40,7 +40,7 @@ def test_every_column_equals_its_own_run(sd_pipe):
         sd_pipe, prepared, new_grid(resolved, "tiny", None), 4, on_rows=lambda seeds, images: rows.append(seeds)
     )
     assert rows == [[11], [12, 13, 14]] and grid.seeds == [11, 12, 13, 14]
-    assert grid.columns == ("without", "with", "phrased")
+    assert grid.columns == ("without", "phrased", "with")
     assert grid.prompts["phrased"] == ("a red hat without blue", "")
     for i, seed in enumerate(grid.seeds):
         single = compare(sd_pipe, SETTINGS.replace(seed=seed), trace=False)

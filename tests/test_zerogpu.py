@@ -108,6 +108,6 @@ def test_the_many_seeds_rows_cross_the_process_boundary_as_they_finish(zerogpu_r
     rows = [event for event in events if isinstance(event, zerogpu_runner.SeedRows)]
     assert [row.seeds for row in rows] == [[3], [4, 5, 6]]  # the first seed alone, then the rest
     grid = events[-1].grid
-    assert grid.seeds == [3, 4, 5, 6] and grid.columns == ("without", "with", "phrased") and grid.seconds > 0
+    assert grid.seeds == [3, 4, 5, 6] and grid.columns == ("without", "phrased", "with") and grid.seconds > 0
     in_process = compare(load_pipeline(str(tiny_sd_folder)), SETTINGS.replace(seed=5), trace=False)
     assert np.abs(np.asarray(grid.images["with"][2], int) - np.asarray(in_process.with_negative, int)).max() <= 2

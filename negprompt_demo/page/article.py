@@ -15,15 +15,15 @@ from pathlib import Path
 
 from PIL import Image
 
-from negprompt_demo.runner import SeedsDone, SeedsRequest, stream
+from negprompt_demo.runner import COLUMNS, SeedsDone, SeedsRequest, stream
 from negprompt_demo.settings import CompareSettings
-from negprompt_demo.views.attributes import READING_ORDER, attribute_present, probed_attribute
+from negprompt_demo.views.attributes import attribute_present, probed_attribute
 from negprompt_demo.views.seed_pictures import column_titles
 
 
 @dataclass
 class Article:
-    """One seed three ways (in the article's order, `attributes.READING_ORDER`), each run's prompts and the reading."""
+    """One seed three ways (in the article's order, `many_seeds.COLUMNS`), each run's prompts and the reading."""
 
     pictures: dict[str, Path]  # column → PNG
     prompts: dict[str, list[str]]  # column → [prompt, negative prompt]
@@ -42,17 +42,17 @@ def article_row(model: str, values: dict, folder: Path) -> Article:
     index = folder / "article.json"
     if index.is_file():
         stored = json.loads(index.read_text(encoding="utf-8"))
-        pictures = {column: folder / f"{column}.png" for column in READING_ORDER}
+        pictures = {column: folder / f"{column}.png" for column in COLUMNS}
         if all(path.is_file() for path in pictures.values()):
             return Article(pictures, stored["prompts"], stored["seed"], stored["reading"])
     job = SeedsRequest(CompareSettings(**values), count=1, phrased=True)
     grid = next(event.grid for event in stream(model, job) if isinstance(event, SeedsDone))
     folder.mkdir(parents=True, exist_ok=True)
-    images = {column: grid.images[column][0] for column in READING_ORDER}
-    pictures = {column: folder / f"{column}.png" for column in READING_ORDER}
+    images = {column: grid.images[column][0] for column in COLUMNS}
+    pictures = {column: folder / f"{column}.png" for column in COLUMNS}
     for column, image in images.items():
         image.save(pictures[column], format="PNG")
-    prompts = {column: list(grid.prompts[column]) for column in READING_ORDER}
+    prompts = {column: list(grid.prompts[column]) for column in COLUMNS}
     article = Article(pictures, prompts, grid.seeds[0], reading(grid.model, prompts["with"][1], images))
     stored = {"prompts": article.prompts, "seed": article.seed, "reading": article.reading}
     index.write_text(json.dumps(stored), encoding="utf-8")
@@ -69,10 +69,10 @@ def reading(model: str, negative: str, images: dict[str, Image.Image]) -> str:
             f"“{negative}” in front of the text encoder, while the negative prompt is the direction guidance "
             "steps away from. Compare the middle image with the right one."
         )
-    present = attribute_present(attribute, [images[column] for column in READING_ORDER])
-    seen = dict(zip(READING_ORDER, present, strict=True))
+    present = attribute_present(attribute, [images[column] for column in COLUMNS])
+    seen = dict(zip(COLUMNS, present, strict=True))
     titles = column_titles(negative)
-    said = "; ".join(f"{titles[column]}: {'a' if seen[column] else 'no'} {attribute}" for column in READING_ORDER)
+    said = "; ".join(f"{titles[column]}: {'a' if seen[column] else 'no'} {attribute}" for column in COLUMNS)
     if seen["without"] and seen["phrased"] and not seen["with"]:
         verdict = f"writing “without {negative}” in the prompt did not remove it, the negative prompt did."
     else:

@@ -19,10 +19,9 @@ from negprompt_demo.page.handlers import INPUT_NAMES, Handlers
 from negprompt_demo.page.jobs import JobFiles
 from negprompt_demo.page.messages import input_error, user_message
 from negprompt_demo.page.widgets import field_widget
-from negprompt_demo.runner import Ready, SeedGrid, SeedRows, SeedsDone, SeedsRequest, Step, phrased_by_default
+from negprompt_demo.runner import COLUMNS, Ready, SeedGrid, SeedRows, SeedsDone, SeedsRequest, Step, phrased_by_default
 from negprompt_demo.settings import DEFAULTS, GRID_DEFAULTS, GRID_FIELDS, resolve_grid
 from negprompt_demo.views.attributes import (
-    READING_ORDER,
     GridReading,
     Rate,
     grid_document,
@@ -99,7 +98,7 @@ def wire_seeds(config, events: Handlers, inputs: dict, panel: dict) -> None:
     inputs["negative"].change(
         phrased_by_default, inputs["negative"], panel["phrased"], queue=False, api_visibility="private"
     )
-    for column in READING_ORDER:
+    for column in COLUMNS:
         panel[f"grid_{column}"].select(
             seeds.toggler(column),
             panel["marks"],
@@ -207,7 +206,7 @@ class SeedsHandlers:
     def galleries(self, shown: ShownGrid) -> dict:
         titles = column_titles(shown.negative)
         updates = {}
-        for column in READING_ORDER:
+        for column in COLUMNS:
             paths = shown.paths.get(column)
             if paths is None:
                 updates[f"grid_{column}"] = gr.update(value=[], label=titles[column] + " (off)")
@@ -251,7 +250,7 @@ class SeedsHandlers:
         files = self.events.new_job()
         gallery = [
             (files.png(image, f"{column}-{seed}"), f"{column} · seed {seed}")
-            for column in READING_ORDER
+            for column in COLUMNS
             if column in grid.columns
             for seed, image in zip(grid.seeds, grid.images[column])
         ]

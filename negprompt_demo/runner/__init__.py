@@ -44,7 +44,7 @@ from negprompt_demo.runner.requests import CompareRequest, Request, SeedsRequest
 from negprompt_demo.sampling.attention import AttentionPlan
 from negprompt_demo.sampling.cost import CostLimits, check_request
 from negprompt_demo.sampling.engine import Comparison, GenerationCancelled, NonFiniteError, prepare
-from negprompt_demo.sampling.many_seeds import SeedGrid, new_grid, phrased_by_default
+from negprompt_demo.sampling.many_seeds import COLUMNS, SeedGrid, new_grid, phrased_by_default
 from negprompt_demo.sampling.sweep import SWEEP_STARTS, Sweep
 from negprompt_demo.sampling.trace import GuidanceTrace, StepRecord
 
@@ -58,7 +58,7 @@ __all__ = [
     "Event", "Ready", "Step", "Done", "SweepDone", "SeedRows", "SeedsDone",
     "ModelInfo", "model_info", "model_info_of", "weights_fingerprint", "model_fingerprint",
     "ModelLoadError", "NonFiniteError", "GenerationCancelled", "DeviceError",
-    "Comparison", "Sweep", "SWEEP_STARTS", "SeedGrid", "phrased_by_default", "CostLimits",
+    "Comparison", "Sweep", "SWEEP_STARTS", "SeedGrid", "COLUMNS", "phrased_by_default", "CostLimits",
     "GuidanceTrace", "StepRecord", "AttentionPlan", "DISTILLED_NOTE",
 ]  # fmt: skip
 

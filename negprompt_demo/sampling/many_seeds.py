@@ -28,7 +28,8 @@ from negprompt_demo.settings import CompareSettings
 # 1024 px (128×128 latents), i.e. 48 SD-1.5 items at 512 px. Items are runs; the UNet sees twice as many (CFG).
 MAX_BATCH_LATENT_PIXELS = 8 * 128 * 128
 PHRASED_MAX_WORDS = 4  # the third column is on by default for negatives this short ("mustache", "a red hat")
-COLUMNS = ("without", "with", "phrased")
+# The grid's columns in reading order: the prompt, "without X" written in it, the negative prompt.
+COLUMNS = ("without", "phrased", "with")
 
 
 def phrased_prompt(prompt: str, negative: str) -> str:
@@ -66,7 +67,7 @@ def new_grid(resolved: CompareSettings, model: str, phrased: bool | None) -> See
     """An empty grid for these settings (`resolved` from `engine.prepare`); `phrased` None: the third column
     when the negative is short."""
     phrased = phrased_by_default(resolved.negative) if phrased is None else phrased
-    columns = COLUMNS if phrased and resolved.negative else COLUMNS[:2]
+    columns = tuple(column for column in COLUMNS if column != "phrased" or (phrased and resolved.negative))
     prompts = {
         "without": (resolved.prompt, ""),
         "with": (resolved.prompt, resolved.negative),
@@ -100,11 +101,12 @@ def sample_grid(
     `on_rows(seeds, images by column)` after each chunk. Steps are counted over the whole grid."""
     started = time.perf_counter()
     settings = grid.settings
-    runs = prepared.runs()
+    runs, run_columns = prepared.runs(), ["without", "with"]  # the batch's order: the paired runs first
+    if not settings.negative:
+        runs, run_columns = runs[:1], ["without"]  # no negative: the with-column is the without-column (warned)
     if "phrased" in grid.columns:
         runs.append(Run(RunText(grid.prompts["phrased"][0], prepared.baseline_negative())))
-    if "with" in grid.columns and not settings.negative:
-        runs = runs[:1]  # no negative: the with-column is the without-column (the warning says so)
+        run_columns.append("phrased")
     seeds = [(settings.seed + i) % 2**32 for i in range(count)]
     scale = pipe.vae_scale_factor
     chunks = seed_chunks(seeds, len(runs), (settings.width // scale) * (settings.height // scale))
@@ -117,7 +119,7 @@ def sample_grid(
     for chunk in chunks:
         with pipeline_lock(pipe):
             images, _ = sample_runs(pipe, prepared, chunk, runs, on_step=count_steps, stop=stop)
-        by_column = {column: images[k :: len(runs)] for k, column in enumerate(grid.columns[: len(runs)])}
+        by_column = {column: images[k :: len(runs)] for k, column in enumerate(run_columns)}
         by_column.setdefault("with", by_column["without"])
         grid.add(chunk, by_column)
         done += settings.steps

@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image
 
 from negprompt_demo.embedded.faces import ATTRIBUTES
+from negprompt_demo.sampling.many_seeds import COLUMNS
 from negprompt_demo.settings import EMBEDDED  # the shipped model's label: the one model the probe knows
 
 
@@ -51,8 +52,6 @@ def sweep_reading(sweep) -> tuple[list[str] | None, str]:
 
 
 # --- many seeds: rates with intervals, and what else the negative moved -----------------------------------------
-
-READING_ORDER = ("without", "phrased", "with")  # the article's order: the prompt, "without X" in it, the negative
 
 
 @dataclass(frozen=True)
@@ -128,7 +127,7 @@ def rate_line(name: str, rates: dict[str, Rate], negative: str) -> str:
         "phrased": f'"…without {negative}" in the prompt',
         "with": f'negative "{negative}"',
     }
-    shown = [f"{labels[column]} {rates[column].text()}" for column in READING_ORDER if column in rates]
+    shown = [f"{labels[column]} {rates[column].text()}" for column in COLUMNS if column in rates]
     return f"**{name}**: " + " → ".join(shown)
 
 

@@ -13,7 +13,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image, ImageDraw
 
-from negprompt_demo.views.attributes import READING_ORDER, GridReading, grid_reading
+from negprompt_demo.sampling.many_seeds import COLUMNS
+from negprompt_demo.views.attributes import GridReading, grid_reading
 from negprompt_demo.views.visualize import enlarge, font
 
 COLUMN_COLORS = {"without": "#4c78a8", "phrased": "#f58518", "with": "#e45756"}
@@ -30,7 +31,7 @@ def column_titles(negative: str) -> dict[str, str]:
 def grid_picture(grid, marks: dict[str, list[bool | None]] | None = None, per_row: int = 4) -> Image.Image:
     """Every column's images as a block of `per_row` seeds a row, blocks side by side in the article's order, each
     image with its seed (and yes/no where `marks` says whether the attribute is there)."""
-    columns = [column for column in READING_ORDER if column in grid.columns]
+    columns = [column for column in COLUMNS if column in grid.columns]
     side, gap, header = 96, 4, 24
     rows = -(-len(grid.seeds) // per_row)
     block = per_row * (side + gap)
@@ -61,7 +62,7 @@ def marked_grid_picture(grid) -> Image.Image:
 def sampling_space_figure(reading: GridReading, attribute: str, negative: str, columns: tuple[str, ...]) -> Figure:
     """One row of dots per column: each seed's probe score for `attribute`; the line at 0 is the probe's
     decision (right of it: present)."""
-    shown = [column for column in READING_ORDER if column in columns]
+    shown = [column for column in COLUMNS if column in columns]
     titles = column_titles(negative)
     figure = Figure(figsize=(7.0, 0.9 + 0.55 * len(shown)), dpi=100)
     axes = figure.add_subplot()
