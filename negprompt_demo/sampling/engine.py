@@ -54,7 +54,7 @@ from negprompt_demo.models.loading import (
 )
 from negprompt_demo.models.prompts import PromptReading, RunText, chunk_message, read_prompt, text_pairs
 from negprompt_demo.models.scheduled_text import encode_scheduled, texts_by_step, used_texts
-from negprompt_demo.sampling.attention import AttentionRecorder, plan_attention, recording
+from negprompt_demo.sampling.attention import AttentionRecorder, plan_attention
 from negprompt_demo.sampling.diagnostics import negative_diagnostics
 from negprompt_demo.sampling.guidance import NO_NEGATIVE, BranchHook, NegativePlan
 from negprompt_demo.sampling.nag import nag_attention, nag_warnings
@@ -324,9 +324,11 @@ def sample_runs(pipe, settings: CompareSettings, seeds: list[int], runs: list[Ru
     by_step = texts_by_step(texts, settings.steps) if tracer is not None else None
     total = settings.steps
     item_plans = [None if hook.source[item] == item else plan for item, plan in enumerate(plans)]
-    nag = nag_attention(pipe, settings, item_plans, hook, embedding, 1 if tracer is not None else None)
+    nag = nag_attention(pipe, settings, item_plans, hook.call, embedding, 1 if tracer is not None else None)
     # Cross-attention maps of the with-run (run 1) of a single-seed traced call, when its tracer asks for them.
-    attention = AttentionRecorder(tracer.attention, hook) if tracer is not None and tracer.attention else None
+    attention = (
+        AttentionRecorder(pipe.unet, tracer.attention, hook.call) if tracer is not None and tracer.attention else None
+    )
 
     def on_step_end(pipeline, index: int, timestep, callback_kwargs: dict) -> dict:
         latents = callback_kwargs["latents"]
@@ -349,7 +351,7 @@ def sample_runs(pipe, settings: CompareSettings, seeds: list[int], runs: list[Ru
         return callback_kwargs
 
     nag_context = nag if nag is not None else contextlib.nullcontext()
-    with hook, nag_context, recording(pipe.unet, attention) if attention is not None else contextlib.nullcontext():
+    with hook, nag_context, attention if attention is not None else contextlib.nullcontext():
         output = pipe(
             **embeddings,
             **guidance_arguments(family, settings.guidance),
