@@ -33,19 +33,11 @@ from benchmarks.common import (
 from negprompt_demo.models.prompts import encode_text
 from negprompt_demo.sampling.engine import compare
 from negprompt_demo.sampling.guidance import NegativePlan
+from negprompt_demo.sampling.hooks import BatchRows, DenoiserCall
 from negprompt_demo.sampling.nag import NagAttention
 from negprompt_demo.settings import NAG_DEFAULTS, CompareSettings
 
 GOALS = {"NAG at guidance 1 vs CFG": 0.65, "NAG + CFG vs CFG": 1.3}
-
-
-class OneImage:
-    """The branch hook's view of a plain pipeline call of one image: its text item is row 0 at every step."""
-
-    step = 0
-
-    def rows_of(self, run: int) -> tuple[None, int]:
-        return None, 0
 
 
 def single_image_cases(pipe, args: argparse.Namespace) -> dict:
@@ -60,8 +52,9 @@ def single_image_cases(pipe, args: argparse.Namespace) -> dict:
     def nag_image():
         context, _ = encode_text(pipe, NEGATIVE, None)
         latent = size // pipe.vae_scale_factor
+        one_image = DenoiserCall(0, BatchRows.text_only(1))  # a plain call of one image: its text item is row 0
         nag = NagAttention(
-            pipe.unet, OneImage(), [NegativePlan(0, args.steps)], [0], context, NAG_DEFAULTS["nag_scale"],
+            pipe.unet, one_image, [NegativePlan(0, args.steps)], [0], context, NAG_DEFAULTS["nag_scale"],
             NAG_DEFAULTS["nag_tau"], NAG_DEFAULTS["nag_alpha"], (latent, latent),
         )  # fmt: skip
         with nag:

@@ -178,6 +178,7 @@ def test_stored_trace_reads_one_step_and_every_scalar(sd_pipe, tmp_path):
         assert trace.to_json() == comparison.trace.to_json()  # every step's scalars, for the curves
         loaded = trace.steps[index]
         assert np.array_equal(loaded.previews, original.previews)
+        assert np.array_equal(loaded.branch_previews, original.branch_previews)
         assert np.array_equal(loaded.guidance_map.numpy(), original.guidance_map.numpy())
         assert np.array_equal(loaded.push_map.numpy(), original.push_map.numpy())
         assert all(step.previews is None for i, step in enumerate(trace.steps) if i != index)  # read one step only

@@ -216,14 +216,15 @@ def test_maps_equal_daams_rule_over_the_down_and_up_blocks_and_the_mid_block_is_
 
 
 def test_only_the_mapped_layers_get_the_recording_processor(sd_pipe):
-    from negprompt_demo.sampling.attention import AttentionRecorder, RecordingProcessor, plan_attention, recording
+    from negprompt_demo.sampling.attention import AttentionRecorder, RecordingProcessor, plan_attention
+    from negprompt_demo.sampling.hooks import DenoiserCall
 
     for mid_block, expected in (
         (False, {"down_blocks", "up_blocks"}),
         (True, {"down_blocks", "up_blocks", "mid_block"}),
     ):
         plan = plan_attention(sd_pipe, compare_settings(sd_pipe, attention_mid_block=mid_block))
-        with recording(sd_pipe.unet, AttentionRecorder(plan, hook=None)):
+        with AttentionRecorder(sd_pipe.unet, plan, DenoiserCall()):
             swapped = {
                 name.split(".")[0]
                 for name, processor in sd_pipe.unet.attn_processors.items()

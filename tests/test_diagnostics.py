@@ -10,8 +10,10 @@ import pytest
 from conftest import EMBEDDED_PRESENT
 from diffusers import StableDiffusionPipeline
 
+from negprompt_demo.embedded import MODEL_DIR
 from negprompt_demo.embedded.faces import caption, caption_vocabulary, caption_words, draw_portrait
 from negprompt_demo.models.loading import load_pipeline
+from negprompt_demo.models.vocabulary import VOCABULARY_FILE, model_vocabulary, vocabulary_document, vocabulary_words
 from negprompt_demo.sampling.diagnostics import distilled_reason, negative_diagnostics, repeated_words, unseen_words
 from negprompt_demo.sampling.engine import compare, prepare
 from negprompt_demo.settings import CompareSettings
@@ -27,9 +29,26 @@ def test_the_caption_vocabulary_holds_every_word_a_caption_can_write():
     rng = random.Random(0)
     vocabulary = caption_vocabulary()
     for _ in range(3000):
-        words = caption_words(caption(draw_portrait(rng), rng))
+        text = caption(draw_portrait(rng), rng)
+        words = caption_words(text)
         assert set(words) <= vocabulary, set(words) - vocabulary
+        assert vocabulary_words(text) == words  # the check counts words as the captions were counted
     assert {"mustache", "hat", "without", "purple"} <= vocabulary and "blurry" not in vocabulary
+
+
+def test_the_embedded_model_ships_its_caption_vocabulary():
+    """The file the warnings read is the captions' vocabulary as `embedded_tools.train` writes it (re-export after
+    changing the caption grammar)."""
+    assert (MODEL_DIR / VOCABULARY_FILE).read_text() == vocabulary_document(caption_vocabulary())
+
+
+def test_any_model_folder_with_a_vocabulary_gets_the_warning(tmp_path):
+    """The engine asks the model what it knows; nothing in it is particular to the embedded model."""
+    (tmp_path / VOCABULARY_FILE).write_text(vocabulary_document({"cat", "dog"}))
+    pipe = SimpleNamespace(name_or_path=str(tmp_path), config={})
+    assert model_vocabulary(pipe) == {"cat", "dog"}
+    assert unseen_words(pipe, "a Dog, blurry, cat-like") == ["a", "blurry", "cat-like"]
+    assert model_vocabulary(SimpleNamespace(name_or_path="some/hub-id", config={})) is None
 
 
 @pytest.mark.skipif(not EMBEDDED_PRESENT, reason="embedded model not built")

@@ -136,11 +136,13 @@ def test_on_step_streams_every_step_with_its_record(sd_pipe):
     compare(
         sd_pipe,
         CompareSettings(PROMPT, NEGATIVE, seed=SEED, steps=STEPS),
-        on_step=lambda done, total, record: updates.append((done, total, record.index, record.x0_latents.shape)),
+        on_step=lambda done, total, record: updates.append(
+            (done, total, record.index, record.x0_latents.shape, record.branch_x0_latents.shape)
+        ),
     )
     assert [update[:3] for update in updates] == [(i, STEPS, i - 1) for i in range(1, STEPS + 1)]
-    # both runs' x0, then what the with-run's prompt, empty and negative branches predict (push map, on by default)
-    assert all(shape == (5, 4, 16, 16) for *_, shape in updates)
+    # both runs' x0, and what the with-run's prompt, empty and negative branches predict (push map, on by default)
+    assert all(update[3:] == ((2, 4, 16, 16), (3, 4, 16, 16)) for update in updates)
 
 
 def test_concurrent_compares_do_not_mix(sd_pipe):

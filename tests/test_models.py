@@ -149,23 +149,24 @@ def test_flow_matching_trace(request, pipe_name, guidance):
     assert sigmas[0] == pytest.approx(1.0) and all(0 < b < a for a, b in zip(sigmas, sigmas[1:]))
     for step in trace.steps:
         assert step.timestep == pytest.approx(1000 * step.sigma, rel=1e-4)  # FlowMatchEuler: t = σ·1000
-        # both runs, then the with-run's prompt, empty and negative branches alone; FLUX.1's packed patches unpacked
-        assert step.x0_latents.shape == (5, 16, 16, 16)
+        # both runs, and the with-run's prompt, empty and negative branches alone; FLUX.1's packed patches unpacked
+        assert step.x0_latents.shape == (2, 16, 16, 16) and step.branch_x0_latents.shape == (3, 16, 16, 16)
         assert step.guidance_map.shape == (2, 16, 16) and step.push_map.shape == (16, 16)
         values = [*step.guidance_mean, step.guidance_cosine, step.divergence, step.push_mean]
         assert all(np.isfinite(values)) and step.push_mean > 0
         # x0 = x_t − σ·v is affine in v: the with-run's x0 is its negative branch's + s × (prompt's − negative's)
         x0 = step.x0_latents.float()
+        prompt, empty, negative = step.branch_x0_latents.float()  # BRANCHES
         rounding = 2 * guidance * 2**-10 * x0.abs().max()
-        torch.testing.assert_close(x0[1], x0[4] + guidance * (x0[2] - x0[4]), rtol=0, atol=rounding)
-        assert (x0[4] - x0[3]).abs().max() > 0  # the negative branch is not the empty prompt's (tiny models: close)
+        torch.testing.assert_close(x0[1], negative + guidance * (prompt - negative), rtol=0, atol=rounding)
+        assert (negative - empty).abs().max() > 0  # the negative branch is not the empty prompt's (tiny models: close)
     # Euler's last step lands on the x0 it predicts (x0 = x_t − σ·v), which checks the formula end to end
     final = plain_call(pipe, output_type="latent", negative_prompt=NEGATIVE, **PLAIN_GUIDANCE[pipe_name])
     if pipe_name == "flux_pipe":
         final = pipe._unpack_latents(final, 32, 32, pipe.vae_scale_factor)
     torch.testing.assert_close(trace.steps[-1].x0_latents[1:2].float(), final, rtol=2e-2, atol=2e-2)
     fill_previews(pipe, trace.steps)
-    assert trace.steps[-1].previews.shape == (5, 32, 32, 3)
+    assert trace.steps[-1].previews.shape == (2, 32, 32, 3) and trace.steps[-1].branch_previews.shape == (3, 32, 32, 3)
 
 
 @torch.no_grad()

@@ -17,6 +17,7 @@ from diffusers.models.embeddings import apply_rotary_emb
 from negprompt_demo.models.families import FLUX_DISTILLED_GUIDANCE, family_of
 from negprompt_demo.sampling.engine import GenerationCancelled, compare, generate_pairs
 from negprompt_demo.sampling.guidance import NegativePlan
+from negprompt_demo.sampling.hooks import BatchRows, DenoiserCall
 from negprompt_demo.sampling.nag_joint import JointNag
 from negprompt_demo.settings import CompareSettings
 
@@ -289,13 +290,8 @@ def test_processors_and_hooks_are_removed_after_an_error(family, request):
     no_nag_left(pipe, before)
 
 
-class OneWithRun:
-    """The branch hook's view of a transformer call holding one with-run text item, at step 0."""
-
-    step = 0
-
-    def text_row(self, run: int) -> int:
-        return 0
+# The branch hook's view of a transformer call holding one with-run text item (row 0), at step 0.
+ONE_TEXT_ROW = DenoiserCall(step=0, rows=BatchRows.text_only(1))
 
 
 @torch.no_grad()
@@ -326,7 +322,7 @@ def test_one_transformer_call_equals_the_hand_written_forward_closely(pipe_name,
         )
     family = family_of(pipe)
     joint = JointNag(
-        model, OneWithRun(), [NegativePlan(0, 1)], [0], negative, negative_pooled, family, latent_size=(16, 16),
+        model, ONE_TEXT_ROW, [NegativePlan(0, 1)], [0], negative, negative_pooled, family, latent_size=(16, 16),
         traced=None, **nag,
     )  # fmt: skip
     plain = model(**inputs, return_dict=False)[0]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import pickle
 from types import SimpleNamespace
 
 import numpy as np
@@ -34,9 +35,11 @@ def test_trace_shapes(traced):
     for index, step in enumerate(trace.steps):
         assert step.index == index
         assert step.guidance_map.shape == (2, 16, 16) and step.guidance_map.dtype == torch.float16
-        assert step.x0_latents.shape == (5, 4, 16, 16)  # both runs, then the with-run's three branches alone
+        assert step.x0_latents.shape == (2, 4, 16, 16)  # both runs
+        assert step.branch_x0_latents.shape == (3, 4, 16, 16)  # the with-run's three branches alone
         assert step.push_map.shape == (16, 16)
-        assert step.previews.shape == (5, 32, 32, 3) and step.previews.dtype == np.uint8
+        assert step.previews.shape == (2, 32, 32, 3) and step.previews.dtype == np.uint8
+        assert step.branch_previews.shape == (3, 32, 32, 3) and step.branch_previews.dtype == np.uint8
         assert step.guidance_mean[0] == pytest.approx(step.guidance_map[0].float().mean().item(), rel=1e-2)
         assert -1 <= step.guidance_cosine <= 1
     timesteps = [step.timestep for step in trace.steps]
@@ -81,7 +84,7 @@ def test_last_x0_equals_the_final_latents_for_euler(sd_pipe, traced):
         height=32,
         output_type="latent",
     ).images
-    torch.testing.assert_close(traced.trace.steps[-1].x0_latents[:2].float(), final, rtol=1e-2, atol=1e-2)
+    torch.testing.assert_close(traced.trace.steps[-1].x0_latents.float(), final, rtol=1e-2, atol=1e-2)
 
 
 def test_the_guided_x0_is_the_branches_mixed_by_the_guidance_scale(traced):
@@ -91,13 +94,14 @@ def test_the_guided_x0_is_the_branches_mixed_by_the_guidance_scale(traced):
     s = traced.trace.guidance_scale
     for step in traced.trace.steps:
         x0 = step.x0_latents.float()
-        prompt, negative = x0[2], x0[4]
+        prompt, _, negative = step.branch_x0_latents.float()  # BRANCHES
         rounding = 2 * s * 2**-10 * x0.abs().max()  # stored in float16: s times its rounding of the largest value
         torch.testing.assert_close(x0[1], negative + s * (prompt - negative), rtol=0, atol=rounding)
     first = traced.trace.steps[0].x0_latents.float()
+    prompt, empty, negative = traced.trace.steps[0].branch_x0_latents.float()
     rounding = 2 * s * 2**-10 * first.abs().max()
-    torch.testing.assert_close(first[0], first[3] + s * (first[2] - first[3]), rtol=0, atol=rounding)
-    assert (first[4] - first[3]).abs().max() > 0.01  # the negative's prediction is not the empty prompt's
+    torch.testing.assert_close(first[0], empty + s * (prompt - empty), rtol=0, atol=rounding)
+    assert (negative - empty).abs().max() > 0.01  # the negative's prediction is not the empty prompt's
 
 
 def test_identical_runs_have_zero_divergence(sd_pipe):
@@ -134,6 +138,7 @@ def test_sdxl_trace_and_push_map(sdxl_pipe):
 def test_previews_are_the_decoded_x0_of_each_step(traced, sd_pipe):
     step = traced.trace.steps[2]
     assert np.array_equal(step.previews, decode_previews(sd_pipe, step.x0_latents))
+    assert np.array_equal(step.branch_previews, decode_previews(sd_pipe, step.branch_x0_latents))
     assert not np.array_equal(traced.trace.steps[0].previews, traced.trace.steps[-1].previews)
 
 
@@ -150,7 +155,8 @@ def test_trace_stays_small_at_sdxl_scale(traced):
     50 steps, push map on and latent-resolution previews, that must stay under 50 MB."""
     step = traced.trace.steps[0]
     latent_pixels = step.guidance_map.shape[1] * step.guidance_map.shape[2]
-    tensor_bytes = sum(t.numel() * t.element_size() for t in (step.guidance_map, step.x0_latents, step.push_map))
+    kept = (step.guidance_map, step.x0_latents, step.branch_x0_latents, step.push_map)
+    tensor_bytes = sum(t.numel() * t.element_size() for t in kept)
     per_pixel = tensor_bytes / latent_pixels + 2 * 3  # + two RGB previews at latent resolution (big models)
     sdxl_total = per_pixel * 128 * 128 * 50
     assert sdxl_total < 50e6, f"{sdxl_total / 1e6:.1f} MB"
@@ -203,7 +209,7 @@ def test_last_x0_equals_the_final_latents_for_euler_with_v_prediction(sd_pipe):
         height=32,
         output_type="latent",
     ).images
-    torch.testing.assert_close(result.trace.steps[-1].x0_latents[:2].float(), final, rtol=1e-2, atol=1e-2)
+    torch.testing.assert_close(result.trace.steps[-1].x0_latents.float(), final, rtol=1e-2, atol=1e-2)
 
 
 @pytest.mark.parametrize("scheduler", ["DDIM", "UniPC"])
@@ -219,3 +225,13 @@ def test_sigma_is_the_noise_level_of_each_steps_timestep(sd_pipe, scheduler):
         assert step.sigma == pytest.approx(math.sqrt((1 - alpha_bar) / alpha_bar), rel=1e-6)
     sigmas = [step.sigma for step in steps]
     assert all(later < earlier for earlier, later in zip(sigmas, sigmas[1:]))
+
+
+def test_a_record_crosses_a_process_boundary_as_arrays(traced):
+    """A ZeroGPU worker pickles each record to the server: every tensor goes as a numpy array (never as a file
+    descriptor of the worker) and comes back the same tensor, the branches' x0 included."""
+    record = traced.trace.steps[0]
+    assert not any(torch.is_tensor(value) for value in record.__getstate__().values())
+    copied = pickle.loads(pickle.dumps(record))
+    for name in ("guidance_map", "x0_latents", "branch_x0_latents", "push_map"):
+        assert torch.equal(getattr(copied, name), getattr(record, name)), name

@@ -38,9 +38,10 @@ from tqdm import tqdm
 from transformers import CLIPTokenizer
 
 from negprompt_demo.embedded import MODEL_DIR
-from negprompt_demo.embedded.faces import MENTION_P, Portrait, caption, make_dataset
+from negprompt_demo.embedded.faces import MENTION_P, Portrait, caption, caption_vocabulary, make_dataset
 from negprompt_demo.embedded_tools.architecture import SD_SCHEDULE, build_text_encoder, build_unet, build_vae
 from negprompt_demo.embedded_tools.clip_vocab import derive_tokenizer_files
+from negprompt_demo.models.vocabulary import VOCABULARY_FILE, vocabulary_document
 
 
 @dataclass
@@ -316,6 +317,7 @@ def export_pipeline(
     info = {"trained_steps": state["step"], "seed": cfg.seed, "images": cfg.images, "batch": cfg.batch}
     (out_dir / "training_info.json").write_text(json.dumps(info, indent=2) + "\n")
     (out_dir / "negprompt_defaults.json").write_text(json.dumps(defaults, indent=2) + "\n")
+    (out_dir / VOCABULARY_FILE).write_text(vocabulary_document(caption_vocabulary()))  # the engine's warnings read it
 
 
 def sampling_defaults(out_dir: Path) -> dict:

@@ -106,16 +106,22 @@ def decode_previews(pipe, latents: torch.Tensor) -> np.ndarray:
 
 
 def fill_previews(pipe, steps: list) -> None:
-    """Decode the x0 previews of the trace steps (`StepRecord`s) that have none yet, in one batch."""
+    """Decode the x0 previews of the trace steps (`StepRecord`s) that have none yet, in one batch: each run's
+    (`previews`) and, where they were recorded, each guidance branch's alone (`branch_previews`)."""
     missing = [step for step in steps if step.previews is None]
     if not missing:
         return
-    latents = torch.cat([step.x0_latents for step in missing])
-    pictures = decode_previews(pipe, latents)
+    latents = []
+    for step in missing:  # per step: each run's x0, then each branch's where they were recorded
+        latents += [step.x0_latents] + ([] if step.branch_x0_latents is None else [step.branch_x0_latents])
+    pictures = decode_previews(pipe, torch.cat(latents))
     start = 0
-    for step in missing:  # each run's x0, and each branch's when they were recorded
+    for step in missing:
         step.previews = pictures[start : start + len(step.x0_latents)]
         start += len(step.x0_latents)
+        if step.branch_x0_latents is not None:
+            step.branch_previews = pictures[start : start + len(step.branch_x0_latents)]
+            start += len(step.branch_x0_latents)
 
 
 class LivePreviews:

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from negprompt_demo.runner import AttentionPlan, GuidanceTrace, StepRecord
+from negprompt_demo.runner import RUNS, AttentionPlan, GuidanceTrace, StepRecord
 from negprompt_demo.views.visualize import CurvesPicture
 
 FORMAT_VERSION = 2
@@ -94,7 +94,7 @@ class TraceStore:
         (folder / "trace.json").write_text(json.dumps(header), encoding="utf-8")
         curves.image.save(folder / "curves.png", format="PNG")
         if trace.steps:
-            np.save(folder / "previews.npy", np.stack([step.previews for step in trace.steps]))
+            np.save(folder / "previews.npy", np.stack([stored_previews(step) for step in trace.steps]))
             np.save(folder / "guidance_map.npy", np.stack([step.guidance_map.numpy() for step in trace.steps]))
             if trace.steps[0].push_map is not None:
                 np.save(folder / "push_map.npy", np.stack([step.push_map.numpy() for step in trace.steps]))
@@ -124,7 +124,9 @@ class TraceStore:
         if trace.steps:
             index = min(max(int(index), 0), len(trace.steps) - 1)
             step = trace.steps[index]
-            step.previews = one_step(folder / "previews.npy", index, len(trace.steps))
+            step.previews, step.branch_previews = split_previews(
+                one_step(folder / "previews.npy", index, len(trace.steps))
+            )
             step.guidance_map = torch.from_numpy(one_step(folder / "guidance_map.npy", index, len(trace.steps)))
             if step.push_mean is not None:
                 step.push_map = torch.from_numpy(one_step(folder / "push_map.npy", index, len(trace.steps)))
@@ -177,6 +179,19 @@ def one_step(path: Path, index: int, steps: int) -> np.ndarray:
     if array.shape[0] != steps:
         raise TraceNotFound(str(path))
     return np.array(array[index])
+
+
+def stored_previews(step: StepRecord) -> np.ndarray:
+    """A step's pictures as previews.npy keeps them: each run's (RUNS), then each branch's alone (BRANCHES) where
+    they were recorded."""
+    if step.branch_previews is None:
+        return step.previews
+    return np.concatenate([step.previews, step.branch_previews])
+
+
+def split_previews(pictures: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """`stored_previews` read back: (each run's, each branch's or None)."""
+    return pictures[: len(RUNS)], pictures[len(RUNS) :] if len(pictures) > len(RUNS) else None
 
 
 def scalar_fields(step: StepRecord) -> dict:

@@ -46,7 +46,7 @@ from negprompt_demo.sampling.cost import CostLimits, check_request
 from negprompt_demo.sampling.engine import Comparison, GenerationCancelled, NonFiniteError, prepare
 from negprompt_demo.sampling.many_seeds import COLUMNS, SeedGrid, new_grid, phrased_by_default
 from negprompt_demo.sampling.sweep import SWEEP_STARTS, Sweep
-from negprompt_demo.sampling.trace import GuidanceTrace, StepRecord
+from negprompt_demo.sampling.trace import RUNS, GuidanceTrace, StepRecord
 
 GONE_POLL_S = 0.2  # how often a running job looks whether its client is still there
 
@@ -59,7 +59,7 @@ __all__ = [
     "ModelInfo", "model_info", "model_info_of", "weights_fingerprint", "model_fingerprint",
     "ModelLoadError", "NonFiniteError", "GenerationCancelled", "DeviceError",
     "Comparison", "Sweep", "SWEEP_STARTS", "SeedGrid", "COLUMNS", "phrased_by_default", "CostLimits",
-    "GuidanceTrace", "StepRecord", "AttentionPlan", "DISTILLED_NOTE",
+    "GuidanceTrace", "StepRecord", "RUNS", "AttentionPlan", "DISTILLED_NOTE",
 ]  # fmt: skip
 
 

@@ -23,12 +23,12 @@ Recorded, per step, for the run with the negative prompt (batch run 1):
 - each word of the negative prompt, from the with-run's negative-branch item (none while its window is closed:
   that branch is then the empty prompt's);
 - each word of the prompt, from the with-run's conditional (text) item.
-`guidance.BranchHook.rows_of` says which rows of the UNet batch those are at the current step.
+The branch hook's `hooks.DenoiserCall` says which rows of the UNet batch those are at the current step.
 
-How: `recording(unet, recorder)` swaps the mapped cross-attention layers' processors for one that first calls
-the original processor (so the UNet computes exactly what it computed before: the images are bit-identical) and
-then recomputes the attention probabilities for those two rows only; every other processor is kept, and the
-originals are put back when the block ends, also on error.
+How: `with AttentionRecorder(unet, plan, call):` swaps the mapped cross-attention layers' processors for one that
+first calls the original processor (so the UNet computes exactly what it computed before: the images are
+bit-identical) and then recomputes the attention probabilities for those two rows only; every other processor is
+kept, and the originals are put back when the block ends, also on error (`hooks.ModelHook`).
 
 SDXL: its UNet's cross-attention keys come from both text encoders' hidden states concatenated per token (CLIP
 ViT-L and OpenCLIP bigG). Both tokenizers split text the same way, so token position i is the same word piece in
@@ -41,10 +41,8 @@ words at every step would exceed it, only every k-th step is kept (`AttentionPla
 
 from __future__ import annotations
 
-import contextlib
 import math
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -52,6 +50,7 @@ import torch.nn.functional as F
 
 from negprompt_demo.models.embeddings import read_embedding, trigger_in
 from negprompt_demo.models.prompts import tokenize_chunks
+from negprompt_demo.sampling.hooks import DenoiserCall, ModelHook
 from negprompt_demo.syntax.prompt_syntax import parse_weights
 
 MAX_MAP_SIDE = 64
@@ -219,13 +218,14 @@ def plan_attention(pipe, settings, budget: int | None = None) -> AttentionPlan:
     return AttentionPlan(words, map_size, latent_size, stride, attention_note(pipe, mid_block), mid_block=mid_block)
 
 
-class AttentionRecorder:
-    """Averages, during one UNet call, the mapped cross-attention layers' maps of the plan's words for one run (DAAM's
-    rule, see the module docstring), and hands them over at the step's end (`take`). `hook` is the call's
-    `guidance.BranchHook` (which rows hold the run)."""
+class AttentionRecorder(ModelHook):
+    """While used as a context manager on `unet`: averages, during each UNet call, the mapped cross-attention layers'
+    maps of the plan's words for one run (DAAM's rule, see the module docstring), and hands them over at the step's
+    end (`take`). `call` is the branch hook's `DenoiserCall` (the step, and which rows hold the run)."""
 
-    def __init__(self, plan: AttentionPlan, hook, run: int = 1):
-        self.plan, self.hook, self.run = plan, hook, run
+    def __init__(self, unet, plan: AttentionPlan, call: DenoiserCall, run: int = 1):
+        super().__init__(unet)
+        self.plan, self.call, self.run = plan, call, run
         # per branch: token positions to read and the word each belongs to
         self.tokens: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         for source in SOURCES:
@@ -235,11 +235,19 @@ class AttentionRecorder:
         self.sums: torch.Tensor | None = None  # [words, h, w] float32, on the UNet's device
         self.pairs = 0  # (layer, head) pairs summed into `sums` this step
 
+    def install(self) -> None:
+        """The mapped cross-attention layers (`mapped_layer`) report to this recorder."""
+        mid_block = self.plan.mid_block
+        self.replace_processors(
+            lambda name, processor: RecordingProcessor(processor, self) if mapped_layer(name, mid_block) else processor
+        )
+
     def add(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor) -> None:
         """One cross-attention layer's contribution (called by the recording processor)."""
-        if not self.plan.words or hidden_states.ndim != 3 or not self.plan.records(self.hook.step):
+        if not self.plan.words or hidden_states.ndim != 3 or not self.plan.records(self.call.step):
             return
-        negative_row, text_row = self.hook.rows_of(self.run)
+        rows = self.call.rows
+        negative_row, text_row = rows.negative_row(self.run), rows.text_row(self.run)
         wanted = [
             (row, self.tokens[source])
             for row, source in ((negative_row, "negative"), (text_row, "prompt"))
@@ -264,14 +272,14 @@ class AttentionRecorder:
 
     def take(self) -> torch.Tensor | None:
         """This step's maps [words, h, w] float16 on the CPU, or None on a step the plan does not keep."""
-        if not self.plan.records(self.hook.step):
+        if not self.plan.records(self.call.step):
             return None
         if self.sums is None:
             maps = torch.zeros(len(self.plan.words), *self.plan.map_size)
         else:  # the mean over (layer, head) pairs, then over each word's tokens
             maps = self.sums / self.pairs / self.token_counts.to(self.sums.device)[:, None, None]
         self.sums, self.pairs = None, 0
-        self.plan.recorded_steps.append(self.hook.step)
+        self.plan.recorded_steps.append(self.call.step)
         return maps.half().cpu()
 
     def layer_size(self, pixels: int) -> tuple[int, int]:
@@ -323,21 +331,3 @@ def mapped_layer(name: str, mid_block: bool) -> bool:
     average: the down and up blocks' (as DAAM), the mid block's only when asked."""
     blocks = ("down_blocks.", "up_blocks.", "mid_block.") if mid_block else ("down_blocks.", "up_blocks.")
     return name.endswith("attn2.processor") and name.startswith(blocks)
-
-
-@contextlib.contextmanager
-def recording(unet, recorder: AttentionRecorder) -> Iterator[None]:
-    """Record the mapped cross-attention layers (`mapped_layer`) while the block runs; every original processor
-    is restored afterwards, also when sampling raises."""
-    originals = unet.attn_processors
-    mid_block = recorder.plan.mid_block
-    unet.set_attn_processor(
-        {
-            name: RecordingProcessor(processor, recorder) if mapped_layer(name, mid_block) else processor
-            for name, processor in originals.items()
-        }
-    )
-    try:
-        yield
-    finally:
-        unet.set_attn_processor(dict(originals))

@@ -1,9 +1,10 @@
 """Why might my negative prompt do nothing? Plain sentences for the run's status and trace, found before sampling.
 
 Each check is a cause users report in other tools' trackers: a guidance-distilled model that ignores the negative
-branch, words the model never learned (the embedded model's text encoder only ever saw its captions' words), a
-negative that repeats the prompt's words (the two branches then pull the same way and cancel), and, on SDXL, which
-baseline the run "without" a negative prompt used. Words are those the text encoder reads: A1111's syntax
+branch, words the model never learned (where the model says which words it knows, `vocabulary.model_vocabulary`:
+the embedded model's text encoder only ever saw its captions' words), a negative that repeats the prompt's words
+(the two branches then pull the same way and cancel), and, on SDXL, which baseline the run "without" a negative
+prompt used. Words are those the text encoder reads: A1111's syntax
 (brackets, weights such as "(mustache:1.4)", escapes, BREAK) is taken out by the parser the encoding uses
 (`read_words`), so "1.4" is never taken for words. (Guidance ≤ 1, an empty window and text past an encoder's length
 are checked where the settings are: `engine.prepare`, `flow_models.truncation_warnings`.)
@@ -13,8 +14,9 @@ from __future__ import annotations
 
 from negprompt_demo.models.embeddings import NegativeEmbedding
 from negprompt_demo.models.families import family_of
-from negprompt_demo.models.loading import EMBEDDED, model_label
+from negprompt_demo.models.loading import model_label
 from negprompt_demo.models.prompts import read_prompt
+from negprompt_demo.models.vocabulary import model_vocabulary, vocabulary_words
 from negprompt_demo.settings import CompareSettings
 from negprompt_demo.syntax.prompt_editing import step_texts
 from negprompt_demo.syntax.prompt_syntax import parse_weights
@@ -52,7 +54,7 @@ def negative_diagnostics(pipe, settings: CompareSettings, embedding: NegativeEmb
     unseen = unseen_words(pipe, read_words(settings.negative, settings.steps))
     if unseen:
         notes.append(
-            f"The embedded model never saw {_quoted(unseen)} in training (its captions use a small vocabulary): the "
+            f"This model never saw {_quoted(unseen)} in training (its captions use a small vocabulary): the "
             "words tokenize fine but mean nothing to it, so they push nowhere in particular."
         )
     shared = repeated_words(read_words(settings.prompt, settings.steps), read_words(settings.negative, settings.steps))
@@ -133,13 +135,12 @@ def distilled_reason(pipe) -> str | None:
 
 
 def unseen_words(pipe, negative: str) -> list[str]:
-    """For the embedded model: the negative's words that no training caption contains."""
-    if model_label(pipe) != EMBEDDED:
+    """The negative's words that the model was never trained on, where it says which words it knows
+    (`vocabulary.model_vocabulary`: the embedded model does); none for a model that ships no vocabulary."""
+    vocabulary = model_vocabulary(pipe)
+    if vocabulary is None:
         return []
-    from negprompt_demo.embedded.faces import caption_vocabulary, caption_words
-
-    vocabulary = caption_vocabulary()
-    return list(dict.fromkeys(word for word in caption_words(negative) if word not in vocabulary))
+    return list(dict.fromkeys(word for word in vocabulary_words(negative) if word not in vocabulary))
 
 
 def repeated_words(prompt: str, negative: str) -> list[str]:

@@ -39,7 +39,7 @@ from negprompt_demo.models.flow_models import spatial_latents
 from negprompt_demo.models.loading import base_scheduler_config, model_defaults, model_label, pipeline_lock
 from negprompt_demo.models.prompts import PromptReading, RunText, chunk_message, read_prompt, text_pairs
 from negprompt_demo.models.scheduled_text import encode_scheduled, texts_by_step, used_texts
-from negprompt_demo.sampling.attention import AttentionRecorder, plan_attention, recording
+from negprompt_demo.sampling.attention import AttentionRecorder, plan_attention
 from negprompt_demo.sampling.diagnostics import negative_diagnostics
 from negprompt_demo.sampling.guidance import NO_NEGATIVE, BranchHook, NegativePlan
 from negprompt_demo.sampling.nag import nag_attention, nag_warnings
@@ -319,29 +319,17 @@ def sample_runs(
         pipe, texts, len(seeds), prepared.guided, settings.steps, prepared.embedding
     )
     generators = [torch.Generator(device="cpu").manual_seed(seed) for seed in seeds for _ in runs]
-    plans = [NO_NEGATIVE if run.plan is None else run.plan for run in runs] * len(seeds)
-    first_of_seed = [item // len(runs) * len(runs) for item in range(len(plans))]
-    source = [item if runs[item % len(runs)].plan is None else first_of_seed[item] for item in range(len(plans))]
-    hook = BranchHook(
-        family.denoiser(pipe),
-        plans,
-        source,
-        push_runs=(1,) if tracer is not None and tracer.push_map else (),
-        capture=tracer is not None,
-        split_calls=family.true_cfg and prepared.guided,  # FLUX.1's true CFG: text call, then negative call
-        unguided=tuple(item for item in range(len(plans)) if runs[item % len(runs)].unguided),
-        conditioning=conditioning,
-        # attention maps and NAG read batch rows of one batched call: there, texts are padded to one length
-        # (A1111's pad_cond_uncond option; prepare says so)
-        lengths=None if (tracer is not None and tracer.attention) or settings.uses_nag() else lengths,
-    )
+    hook = branch_hook(pipe, prepared, runs, len(seeds), tracer, conditioning, lengths)
+    plans = hook.plans
     item_plans = [None if hook.source[item] == item else plan for item, plan in enumerate(plans)]
-    nag = nag_attention(pipe, settings, item_plans, hook, prepared.embedding, 1 if tracer is not None else None)
+    nag = nag_attention(pipe, settings, item_plans, hook.call, prepared.embedding, 1 if tracer is not None else None)
     # Cross-attention maps of the with-run (run 1) of a single-seed traced call, when its tracer asks for them.
-    attention = AttentionRecorder(tracer.attention, hook) if tracer is not None and tracer.attention else None
+    attention = (
+        AttentionRecorder(pipe.unet, tracer.attention, hook.call) if tracer is not None and tracer.attention else None
+    )
     on_step_end = step_end_callback(hook, tracer, nag, attention, texts, settings.steps, on_step, stop)
     nag_context = nag if nag is not None else contextlib.nullcontext()
-    with hook, nag_context, recording(pipe.unet, attention) if attention is not None else contextlib.nullcontext():
+    with hook, nag_context, attention if attention is not None else contextlib.nullcontext():
         output = pipe(
             **embeddings,
             **family.guidance_arguments(settings.guidance),
@@ -358,6 +346,28 @@ def sample_runs(
     images = [Image.fromarray((image * 255).round().astype(np.uint8)) for image in pixels]
     nsfw = getattr(output, "nsfw_content_detected", None) or [False] * len(images)
     return images, nsfw
+
+
+def branch_hook(pipe, prepared: PreparedRun, runs: list[Run], seed_count: int, tracer, conditioning, lengths):
+    """The guidance hook of one call: each batch item's negative plan, the item whose steps it shares before its
+    window opens (the seed's run without the negative), and what the tracer asks it to capture."""
+    family = prepared.family
+    plans = [NO_NEGATIVE if run.plan is None else run.plan for run in runs] * seed_count
+    first_of_seed = [item // len(runs) * len(runs) for item in range(len(plans))]
+    source = [item if runs[item % len(runs)].plan is None else first_of_seed[item] for item in range(len(plans))]
+    return BranchHook(
+        family.denoiser(pipe),
+        plans,
+        source,
+        push_runs=(1,) if tracer is not None and tracer.push_map else (),
+        capture=tracer is not None,
+        split_calls=family.true_cfg and prepared.guided,  # FLUX.1's true CFG: text call, then negative call
+        unguided=tuple(item for item in range(len(plans)) if runs[item % len(runs)].unguided),
+        conditioning=conditioning,
+        # attention maps and NAG read batch rows of one batched call: there, texts are padded to one length
+        # (A1111's pad_cond_uncond option; prepare says so)
+        lengths=None if (tracer is not None and tracer.attention) or prepared.settings.uses_nag() else lengths,
+    )
 
 
 def step_end_callback(hook: BranchHook, tracer, nag, attention, texts: list[RunText], total: int, on_step, stop):

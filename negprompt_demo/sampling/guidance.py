@@ -42,10 +42,12 @@ exactly a plain diffusers call's.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import torch
+
+from negprompt_demo.sampling.hooks import BatchRows, CallHolds, DenoiserCall, ModelHook
 
 if TYPE_CHECKING:
     from negprompt_demo.models.scheduled_text import StepConditioning, TextLengths
@@ -91,7 +93,7 @@ PER_ITEM_INPUTS = ("timestep", "guidance")
 CONDITIONING_INPUTS = ("encoder_hidden_states", "pooled_projections")
 
 
-class BranchHook:
+class BranchHook(ModelHook):
     """Denoiser hooks for one pipeline call whose batch holds `plans` (one per run, the without-runs' included).
 
     `source[b]` is the without-run of b's seed; `push_runs` get ε_∅ at every step they are sampled apart (the
@@ -99,7 +101,8 @@ class BranchHook:
     the pipeline asks for the text branch and the negative branch in two calls per step (FLUX.1's true CFG). Use
     as a context manager (hooks removed even if sampling raises) and call `step_done()` after every step.
     `conditioning`: each item's prompt and negative per step, where they change (prompt editing); the hook then
-    conditions every item of the step's call on its texts of that step.
+    conditions every item of the step's call on its texts of that step. `call` says, during each denoiser call,
+    its step and which rows hold which run's branch (`hooks.BatchRows`; attention maps and NAG read it).
     """
 
     def __init__(
@@ -114,44 +117,32 @@ class BranchHook:
         conditioning: StepConditioning | None = None,
         lengths: TextLengths | None = None,
     ):
-        self.denoiser, self.plans, self.source, self.push_runs = denoiser, plans, source, set(push_runs)
+        super().__init__(denoiser)
+        self.plans, self.source, self.push_runs = plans, source, set(push_runs)
         self.capture = capture  # keep each step's `Branches` (the trace reads them)
         self.split_calls, self.unguided = split_calls, set(unguided)
         self.conditioning = conditioning  # prompts or negatives that change during sampling (scheduled_text.py)
         self.lengths = lengths  # texts of different lengths, each read at its own (scheduled_text.py)
-        self._row_items: list[tuple[str, int]] | None = None
-        self._forward = self._instance_forward = None  # the denoiser's forward, while split by length
-        self.step = 0
+        self.call = DenoiserCall()
         self.captured: Branches | None = None
-        self._calls = 0  # denoiser calls in this step (split calls: 0 = text branch, 1 = negative branch)
-        self._part = None  # what this call holds: "both" halves, "text", "negative", or None (no CFG)
-        self._layout = None  # what the pre-hook asked for this step: (negative runs, text runs, empty runs)
+        self._row_items: list[tuple[str, int]] | None = None  # (branch, item) each row is conditioned as
+        self._forward = None  # the denoiser's own forward, while split by length
+        self._calls = 0  # denoiser calls in this step (split calls: 1 = text branch, 2 = negative branch)
         self._latents = self._timestep = None
         self._text_answers: dict[int, torch.Tensor] = {}  # split calls: the text call's answers, by run
-        self._handles = []
 
-    def __enter__(self) -> BranchHook:
-        self._handles.append(self.denoiser.register_forward_pre_hook(self._before, with_kwargs=True))
-        self._handles.append(self.denoiser.register_forward_hook(self._after, with_kwargs=True))
+    @property
+    def step(self) -> int:
+        return self.call.step
+
+    def install(self) -> None:
+        self.add_pre_hook(self.model, self._before)
+        self.add_post_hook(self.model, self._after)
         if self.lengths is not None:  # between the hooks: the call itself, split by text length
-            self._instance_forward = vars(self.denoiser).get("forward")
-            self._forward = self.denoiser.forward
-            self.denoiser.forward = self._forward_by_length
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
-        if self._forward is not None:  # back to what it was: an instance's own forward, else the class's
-            if self._instance_forward is None:
-                del self.denoiser.forward
-            else:
-                self.denoiser.forward = self._instance_forward
-            self._forward = None
+            self._forward = self.replace_forward(self._forward_by_length)
 
     def step_done(self) -> None:
-        self.step += 1
+        self.call.step += 1
         self._calls = 0
 
     def distinct(self, run: int) -> bool:
@@ -160,8 +151,10 @@ class BranchHook:
         plan = self.plans[run]
         return self.source[run] == run or plan.start_step <= self.step and plan.start_step < plan.end_step
 
-    def layout(self) -> tuple[list[int], list[int], list[int]]:
+    def batch_rows(self, holds: CallHolds) -> BatchRows:
         """The runs whose negative, text and empty (ε_∅) items the denoiser is asked for at this step."""
+        if holds is CallHolds.TEXT_ONLY:
+            return BatchRows.text_only(len(self.plans))
         runs = [run for run in range(len(self.plans)) if self.distinct(run)]
         negative = [
             run
@@ -173,61 +166,43 @@ class BranchHook:
             for run in runs
             if self.source[run] != run and (self.plans[run].needs_empty(self.step) or run in self.push_runs)
         ]
-        return negative, runs, empty
-
-    def rows_of(self, run: int) -> tuple[int | None, int]:
-        """Where run `run` is in the UNet batch of the step being computed: (row of its negative-branch item, row
-        of its text item). None: it has no negative item of its own (classifier-free guidance is off, or its
-        window is closed and its negative branch is ε_∅). Read during the UNet call, e.g. by attention maps."""
-        if self._layout is None:  # no CFG: the batch is one text item per run
-            return None, run
-        negative, text, _ = self._layout
-        shared = run if self.distinct(run) else self.source[run]  # a with-run before its window is its source
-        negative_row = negative.index(run) if run in negative else None
-        return negative_row, len(negative) + text.index(shared)
-
-    def text_row(self, run: int) -> int | None:
-        """Row of run `run`'s text item in the denoiser call being computed; None where the call holds no text
-        items (the negative call of split calls). Read during the call, e.g. by NAG's transformer hook."""
-        if self._part == "negative":
-            return None
-        row = self.rows_of(run)[1]
-        return row - len(self._layout[0]) if self._part == "text" else row
+        shares = [run if self.distinct(run) else self.source[run] for run in range(len(self.plans))]
+        return BatchRows(holds, tuple(negative), tuple(runs), tuple(empty), tuple(shares))
 
     # --- hooks -----------------------------------------------------------------------------------------------
 
     def _before(self, module, args, kwargs):
         count, sample = len(self.plans), _latent_input(args, kwargs)
-        self._part = self._which_part(sample.shape[0])
-        if self._part in (None, "both", "text"):  # the step's first call: each run's latents and timestep
+        holds = self._which_call(sample.shape[0])
+        if holds is CallHolds.NEGATIVE:  # the step's second call: the items the text call found
+            self.call.rows = replace(self.call.rows, holds=holds)
+        else:  # the step's first call: each run's latents and timestep, and which items to ask for
             self._latents, self._timestep = sample[:count], _timestep_input(args, kwargs)
+            self.call.rows = self.batch_rows(holds)
         self._row_items = None  # what each row of this call is, for `_forward_by_length`
-        if self._part is None:  # no classifier-free guidance: nothing to decide but the prompt's text this step
-            self._layout = None
+        if holds is CallHolds.TEXT_ONLY:  # nothing to decide but the prompt's text this step
             self._row_items = [("prompt", item) for item in range(count)]
             if self.conditioning is None:
                 return None
             return args, self._conditioned(kwargs, self._row_items)
-        if self._part != "negative":
-            self._layout = self.layout()
-        negative, text, empty = self._layout
         if self._unchanged():  # plain CFG for every run: the batch goes as the pipeline made it
-            if self._part == "both":
+            if holds is CallHolds.BOTH:
                 self._row_items = [(branch, item) for branch in ("negative", "prompt") for item in range(count)]
             return None
-        # Rows of this call's input batch: negative items, text items (second half in a "both" call) and ε_∅ items,
+        # Rows of this call's input batch: negative items, text items (second half in a BOTH call) and ε_∅ items,
         # which take the run's latents with its seed's without-run negative conditioning (the empty prompt, or
         # SDXL's zeros).
-        if self._part == "both":
+        negative, text, empty = list(self.call.rows.negative), list(self.call.rows.text), list(self.call.rows.empty)
+        if holds is CallHolds.BOTH:
             rows = negative + [count + run for run in text] + empty
             condition_rows = negative + [count + run for run in text] + [self.source[run] for run in empty]
-        elif self._part == "text":
+        elif holds is CallHolds.TEXT:
             rows = condition_rows = text
         else:
             rows = negative + empty
             condition_rows = negative + [self.source[run] for run in empty]
         args, kwargs = _select_items(args, kwargs, sample.shape[0], rows, condition_rows)
-        if self._part == "both":  # row < count: a negative item (UNet families, the only ones with schedules)
+        if holds is CallHolds.BOTH:  # row < count: a negative item (UNet families, the only ones with schedules)
             self._row_items = [("negative", row) if row < count else ("prompt", row - count) for row in condition_rows]
             if self.conditioning is not None:
                 kwargs = self._conditioned(kwargs, self._row_items)
@@ -267,76 +242,78 @@ class BranchHook:
 
     def _after(self, module, args, kwargs, output):
         prediction = output[0] if isinstance(output, tuple) else output.sample
-        count = len(self.plans)
-        if self._part is None:  # no CFG: every item is a text item, and the guidance is zero
+        count, rows = len(self.plans), self.call.rows
+        if rows.holds is CallHolds.TEXT_ONLY:  # every item is a text item, and the guidance is zero
             self.captured = Branches(self._latents, self._timestep, prediction, prediction, {}, [False] * count)
             return None
-        negative, text, empty = self._layout
         answers = iter(prediction)
-        if self._part == "text":
-            self._text_answers = {run: next(answers) for run in text}
+        if rows.holds is CallHolds.TEXT:
+            self._text_answers = {run: next(answers) for run in rows.text}
             if self._unchanged():
                 return None
-            full_text = [self._text_answers[run if self.distinct(run) else self.source[run]] for run in range(count)]
+            full_text = [self._text_answers[rows.shares[run]] for run in range(count)]
             return _replace_prediction(output, torch.stack(full_text))
         if self._unchanged() and not self.capture:
             return None
-        by_run = {"negative": {run: next(answers) for run in negative}}
-        by_run["text"] = {run: next(answers) for run in text} if self._part == "both" else self._text_answers
-        by_run["empty"] = {run: next(answers) for run in empty}
+        negative_answers = {run: next(answers) for run in rows.negative}
+        both = rows.holds is CallHolds.BOTH
+        text_answers = {run: next(answers) for run in rows.text} if both else self._text_answers
+        empty_answers = {run: next(answers) for run in rows.empty}
         full_negative, full_text = [], []
         for run in range(count):
-            shared = run if self.distinct(run) else self.source[run]  # a run before its window: its source's
-            full_text.append(by_run["text"][shared])
-            full_negative.append(self._negative_branch(shared, by_run, by_run["text"][shared]))
+            shared = rows.shares[run]  # a run before its window: its source's
+            full_text.append(text_answers[shared])
+            full_negative.append(self._negative_branch(shared, negative_answers, empty_answers, text_answers[shared]))
         active = [self.source[run] != run and self.plans[run].active(self.step) for run in range(count)]
         negative_branch, text_branch = torch.stack(full_negative), torch.stack(full_text)
-        self.captured = Branches(self._latents, self._timestep, negative_branch, text_branch, by_run["empty"], active)
+        self.captured = Branches(self._latents, self._timestep, negative_branch, text_branch, empty_answers, active)
         if self._unchanged():
             return None
-        result = torch.cat([negative_branch, text_branch]) if self._part == "both" else negative_branch
+        result = torch.cat([negative_branch, text_branch]) if both else negative_branch
         return _replace_prediction(output, result)
 
-    def _which_part(self, batch: int) -> str | None:
+    def _which_call(self, batch: int) -> CallHolds:
         """Which branches this call holds (see the module docstring)."""
         if not self.split_calls:
-            return "both" if batch == 2 * len(self.plans) else None
+            return CallHolds.BOTH if batch == 2 * len(self.plans) else CallHolds.TEXT_ONLY
         self._calls += 1
         if self._calls > 2:
             raise RuntimeError(
                 "The denoiser was called more than twice in one step; this pipeline's true-CFG loop is not the "
                 "one the guidance hook knows (text branch, then negative branch)."
             )
-        return "text" if self._calls == 1 else "negative"
+        return CallHolds.TEXT if self._calls == 1 else CallHolds.NEGATIVE
 
     def _unchanged(self) -> bool:
         """Whether this call's batch is exactly the pipeline's own (plain CFG for every run)."""
         if self.conditioning is not None:  # the texts of each step go in
             return False
-        negative, text, empty = self._layout
-        every_run = list(range(len(self.plans)))
-        if self._part == "text":
-            return text == every_run
-        return negative == text == every_run and not empty
+        rows = self.call.rows
+        every_run = tuple(range(len(self.plans)))
+        if rows.holds is CallHolds.TEXT:
+            return rows.text == every_run
+        return rows.negative == rows.text == every_run and not rows.empty
 
-    def _negative_branch(self, run: int, by_run: dict, text_answer: torch.Tensor) -> torch.Tensor:
-        """The negative branch run `run` gets at this step (see the module docstring)."""
+    def _negative_branch(
+        self, run: int, negative: dict[int, torch.Tensor], empty: dict[int, torch.Tensor], text_answer: torch.Tensor
+    ) -> torch.Tensor:
+        """The negative branch run `run` gets at this step from this call's answers by run (see the module
+        docstring)."""
         if run in self.unguided:
             return text_answer
         if self.source[run] == run:
-            return by_run["negative"][run]
+            return negative[run]
         plan = self.plans[run]
         if not plan.active(self.step):
-            return by_run["empty"][run]
+            return empty[run]
         if plan.strength == 1.0 and not plan.perp_neg:  # plain CFG (ε_∅ may be there for the push map only)
-            return by_run["negative"][run]
-        empty = by_run["empty"][run]
-        push = by_run["negative"][run] - empty
+            return negative[run]
+        push = negative[run] - empty[run]
         if plan.perp_neg:
-            direction = (text_answer - empty).flatten().float()
+            direction = (text_answer - empty[run]).flatten().float()
             along = (push.flatten().float() @ direction) / direction.square().sum().clamp_min(1e-12)
-            push = push - along.to(push.dtype) * (text_answer - empty)
-        return empty + plan.strength * push
+            push = push - along.to(push.dtype) * (text_answer - empty[run])
+        return empty[run] + plan.strength * push
 
 
 def _latent_input(args: tuple, kwargs: dict) -> torch.Tensor:

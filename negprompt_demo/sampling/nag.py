@@ -16,9 +16,9 @@ one extra attention over the negative's tokens per layer and with-run, not a bat
 nothing (the run is the plain one, bit for bit), as the authors' pipelines skip NAG at s ≤ 1.
 
 The window of the negative (`guidance.NegativePlan`, A1111 step counting) decides the steps NAG acts at, as it does
-for the CFG branch. `guidance.BranchHook.rows_of` says, during each UNet call, which batch row holds a run's text
-item (the hook may reorder and share items); this module reads it there, so it composes with the branch hook and
-with the attention recorder (which wraps whatever processor is installed, this one included).
+for the CFG branch. The branch hook's `hooks.DenoiserCall` says, during each UNet call, which batch row holds a
+run's text item (the hook may reorder and share items); this module reads it there, so it composes with the branch
+hook and with the attention recorder (which wraps whatever processor is installed, this one included).
 
 The trace (`take_map`): per step, ‖Z − Z⁺‖₂ per image token of the with-run (run 1), each layer upsampled to the
 latent size and averaged over layers: where NAG moved the attention output, as the guidance map shows where CFG
@@ -38,6 +38,7 @@ from negprompt_demo.models.families import family_of
 from negprompt_demo.models.flow_models import encode_flow_text
 from negprompt_demo.models.prompts import RunText, encode_text
 from negprompt_demo.sampling.guidance import NO_NEGATIVE, NegativePlan
+from negprompt_demo.sampling.hooks import CallHolds, DenoiserCall, ModelHook
 
 
 def nag_blend(
@@ -57,16 +58,16 @@ def nag_acts(scale: float, alpha: float) -> bool:
     return scale != 1 and alpha != 0
 
 
-class NagAttention:
+class NagAttention(ModelHook):
     """NAG on every cross-attention layer of `unet` for the batch items `items` (with-runs, by index into
-    `plans`), while used as a context manager (originals restored also on error). `hook` is the call's
-    `guidance.BranchHook`; `context` the negative's text embeddings [1, tokens, width]; `traced` the item whose
-    ‖Z − Z⁺‖ map is kept (None: no map)."""
+    `plans`), while used as a context manager (originals restored also on error). `call` is the branch hook's
+    `DenoiserCall` (the step, and which row holds each item's text); `context` the negative's text embeddings
+    [1, tokens, width]; `traced` the item whose ‖Z − Z⁺‖ map is kept (None: no map)."""
 
     def __init__(
         self,
         unet,
-        hook,
+        call: DenoiserCall,
         plans: list[NegativePlan],
         items: list[int],
         context: torch.Tensor,
@@ -76,34 +77,28 @@ class NagAttention:
         latent_size: tuple[int, int],
         traced: int | None = None,
     ):
-        self.unet, self.hook, self.plans, self.items = unet, hook, plans, items
+        super().__init__(unet)
+        self.call, self.plans, self.items = call, plans, items
         self.context, self.scale, self.tau, self.alpha = context, scale, tau, alpha
         self.latent_size, self.traced = latent_size, traced
         self._map: torch.Tensor | None = None  # this step's summed ‖Z − Z⁺‖ maps of the traced item
         self._layers = 0
-        self._originals: dict | None = None
 
-    def __enter__(self) -> NagAttention:
-        self._originals = self.unet.attn_processors
-        self.unet.set_attn_processor(
-            {
-                name: NagProcessor(processor, self) if name.endswith("attn2.processor") else processor
-                for name, processor in self._originals.items()
-            }
+    def install(self) -> None:
+        self.replace_processors(
+            lambda name, processor: NagProcessor(processor, self) if name.endswith("attn2.processor") else processor
         )
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.unet.set_attn_processor(dict(self._originals))
 
     def rows(self) -> tuple[list[int], int | None]:
-        """The batch rows of this UNet call that get NAG (text items of with-runs inside their window), and which
-        of them is the traced item (an index into that list, or None)."""
-        step = self.hook.step
-        acting = [item for item in self.items if self.plans[item].active(step)]
-        rows = [self.hook.rows_of(item)[1] for item in acting]
+        """The batch rows of this denoiser call that get NAG (text items of with-runs inside their window; none in
+        FLUX.1's negative call, which holds no text items), and which of them is the traced item (an index into
+        that list, or None)."""
+        rows = self.call.rows
+        if rows.holds is CallHolds.NEGATIVE:
+            return [], None
+        acting = [item for item in self.items if self.plans[item].active(self.call.step)]
         traced = acting.index(self.traced) if self.traced in acting else None
-        return rows, traced
+        return [rows.text_row(item) for item in acting], traced
 
     def add_map(self, distances: torch.Tensor) -> None:
         """One layer's ‖Z − Z⁺‖ of the traced item, [image tokens], upsampled to the latent size and summed."""
@@ -178,10 +173,13 @@ def _attend(attn, query: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
     return found.transpose(1, 2).reshape(rows, -1, heads * head_dim).to(query.dtype)
 
 
-def nag_attention(pipe, settings, item_plans: list[NegativePlan | None], hook, embedding, traced: int | None):
+def nag_attention(
+    pipe, settings, item_plans: list[NegativePlan | None], call: DenoiserCall, embedding, traced: int | None
+) -> NagAttention | None:
     """NAG for one pipeline call whose batch items have `item_plans` (None: a run without the negative prompt), or
     None where the settings do not ask for it or it would change nothing (`nag_acts`). `settings` are resolved
-    (`engine.prepare`); `embedding` is the negative embedding its trigger word may name."""
+    (`engine.prepare`); `call` is the branch hook's; `embedding` is the negative embedding its trigger word may
+    name."""
     if not settings.uses_nag() or not settings.negative or not nag_acts(settings.nag_scale, settings.nag_alpha):
         return None
     items = [item for item, plan in enumerate(item_plans) if plan is not None]
@@ -199,9 +197,9 @@ def nag_attention(pipe, settings, item_plans: list[NegativePlan | None], hook, e
 
         encoded = encode_flow_text(pipe, RunText(settings.negative, None), False)
         context, pooled = encoded["prompt_embeds"], encoded["pooled_prompt_embeds"]
-        return JointNag(pipe.transformer, hook, plans, items, context, pooled, family, **nag_inputs)
+        return JointNag(pipe.transformer, call, plans, items, context, pooled, family, **nag_inputs)
     context, _ = encode_text(pipe, settings.negative, embedding)  # the negative's tokens, as its CFG branch reads them
-    return NagAttention(pipe.unet, hook, plans, items, context, **nag_inputs)
+    return NagAttention(pipe.unet, call, plans, items, context, **nag_inputs)
 
 
 def nag_warnings(resolved, cfg_on: bool) -> list[str]:

@@ -22,7 +22,7 @@ The NAG authors' scheme (ChenDarYen/Normalized-Attention-Guidance, `attention_jo
 One transformer call per step keeps its batch; in the joint blocks the companions cost their text tokens'
 projections and MLPs and one extra attention per layer, in FLUX.1's single blocks a whole [text ; image] row each.
 FLUX.1's true CFG (a text call, then a negative call per step) gets companions in the text call only
-(`guidance.BranchHook.text_row`).
+(`NagAttention.rows`: the branch hook's `hooks.BatchRows` of a negative call hold no text items).
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from diffusers.models.embeddings import apply_rotary_emb
 
 from negprompt_demo.models.families import StableDiffusion3
+from negprompt_demo.sampling.hooks import DenoiserCall
 from negprompt_demo.sampling.nag import NagAttention, nag_blend
 
 ADAPTIVE_NORMS = ("AdaLayerNormZero", "AdaLayerNormContinuous", "SD35AdaLayerNormZeroX", "AdaLayerNormZeroSingle")
@@ -42,49 +43,30 @@ class JointNag(NagAttention):
     and hooks removed also on error). `pooled` is the negative's pooled embedding [1, width] (FLUX.1's companions
     use it); the other arguments are `NagAttention`'s."""
 
-    def __init__(self, transformer, hook, plans, items, context, pooled, family: StableDiffusion3, **nag_inputs):
-        super().__init__(transformer, hook, plans, items, context, **nag_inputs)
+    def __init__(
+        self, transformer, call: DenoiserCall, plans, items, context, pooled, family: StableDiffusion3, **nag_inputs
+    ):
+        super().__init__(transformer, call, plans, items, context, **nag_inputs)
         self.pooled, self.family = pooled, family
         self.norm_p = family.nag_norm
         self.call_rows: list[int] = []  # this call's with-run rows getting NAG (their companions follow the batch)
         self.call_traced: int | None = None
         self.batch = 0  # this call's batch without companions
         self.text_length = 0  # text tokens per row (FLUX.1's single blocks see [text ; image] as one sequence)
-        self._handles = []
 
-    def rows(self) -> tuple[list[int], int | None]:
-        step = self.hook.step
-        acting = [item for item in self.items if self.plans[item].active(step)]
-        if acting and self.hook.text_row(acting[0]) is None:  # FLUX.1's negative call: no text items
-            return [], None
-        rows = [self.hook.text_row(item) for item in acting]
-        traced = acting.index(self.traced) if self.traced in acting else None
-        return rows, traced
-
-    def __enter__(self) -> JointNag:
-        model = self.unet
-        self._originals = model.attn_processors
-        model.set_attn_processor(
-            {
-                name: JointNagProcessor(processor, self) if _is_joint_layer(name) else processor
-                for name, processor in self._originals.items()
-            }
+    def install(self) -> None:
+        model = self.model
+        self.replace_processors(
+            lambda name, processor: JointNagProcessor(processor, self) if _is_joint_layer(name) else processor
         )
-        self._handles.append(model.register_forward_pre_hook(self._add_companions, with_kwargs=True))
+        self.add_pre_hook(model, self._add_companions)
         for name, module in model.named_modules():
             if name == "norm_out":
-                self._handles.append(module.register_forward_pre_hook(self._batch_only, with_kwargs=True))
+                self.add_pre_hook(module, self._batch_only)
             elif type(module).__name__ in ADAPTIVE_NORMS:
-                self._handles.append(module.register_forward_pre_hook(_own_rows_of_embedding, with_kwargs=True))
+                self.add_pre_hook(module, _own_rows_of_embedding)
         for block in getattr(model, "single_transformer_blocks", []):
-            self._handles.append(block.register_forward_pre_hook(self._image_for_companions, with_kwargs=True))
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
-        self.unet.set_attn_processor(dict(self._originals))
+            self.add_pre_hook(block, self._image_for_companions)
 
     # --- hooks (run in this order within one transformer call) ---------------------------------------------------
 

@@ -31,7 +31,8 @@ from diffusers import FlowMatchEulerDiscreteScheduler
 from negprompt_demo.sampling.attention import AttentionPlan
 
 RUNS = ("without", "with")  # index 0: empty negative prompt; index 1: the user's negative prompt
-# What each guidance branch alone predicts from the with-run's latents (x0_latents[2:5] when recorded)
+# The guidance branches whose x0 alone, from the with-run's latents, is recorded with the push map (in this order:
+# StepRecord.branch_x0_latents, StepRecord.branch_previews)
 BRANCHES = ("prompt", "empty", "negative")
 
 
@@ -48,14 +49,17 @@ class StepRecord:
     guidance_peak: float  # largest value of both maps (one colour scale for all steps needs every step's peak)
     guidance_cosine: float  # cosine between the two runs' guidance vectors (1 = same direction)
     divergence: float  # ‖x_with − x_without‖ / ‖x_without‖ of the latents after this step
-    # [2, c, h, w] float16: predicted clean sample of each run; with the push map, 3 more: what the with-run's
-    # prompt branch, empty-prompt branch and negative branch each predict alone (BRANCHES)
-    x0_latents: torch.Tensor | None
+    x0_latents: torch.Tensor | None  # [2, c, h, w] float16: predicted clean sample of each run (RUNS)
     negative_active: bool = True  # whether the with-run's negative prompt acted at this step (its window)
     push_map: torch.Tensor | None = None  # [h, w] float16: ‖ε_empty − ε_neg‖ on the with-run's latents
     push_mean: float | None = None
     push_peak: float | None = None
-    previews: np.ndarray | None = None  # [2 or 5, H, W, 3] uint8 pictures of x0_latents, by previews.fill_previews
+    # [3, c, h, w] float16, with the push map: what the with-run's prompt branch, empty-prompt branch and negative
+    # branch each predict alone (BRANCHES)
+    branch_x0_latents: torch.Tensor | None = None
+    # uint8 pictures by previews.fill_previews: [2, H, W, 3] of x0_latents, [3, H, W, 3] of branch_x0_latents
+    previews: np.ndarray | None = None
+    branch_previews: np.ndarray | None = None
     # [words, h, w] float16: each word's cross-attention map (GuidanceTrace.attention says which words), on the
     # steps the attention plan keeps
     attention_maps: torch.Tensor | None = None
@@ -74,7 +78,7 @@ class StepRecord:
         return {name: value.numpy() if torch.is_tensor(value) else value for name, value in vars(self).items()}
 
     def __setstate__(self, state: dict) -> None:
-        tensors = ("guidance_map", "x0_latents", "push_map", "attention_maps", "nag_map")
+        tensors = ("guidance_map", "x0_latents", "branch_x0_latents", "push_map", "attention_maps", "nag_map")
         self.__dict__.update(
             {
                 name: torch.from_numpy(value) if name in tensors and value is not None else value
@@ -195,9 +199,10 @@ class GuidanceTracer:
 
         x0 = self.predict_x0(sample, guided, sigma)
         empty = self.empty_branch(branches)
-        if empty is not None:  # each branch alone, from the with-run's latents (the article's "step 4")
+        branch_x0 = None
+        if empty is not None:  # each branch alone, from the with-run's latents (the article's "step 4"; BRANCHES)
             alone = torch.stack([text[1], empty.float(), neg[1]])
-            x0 = torch.cat([x0, self.predict_x0(sample[1:2].expand_as(alone), alone, sigma)])
+            branch_x0 = self.predict_x0(sample[1:2].expand_as(alone), alone, sigma).half().cpu()
         stepped = latents.float()
         divergence = ((stepped[1] - stepped[0]).norm() / stepped[0].norm().clamp_min(1e-12)).item()
 
@@ -211,6 +216,7 @@ class GuidanceTracer:
             guidance_cosine=cosine if self.cfg_active else float("nan"),
             divergence=divergence,
             x0_latents=x0.half().cpu(),
+            branch_x0_latents=branch_x0,
             negative_active=bool(branches.active[1]) or nag_map is not None,
             attention_maps=attention_maps,
             nag_map=nag_map,

@@ -132,8 +132,9 @@ def step_views(trace: GuidanceTrace, index: int, min_side: int = 256) -> dict[st
     if step.nag_map is not None:  # how far NAG moved the with-run's attention output (nag.py)
         moved = step.nag_map.float().numpy()
         views["nag"] = enlarge(overlay_map(step.previews[1], moved, nag_vmax(trace), PUSH_COLORMAP), min_side)
-    for branch, preview in zip(BRANCHES, step.previews[2:]):  # recorded with the push map
-        views[f"branch_{branch}"] = enlarge(Image.fromarray(preview), min_side)
+    if step.branch_previews is not None:  # recorded with the push map
+        for branch, preview in zip(BRANCHES, step.branch_previews):
+            views[f"branch_{branch}"] = enlarge(Image.fromarray(preview), min_side)
     return views
 
 
