@@ -4,21 +4,22 @@ Each check is a cause users report in other tools' trackers: a guidance-distille
 branch, words the model never learned (where the model says which words it knows, `vocabulary.model_vocabulary`:
 the embedded model's text encoder only ever saw its captions' words), a negative that repeats the prompt's words
 (the two branches then pull the same way and cancel), and, on SDXL, which baseline the run "without" a negative
-prompt used. Words are those the text encoder reads: A1111's syntax
-(brackets, weights such as "(mustache:1.4)", escapes, BREAK) is taken out by the parser the encoding uses
-(`read_words`), so "1.4" is never taken for words. (Guidance ≤ 1, an empty window and text past an encoder's length
-are checked where the settings are: `engine.prepare`, `flow_models.truncation_warnings`.)
+prompt used. Words are those the text encoder reads: A1111's syntax (brackets, weights such as "(mustache:1.4)",
+escapes, BREAK) is taken out by the parser the encoding uses (`read_words`), so "1.4" is never taken for words.
+Settings under which the negative cannot act (guidance ≤ 1, an empty window, strength 0) are here too
+(`settings_warnings`), and how the CLIP families read the texts in chunks (`chunk_warnings`); SD3's and FLUX.1's
+encoders cutting a text are `flow_models.truncation_warnings`. `engine.prepare` gathers them all.
 """
 
 from __future__ import annotations
 
-from negprompt_demo.models.embeddings import NegativeEmbedding
-from negprompt_demo.models.families import family_of
+from negprompt_demo.models.embeddings import NegativeEmbedding, trigger_in
+from negprompt_demo.models.families import StableDiffusion, family_of
 from negprompt_demo.models.loading import model_label
-from negprompt_demo.models.prompts import read_prompt
+from negprompt_demo.models.prompts import PromptReading, chunk_message, read_prompt, text_pairs
 from negprompt_demo.models.vocabulary import model_vocabulary, vocabulary_words
 from negprompt_demo.settings import CompareSettings
-from negprompt_demo.syntax.prompt_editing import step_texts
+from negprompt_demo.syntax.prompt_editing import step_texts, window_steps
 from negprompt_demo.syntax.prompt_syntax import parse_weights
 
 # Words too common to say a negative "repeats" the prompt.
@@ -157,3 +158,78 @@ def _words(text: str) -> list[str]:
 def _quoted(words: list[str]) -> str:
     shown = ", ".join(f'"{word}"' for word in words[:6])
     return shown + (f" and {len(words) - 6} more" if len(words) > 6 else "")
+
+
+def settings_warnings(family: StableDiffusion, resolved: CompareSettings) -> list[str]:
+    """Settings under which the negative prompt cannot act: both images would be the same."""
+    warnings = []
+    if family.true_cfg and resolved.guidance <= 1 and not resolved.uses_nag():
+        warnings.append(
+            "FLUX.1 is guidance-distilled: it ignores a negative prompt unless true CFG is on (true_cfg_scale > 1), "
+            f"and here the guidance scale is true CFG's scale, {resolved.guidance:g}. Both images are the same. Use "
+            "a scale above 1 (4 is usual; true CFG doubles the sampling time), or let the negative act in "
+            "attention: set “how the negative acts” to nag."
+        )
+    elif resolved.guidance <= 1 and not resolved.uses_nag():
+        warnings.append(
+            f"Guidance scale {resolved.guidance:g} ≤ 1 turns classifier-free guidance off, so the negative prompt "
+            "has no effect: both images are the same. Use a scale above 1 (7.5 is usual), or let the negative act "
+            "in attention: set “how the negative acts” to nag (NAG works at guidance 1 and on distilled models)."
+        )
+    if not resolved.negative:
+        warnings.append("The negative prompt is empty, so both images are the same.")
+    elif resolved.guidance > 1 or resolved.uses_nag():
+        start, end = window_steps(resolved.negative_start, resolved.negative_end, resolved.steps)
+        if start >= end:
+            warnings.append(
+                f"The negative prompt's window ({resolved.negative_start:g}–{resolved.negative_end:g} of "
+                f"{resolved.steps} steps) holds no whole step, so it never acts: both images are the same."
+            )
+        elif resolved.negative_strength == 0 and resolved.negative_mode == "cfg":
+            warnings.append("Negative strength 0 turns the negative prompt off: both images are the same.")
+    return warnings
+
+
+def step_readings(pipe, resolved: CompareSettings, embedding: NegativeEmbedding | None) -> dict[str, list]:
+    """How the CLIP families read the prompt and the negative (A1111's chunking: BREAK, commas), each distinct
+    step text of prompt editing once, by field."""
+    readings = {}
+    for name in ("prompt", "negative"):
+        distinct = dict.fromkeys(step_texts(getattr(resolved, name), resolved.steps))
+        readings[name] = [read_prompt(pipe, step_text, embedding) for step_text in distinct]
+    return readings
+
+
+def chunk_warnings(
+    pipe, resolved: CompareSettings, embedding: NegativeEmbedding | None, readings: dict[str, list]
+) -> list[str]:
+    """How the CLIP families read the texts: an embedding without its trigger word, texts past one chunk, and
+    texts of different chunk counts padded to one length where batch rows must line up."""
+    warnings = []
+    if embedding is not None and not trigger_in(text_pairs(pipe)[0][1], resolved.negative, embedding):
+        warnings.append(
+            f"The negative embedding's trigger word {embedding.name} is not in the negative prompt, so the "
+            f"embedding is not used: write {embedding.name} in the negative prompt (A1111's rule)."
+        )
+    counts = {1}  # the "" of the run without
+    for name, field_name in (("prompt", "prompt"), ("negative", "negative prompt")):
+        counts.update(max(len(reading.chunks), 1) for reading in readings[name])
+        message = chunk_message(max(readings[name], key=lambda reading: len(reading.chunks)), field_name)
+        warnings += [message] if message else []
+    if (resolved.attention_maps or resolved.uses_nag()) and len(counts) > 1 and resolved.guidance > 1:
+        reason = "attention maps recorded" if resolved.attention_maps else "NAG"
+        warnings.append(
+            f"With {reason}, texts of different chunk counts are padded to one length with the "
+            "encoded \"\" chunk (A1111's pad_cond_uncond option), not read at their own lengths (A1111's default, "
+            f"as otherwise): the images can differ slightly from a run without {reason}."
+        )
+    return warnings
+
+
+def negative_reading(pipe, resolved: CompareSettings, embedding: NegativeEmbedding | None) -> PromptReading | None:
+    """How the negative prompt is read: tokens by chunk, weights, the embedding's places (None when empty)."""
+    if not resolved.negative:
+        return None
+    first, _ = window_steps(resolved.negative_start, resolved.negative_end, resolved.steps)
+    text = step_texts(resolved.negative, resolved.steps)[min(first, resolved.steps - 1)]  # with prompt editing:
+    return read_prompt(pipe, text, embedding)  # its text when it first acts
