@@ -1,13 +1,12 @@
 """Images on the embedded model for a fixed set of settings, pinned by the hash of their pixels: a refactor (a new
 layout, a new hook beside the guidance hook) must leave them bit-identical. When a change alters an image on
-purpose, regenerate with `python tests/test_golden_images.py` and say why in the commit."""
+purpose, regenerate with `python -m tests.unit.sampling.test_golden_images` and say why in the commit."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,8 +14,9 @@ import pytest
 from negprompt_demo.models.loading import load_pipeline
 from negprompt_demo.sampling.engine import compare
 from negprompt_demo.settings import CompareSettings
+from tests.support.paths import ROOT
 
-GOLDEN = Path(__file__).parent / "golden" / "embedded_images.json"
+GOLDEN = ROOT / "tests" / "support" / "golden" / "embedded_images.json"
 PROMPT = "portrait photo of a man"
 CASES = {
     "default": CompareSettings(PROMPT, "mustache", seed=3),

@@ -7,9 +7,7 @@ import threading
 
 import numpy as np
 import pytest
-from conftest import EMBEDDED_PRESENT
 from PIL import Image
-from test_app import collect, make
 
 from negprompt_demo.models.loading import load_pipeline
 from negprompt_demo.page.app_config import AppConfig
@@ -24,6 +22,8 @@ from negprompt_demo.sampling.many_seeds import (
 )
 from negprompt_demo.settings import CompareSettings, InputError, resolve_grid
 from negprompt_demo.views.attributes import Rate, difference_interval, grid_reading
+from tests.support.handler_calls import collect, make
+from tests.support.paths import EMBEDDED_PRESENT
 
 SETTINGS = CompareSettings("a red hat", "blue", seed=11, steps=4, width=32, height=32)
 

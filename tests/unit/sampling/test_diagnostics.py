@@ -7,7 +7,6 @@ import random
 from types import SimpleNamespace
 
 import pytest
-from conftest import EMBEDDED_PRESENT
 
 from negprompt_demo.embedded.faces import caption, caption_vocabulary, caption_words, draw_portrait
 from negprompt_demo.models.loading import load_pipeline
@@ -15,6 +14,7 @@ from negprompt_demo.sampling.diagnostics import distilled_reason, negative_diagn
 from negprompt_demo.sampling.engine import compare, prepare
 from negprompt_demo.settings import CompareSettings
 from negprompt_demo.views.export import trace_document
+from tests.support.paths import EMBEDDED_PRESENT
 
 
 def settings(**changes) -> CompareSettings:

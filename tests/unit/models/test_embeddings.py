@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
-from tiny_models import tiny_sd_pipeline, tiny_sdxl_pipeline
 
 from negprompt_demo.sampling.engine import compare, prepare
 from negprompt_demo.settings import CompareSettings, InputError
+from tests.support.tiny_models import tiny_sd_pipeline, tiny_sdxl_pipeline
 
 PROMPT, SEED, STEPS, WIDTH = "portrait photo of a man", 1234, 4, 32
 

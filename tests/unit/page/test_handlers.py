@@ -12,7 +12,6 @@ import gradio as gr
 import numpy as np
 import pytest
 import torch
-from conftest import EMBEDDED_PRESENT
 from PIL import Image
 
 from negprompt_demo.models.loading import load_pipeline, pipeline_lock
@@ -30,59 +29,8 @@ from negprompt_demo.runner import Step, astream
 from negprompt_demo.sampling.engine import compare
 from negprompt_demo.settings import DEFAULTS, CompareSettings, InputError
 from negprompt_demo.views.visualize import curves_picture
-
-STEPS = 4
-
-
-def inputs(folder, **changes) -> dict:
-    values = {
-        "prompt": "a red hat",
-        "negative": "blue",
-        "seed": 7,
-        "steps": STEPS,
-        "guidance": 7.5,
-        "scheduler": "Euler",
-        "width": 32,
-        "height": 32,
-        "model": str(folder),
-        "push_map": True,
-    }
-    values.update(changes)
-    return values
-
-
-class Session:
-    """What gr.Request gives a handler: the browser session's id."""
-
-    def __init__(self, session_hash: str = "session-a"):
-        self.session_hash = session_hash
-
-
-def make(config, tmp_path_factory) -> handlers.Handlers:
-    folder = tmp_path_factory.mktemp("app")
-    (folder / "jobs").mkdir()
-    return handlers.Handlers(config, TraceStore(folder / "runs", folder / "examples"), folder / "jobs")
-
-
-def pixels(path: str) -> np.ndarray:
-    with Image.open(path) as image:
-        return np.asarray(image.convert("RGB"))
-
-
-def collect(agen) -> list:
-    async def run():
-        return [item async for item in agen]
-
-    return asyncio.run(run())
-
-
-def named(values: tuple, names=UI_OUTPUTS) -> dict:
-    """Outputs by name, without the ones left unchanged."""
-    return {name: value for name, value in zip(names, values, strict=True) if not is_skip(value)}
-
-
-def is_skip(value) -> bool:
-    return isinstance(value, dict) and value.get("__type__") == "update" and len(value) == 1
+from tests.support.handler_calls import STEPS, Session, collect, inputs, is_skip, make, named, pixels
+from tests.support.paths import EMBEDDED_PRESENT
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import EMBEDDED_PRESENT
+
+from tests.support.paths import EMBEDDED_PRESENT
 
 pytestmark = [
     pytest.mark.slow,

@@ -1,5 +1,5 @@
 """The app's device call run the way Hugging Face ZeroGPU runs it: `runner.sample_on_device` wrapped by a stand-in
-for `spaces.GPU` (tests/spaces_standin.py) that forks a worker and pickles arguments and every yielded value.
+for `spaces.GPU` (tests/support/spaces_standin.py) that forks a worker and pickles arguments and every yielded value.
 Streaming, the final images, errors and Stop must all survive that boundary."""
 
 from __future__ import annotations
@@ -9,12 +9,12 @@ import threading
 
 import numpy as np
 import pytest
-import spaces_standin
 
 from negprompt_demo import runner as plain_runner
 from negprompt_demo.models.loading import load_pipeline
 from negprompt_demo.sampling.engine import NonFiniteError, compare
 from negprompt_demo.settings import CompareSettings
+from tests.support import spaces_standin
 
 pytestmark = pytest.mark.slow
 SETTINGS = CompareSettings("a red hat", "blue", seed=3, steps=6, push_map=True)

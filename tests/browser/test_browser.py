@@ -1,6 +1,6 @@
 """The page in a real browser: Debian Chromium driven by Playwright, headless, against the app on 127.0.0.1.
 
-Also a script: `python tests/test_browser.py URL OUT.png` takes the README screenshot of a running app with the
+Also a script: `python -m tests.browser.test_browser URL OUT.png` takes the README screenshot of a running app with the
 steps a newcomer takes and the tests check: click the first example, wait for the result and the step view.
 """
 

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.paths import ROOT
+
 CLICK_EVERY_EXAMPLE = """
 import json, sys
 from negprompt_demo.page.app import build_app
@@ -36,7 +38,7 @@ print("RESULT " + json.dumps(shown))
 
 
 def start_and_click_every_example(model: Path, cache: Path) -> list[dict]:
-    env = {**os.environ, "GRADIO_EXAMPLES_CACHE": str(cache), "PYTHONPATH": str(Path(__file__).parents[1])}
+    env = {**os.environ, "GRADIO_EXAMPLES_CACHE": str(cache), "PYTHONPATH": str(ROOT)}
     done = subprocess.run(
         [sys.executable, "-c", CLICK_EVERY_EXAMPLE, str(model)], env=env, capture_output=True, text=True, timeout=300
     )

@@ -5,14 +5,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from PIL import Image
 
 from negprompt_demo.cli import main
-
-ROOT = Path(__file__).parents[1]
+from tests.support.paths import ROOT
 
 
 def test_compare_writes_all_outputs(tiny_sd_folder, tmp_path, capsys):

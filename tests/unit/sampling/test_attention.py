@@ -12,8 +12,6 @@ import gradio as gr
 import numpy as np
 import pytest
 import torch
-from conftest import EMBEDDED_PRESENT
-from test_app import Session, collect, inputs, make, named, pixels
 
 from negprompt_demo.models.previews import fill_previews
 from negprompt_demo.page.step_view import STEP_OUTPUTS
@@ -29,6 +27,8 @@ from negprompt_demo.sampling.attention import (
 from negprompt_demo.sampling.engine import GenerationCancelled, compare
 from negprompt_demo.settings import CompareSettings
 from negprompt_demo.views.visualize import curves_picture
+from tests.support.handler_calls import Session, collect, inputs, make, named, pixels
+from tests.support.paths import EMBEDDED_PRESENT
 
 PROMPT, NEGATIVE, SEED, STEPS = "portrait photo of a man", "mustache, hat", 5, 4
 ON = CompareSettings(PROMPT, NEGATIVE, seed=SEED, steps=STEPS, attention_maps=True)

@@ -6,7 +6,6 @@ import json
 
 import pytest
 import torch
-from tiny_models import tiny_flux_pipeline, tiny_sd3_pipeline, tiny_sd_pipeline
 
 from negprompt_demo.models import loading
 from negprompt_demo.models.loading import (
@@ -18,6 +17,7 @@ from negprompt_demo.models.loading import (
     native_size,
 )
 from negprompt_demo.page.app_config import KNOWN_MODELS
+from tests.support.tiny_models import tiny_flux_pipeline, tiny_sd3_pipeline, tiny_sd_pipeline
 
 
 @pytest.mark.parametrize(

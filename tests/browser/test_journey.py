@@ -19,11 +19,12 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import free_port
-from test_browser import CHROMIUM, CHROMIUM_ARGS, move_step
 
 from negprompt_demo.page.examples import EXAMPLES_FILE
 from negprompt_demo.settings import FIELDS, MAX_SEED
+from tests.browser.test_browser import CHROMIUM, CHROMIUM_ARGS, move_step
+from tests.support.live_server import free_port
+from tests.support.paths import ROOT
 
 pytestmark = [
     pytest.mark.browser,
@@ -45,7 +46,7 @@ demo.launch(server_name="127.0.0.1", server_port=port, quiet=True, **launch_opti
 def server(model: Path, cache: Path, log: Path):
     """The app as `python demo.py` runs it, in its own process (a restart is a new process), its output in `log`."""
     port = free_port()
-    env = {**os.environ, "GRADIO_EXAMPLES_CACHE": str(cache), "PYTHONPATH": str(Path(__file__).parents[1])}
+    env = {**os.environ, "GRADIO_EXAMPLES_CACHE": str(cache), "PYTHONPATH": str(ROOT)}
     with open(log, "a", encoding="utf-8") as out:
         process = subprocess.Popen([sys.executable, "-c", SERVE, str(model), str(port)], env=env, stdout=out,
                                    stderr=subprocess.STDOUT)  # fmt: skip

@@ -6,13 +6,13 @@ import json
 import random
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from negprompt_demo.embedded import MODEL_DIR
 from negprompt_demo.embedded.faces import ATTRIBUTES, caption, draw_portrait, make_dataset
+from tests.support.paths import ROOT
 
 
 @pytest.mark.slow  # a fresh interpreter
@@ -24,7 +24,7 @@ def test_runtime_package_imports_no_engine_loader_or_tools():
         "for m in pkgutil.iter_modules(e.__path__): importlib.import_module(f'negprompt_demo.embedded.{m.name}')\n"
         "print(*sorted(sys.modules))"
     )
-    root = Path(__file__).resolve().parents[1]
+    root = ROOT
     run = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True)
     modules = run.stdout.split()
     forbidden = {f"negprompt_demo.{name}" for name in ("engine", "loading", "settings", "embedded_tools")}
@@ -141,7 +141,7 @@ def test_docs_table_describes_the_shipped_model(embedded_pipe, mustache_pairs):
     must give rates within sampling noise of the table's rows (a) and (c)."""
     from negprompt_demo.models.loading import model_defaults
 
-    results = Path(__file__).resolve().parents[1] / "docs" / "embedded_results.json"
+    results = ROOT / "docs" / "embedded_results.json"
     res = json.loads(results.read_text())
     defaults = model_defaults(embedded_pipe)
     assert (res["guidance"], res["steps"], res["scheduler"]) == (

@@ -18,7 +18,6 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from conftest import running_app
 from gradio_client import Client
 from gradio_client.exceptions import AppError
 from gradio_client.utils import QueueError
@@ -32,6 +31,7 @@ from negprompt_demo.page.tracefile import private_folder, remove_old_folders
 from negprompt_demo.sampling.cost import device_rates
 from negprompt_demo.sampling.engine import GenerationCancelled
 from negprompt_demo.settings import DEFAULTS
+from tests.support.live_server import running_app
 
 pytestmark = pytest.mark.slow  # a live server per module
 TIMEOUT = 120  # seconds any single job may take before the test fails (a hang, not a speed check)

@@ -1,6 +1,6 @@
 """SD3 and FLUX.1: each run equals a plain diffusers call, the denoiser calls per step, the flow-matching trace, the
 negative's window and strength on FLUX.1's two calls per step, and the warnings these families need. All on tiny
-random-weight pipelines built from configs in code (tests/tiny_models.py); real weights never run here."""
+random-weight pipelines built from configs in code (tests/support/tiny_models.py); real weights never run here."""
 
 from __future__ import annotations
 
@@ -249,9 +249,8 @@ def test_flux_outputs_carry_the_distilled_image(flux_pipe, tmp_path):
 
 
 def test_compare_command_on_an_sd3_folder(tmp_path, capsys):
-    from tiny_models import tiny_sd3_pipeline
-
     from negprompt_demo.cli import main
+    from tests.support.tiny_models import tiny_sd3_pipeline
 
     tiny_sd3_pipeline(tmp_path / "tokenizers").save_pretrained(tmp_path / "sd3")
     code = main(["compare", "--prompt", PROMPT, "--negative", NEGATIVE, "--seed", "3", "--steps", "3",
