@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import io
 import sys
-import time
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -201,14 +201,41 @@ def test_first_example_shows_two_different_images_and_the_step_view(app_server):
             browser.close()
 
 
-def test_stop_ends_the_run_and_the_page_stays_usable(app_server):
+class RunSpy:
+    """Wraps the app's device call (the server runs in this process): the steps each run sampled and how it
+    ended, so Stop is checked on the server's state, not after a pause."""
+
+    def __init__(self):
+        from negprompt_demo import runner
+
+        self.real, self.steps, self.outcome, self.ended = runner.run_paired, [], None, threading.Event()
+
+    def __call__(self, pipe, settings, *, on_step, stop, **options):
+        from negprompt_demo.sampling.engine import GenerationCancelled
+
+        def step(done, total, record):
+            self.steps.append(done)
+            on_step(done, total, record)
+
+        try:
+            result = self.real(pipe, settings, on_step=step, stop=stop, **options)
+            self.outcome = "done"
+            return result
+        except GenerationCancelled:
+            self.outcome = "cancelled"
+            raise
+        finally:
+            self.ended.set()
+
+
+def test_stop_ends_the_run_and_the_page_stays_usable(app_server, monkeypatch):
     from playwright.sync_api import sync_playwright
 
-    from negprompt_demo.models.loading import load_pipeline
-    from negprompt_demo.sampling.engine import pipeline_lock
+    from negprompt_demo import runner
 
-    url, config = app_server
-    pipe = load_pipeline(config.default_model)
+    url, _ = app_server
+    spy = RunSpy()
+    monkeypatch.setattr(runner, "run_paired", spy)
     with sync_playwright() as playwright:
         browser, page = open_page(playwright, url)
         try:
@@ -222,16 +249,10 @@ def test_stop_ends_the_run_and_the_page_stays_usable(app_server):
             page.click("#stop-button")
             page.wait_for_function("document.querySelector('#status').innerText.includes('Stopped')")
             # The status changes at the click; the server's cancel lands a moment later (a step or a few under
-            # load), so wait for sampling to end, then for the page to show the last streamed step.
-            deadline = time.monotonic() + 10
-            while pipeline_lock(pipe).locked():
-                assert time.monotonic() < deadline, "sampling did not stop"
-                time.sleep(0.02)
-            page.wait_for_timeout(300)
-            step_when_stopped = page.input_value("#step input[type=number]")
-            page.wait_for_timeout(1500)
-            assert page.input_value("#step input[type=number]") == step_when_stopped, "sampling went on after Stop"
-            assert int(step_when_stopped) < 150
+            # load): the run then ends cancelled, before its last step, and the page shows no step it did not sample.
+            assert spy.ended.wait(timeout=TIMEOUT_MS / 1000), "sampling did not stop"
+            assert spy.outcome == "cancelled" and spy.steps[-1] < 150, "sampling went on after Stop"
+            assert 1 <= int(page.input_value("#step input[type=number]")) <= spy.steps[-1]
             assert "Stopped" in status(page)
 
             page.fill("#steps input[type=number]", "2")

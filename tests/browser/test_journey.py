@@ -32,6 +32,12 @@ pytestmark = [
     pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"Chromium is not installed at {CHROMIUM}"),
 ]
 TIMEOUT_MS = 120_000
+# True once the page has scrolled and its position is the same as at the previous poll (a smooth scroll has ended).
+SCROLL_SETTLED = """() => {
+  const y = window.scrollY, last = window.lastPolledScrollY;
+  window.lastPolledScrollY = y;
+  return y > 0 && y === last;
+}"""
 SERVE = """
 import sys
 from negprompt_demo.page.app import build_app, launch_options
@@ -325,7 +331,7 @@ def test_the_journey_of_a_newcomer(tiny_sd_folder, tmp_path):
                 journey.shot("phone-first-screen")
                 page.get_by_text(example_labels()[0], exact=True).first.click()
                 journey.wait_done()
-                page.wait_for_timeout(1000)  # the smooth scroll to the result
+                page.wait_for_function(SCROLL_SETTLED, polling=100)  # the smooth scroll to the result has ended
                 box = journey.box("#image-with img")
                 assert box["y"] < 844 and box["y"] + box["height"] > 0, "the tapped example's result is not shown"
                 journey.shot("phone-after-example")
