@@ -1,4 +1,5 @@
-"""The command line: the five output files, PNG metadata, summary, exit codes."""
+"""The command line (`python -m negprompt_demo compare|sweep|seeds`): the output files, PNG metadata, summary, exit
+codes and one-line errors, on SD 1.x and SD3 folders."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from PIL import Image
 
 from negprompt_demo.cli import main
@@ -68,7 +70,6 @@ def test_bad_input_exits_2_with_one_line(tiny_sd_folder, tmp_path, capsys, extra
 
 
 def test_negative_embedding_from_a_path(tiny_sd_folder, tmp_path, capsys):
-    import torch
     from safetensors.torch import save_file
 
     embedding = tmp_path / "EasyNegative.safetensors"
@@ -168,3 +169,42 @@ def test_nag_at_guidance_1_from_the_command_line(tiny_sd_folder, tmp_path, capsy
     trace = json.loads((out / "trace.json").read_text())
     assert trace["settings"]["negative_mode"] == "nag" and "nag_mean" in trace["steps"][0]
     assert "has no effect" not in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_sweep_command_writes_the_row_and_its_reading(tiny_sd_folder, tmp_path, capsys):
+    out = tmp_path / "sweep"
+    assert main(["sweep", "--prompt", "a red hat", "--negative", "blue", "--seed", "2", "--steps", "10",
+                 "--model", str(tiny_sd_folder), "--starts", "0,0.5", "--out", str(out)]) == 0  # fmt: skip
+    assert {path.name for path in out.iterdir()} == {
+        "sweep.png",
+        "sweep.json",
+        "sweep_0.png",
+        "sweep_1.png",
+        "sweep_2.png",
+    }
+    assert "from step 7/10" in (out / "sweep.json").read_text()  # [neg:0.5] of 10: k = 6, the 7th step
+    assert main(["sweep", "--prompt", "x", "--starts", "0,2", "--out", str(out)]) == 2
+    assert "every start must be between 0 and 1" in capsys.readouterr().err
+
+
+def test_a_window_that_ends_before_it_starts_is_one_message_on_the_command_line(tiny_sd_folder, tmp_path, capsys):
+    code = main(["compare", "--prompt", "a red hat", "--negative", "blue", "--negative-start", "0.8",
+                 "--negative-end", "0.2", "--model", str(tiny_sd_folder), "--out", str(tmp_path)])  # fmt: skip
+    assert code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "error: The negative starts at 0.8 of the steps but ends at 0.2: the start must not come after the end."
+    )
+
+
+def test_compare_command_on_an_sd3_folder(tmp_path, capsys):
+    from tests.support.tiny_models import tiny_sd3_pipeline
+
+    tiny_sd3_pipeline(tmp_path / "tokenizers").save_pretrained(tmp_path / "sd3")
+    code = main(["compare", "--prompt", "portrait photo of a man", "--negative", "mustache", "--seed", "3",
+                 "--steps", "3", "--scheduler", "DDIM", "--model", str(tmp_path / "sd3"),
+                 "--out", str(tmp_path / "out")])  # fmt: skip
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "does not apply to it" in printed and "steps.gif" in printed
+    assert {"without_negative.png", "with_negative.png", "trace.json"} <= {p.name for p in (tmp_path / "out").iterdir()}

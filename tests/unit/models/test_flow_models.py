@@ -248,19 +248,6 @@ def test_flux_outputs_carry_the_distilled_image(flux_pipe, tmp_path):
     assert three.width > two.width * 1.4  # a third panel, not only a wider label
 
 
-def test_compare_command_on_an_sd3_folder(tmp_path, capsys):
-    from negprompt_demo.cli import main
-    from tests.support.tiny_models import tiny_sd3_pipeline
-
-    tiny_sd3_pipeline(tmp_path / "tokenizers").save_pretrained(tmp_path / "sd3")
-    code = main(["compare", "--prompt", PROMPT, "--negative", NEGATIVE, "--seed", "3", "--steps", "3",
-                 "--scheduler", "DDIM", "--model", str(tmp_path / "sd3"), "--out", str(tmp_path / "out")])  # fmt: skip
-    assert code == 0
-    printed = capsys.readouterr().out
-    assert "does not apply to it" in printed and "steps.gif" in printed
-    assert {"without_negative.png", "with_negative.png", "trace.json"} <= {p.name for p in (tmp_path / "out").iterdir()}
-
-
 @pytest.mark.slow  # three FLUX.1 calls
 def test_flux_sweep_equals_each_start_on_its_own(flux_pipe):
     from negprompt_demo.sampling.engine import prepare

@@ -157,33 +157,3 @@ def test_sweep_runs_every_start_in_one_call_sharing_the_early_steps(sd_pipe, mon
         single = compare(sd_pipe, resolved.replace(negative_start=start))
         assert np.abs(pixels(image) - pixels(single.with_negative)).max() <= 2
     assert np.abs(pixels(sweep.without_negative) - pixels(single.without_negative)).max() <= 2
-
-
-@pytest.mark.slow
-def test_sweep_command_writes_the_row_and_its_reading(tiny_sd_folder, tmp_path, capsys):
-    from negprompt_demo.cli import main
-
-    out = tmp_path / "sweep"
-    assert main(["sweep", "--prompt", "a red hat", "--negative", "blue", "--seed", "2", "--steps", "10",
-                 "--model", str(tiny_sd_folder), "--starts", "0,0.5", "--out", str(out)]) == 0  # fmt: skip
-    assert {path.name for path in out.iterdir()} == {
-        "sweep.png",
-        "sweep.json",
-        "sweep_0.png",
-        "sweep_1.png",
-        "sweep_2.png",
-    }
-    assert "from step 7/10" in (out / "sweep.json").read_text()  # [neg:0.5] of 10: k = 6, the 7th step
-    assert main(["sweep", "--prompt", "x", "--starts", "0,2", "--out", str(out)]) == 2
-    assert "every start must be between 0 and 1" in capsys.readouterr().err
-
-
-def test_a_window_that_ends_before_it_starts_is_one_message_on_the_command_line(tiny_sd_folder, tmp_path, capsys):
-    from negprompt_demo.cli import main
-
-    code = main(["compare", "--prompt", "a red hat", "--negative", "blue", "--negative-start", "0.8",
-                 "--negative-end", "0.2", "--model", str(tiny_sd_folder), "--out", str(tmp_path)])  # fmt: skip
-    assert code == 2
-    assert capsys.readouterr().err.strip().splitlines()[-1] == (
-        "error: The negative starts at 0.8 of the steps but ends at 0.2: the start must not come after the end."
-    )
