@@ -8,9 +8,7 @@ The server runs two generations at once (`--concurrency 2`) so jobs both queue a
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import stat
 import threading
 import time
 
@@ -27,7 +25,6 @@ from negprompt_demo import runner
 from negprompt_demo.models.loading import load_pipeline
 from negprompt_demo.page.door import ONE_TURN
 from negprompt_demo.page.handlers import INPUT_NAMES
-from negprompt_demo.page.tracefile import private_folder, remove_old_folders
 from negprompt_demo.sampling.cost import device_rates
 from negprompt_demo.sampling.engine import GenerationCancelled
 from negprompt_demo.settings import DEFAULTS
@@ -287,23 +284,6 @@ def test_uploads_over_the_limit_are_refused(server):
     assert small.status_code == 200
     big = httpx.post(url, files={"files": ("a.npz", b"x" * 2_000_000)}, timeout=30)
     assert big.status_code == 413 and "maximum allowed size of 1048576 bytes" in big.text
-
-
-def test_run_files_live_in_a_private_folder_and_cleanup_follows_no_link(tmp_path):
-    """Another local user could plant a link at a fixed name in the shared temp folder; the app's folder is new
-    per process, mode 0700, and the cleanup of old runs neither follows nor deletes through a link."""
-    private = private_folder()
-    assert stat.S_IMODE(private.stat().st_mode) == 0o700
-    victim = tmp_path / "victim"
-    (victim / "old").mkdir(parents=True)
-    (victim / "old" / "precious.txt").write_text("keep")
-    os.utime(victim / "old", (0, 0))
-    (private / "planted").symlink_to(victim)
-    (private / "old-run").mkdir()
-    os.utime(private / "old-run", (0, 0))
-    remove_old_folders(private, max_age_s=60)
-    assert (victim / "old" / "precious.txt").read_text() == "keep" and (private / "planted").is_symlink()
-    assert not (private / "old-run").exists()
 
 
 def test_a_lone_surrogate_sent_as_raw_json_is_a_clear_error(server):

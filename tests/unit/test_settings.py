@@ -8,7 +8,15 @@ import re
 
 import pytest
 
-from negprompt_demo.settings import FIELDS, MAX_SEED, CompareSettings, InputError, resolve_settings, size_limits
+from negprompt_demo.settings import (
+    FIELDS,
+    MAX_SEED,
+    CompareSettings,
+    InputError,
+    check_weights,
+    resolve_settings,
+    size_limits,
+)
 
 MODEL_DEFAULTS = {"steps": 25, "guidance": 7.5, "scheduler": "Euler"}
 
@@ -175,3 +183,19 @@ def test_png_parameters_carry_nag_as_extra_keys():
     assert "NAG" not in plain and "Negative mode" not in plain
     text = resolve(negative="hat", seed=1, negative_mode="nag", nag_alpha=0.25).parameters_text("embedded")
     assert ", Negative mode: nag, NAG scale: 5, NAG tau: 2.5, NAG alpha: 0.25," in text
+
+
+def test_500_nested_brackets_are_refused_naming_the_weight():
+    with pytest.raises(InputError, match=r"gives “face” a weight of 4.97e\+20; weights must be between −100 and 100"):
+        check_weights("(" * 500 + "face", "negative prompt")
+
+
+def test_a_400_digit_weight_is_refused_as_too_large_not_blamed_on_fp16():
+    with pytest.raises(InputError, match="The prompt gives “face” a weight of too large to be a number") as caught:
+        check_weights("(face:" + "9" * 400 + ")", "prompt")
+    assert "fp16" not in str(caught.value) and len(str(caught.value)) < 300
+
+
+@pytest.mark.parametrize("text", ["(face:1.5)", "[face]", "((((face))))", "(face:-1)", "a plain prompt", ""])
+def test_ordinary_weights_pass(text):
+    check_weights(text, "prompt")

@@ -1,10 +1,9 @@
-"""The page's event functions on the tiny pipelines, called directly (no server): streaming, results, the step
-scrubber, Stop, errors, the model policy, examples and the API surface."""
+"""The page's event functions (page/handlers.py) on the tiny pipelines, called directly (no server): streaming,
+results, the step scrubber, errors, the model policy, links, the sweep, attention maps and the API's options."""
 
 from __future__ import annotations
 
 import asyncio
-import copy
 import json
 from urllib.parse import parse_qsl
 
@@ -15,22 +14,14 @@ import torch
 from PIL import Image
 
 from negprompt_demo.models.loading import load_pipeline, pipeline_lock
-from negprompt_demo.models.previews import fill_previews
-from negprompt_demo.page import examples as example_module
 from negprompt_demo.page import handlers
 from negprompt_demo.page.app import build_app
-from negprompt_demo.page.app_config import AppConfig, config_from_args
-from negprompt_demo.page.examples import EXAMPLES_FILE, example_cache_folder, example_rows
-from negprompt_demo.page.handlers import EXAMPLE_NAMES, INPUT_NAMES, LINK_OUTPUTS, UI_OUTPUTS
-from negprompt_demo.page.launch import build_parser
+from negprompt_demo.page.app_config import AppConfig
+from negprompt_demo.page.handlers import INPUT_NAMES, LINK_OUTPUTS, UI_OUTPUTS
 from negprompt_demo.page.step_view import STEP_OUTPUTS
-from negprompt_demo.page.tracefile import TraceNotFound, TraceStore
 from negprompt_demo.runner import Step, astream
-from negprompt_demo.sampling.engine import compare
-from negprompt_demo.settings import DEFAULTS, CompareSettings, InputError
-from negprompt_demo.views.visualize import curves_picture
+from negprompt_demo.settings import DEFAULTS, CompareSettings
 from tests.support.handler_calls import STEPS, Session, collect, inputs, is_skip, make, named, pixels
-from tests.support.paths import EMBEDDED_PRESENT
 
 
 @pytest.fixture(scope="module")
@@ -114,25 +105,6 @@ def test_step_scrubber_reads_only_traces_the_server_wrote_for_this_session(event
         events.show_step(trace_id or ui_run[-1]["trace_id"], 1, None, Session(session))
 
 
-def test_stored_trace_reads_one_step_and_every_scalar(sd_pipe, tmp_path):
-    comparison = compare(sd_pipe, CompareSettings("a cat", "dog", seed=1, steps=3, push_map=True))
-    fill_previews(sd_pipe, comparison.trace.steps)
-    store = TraceStore(tmp_path / "runs")
-    curves = curves_picture(comparison.trace)
-    trace_id = store.save(comparison.trace, curves, owner="me")
-    for index, original in enumerate(comparison.trace.steps):
-        trace, stored_curves = store.load(trace_id, index, owner="me")
-        assert np.array_equal(np.asarray(stored_curves.image), np.asarray(curves.image))
-        assert trace.to_json() == comparison.trace.to_json()  # every step's scalars, for the curves
-        loaded = trace.steps[index]
-        assert np.array_equal(loaded.previews, original.previews)
-        assert np.array_equal(loaded.guidance_map.numpy(), original.guidance_map.numpy())
-        assert np.array_equal(loaded.push_map.numpy(), original.push_map.numpy())
-        assert all(step.previews is None for i, step in enumerate(trace.steps) if i != index)  # read one step only
-    with pytest.raises(TraceNotFound):
-        store.load(trace_id, 0, owner="someone else")
-
-
 def test_bad_input_is_a_clear_message_not_a_traceback(events, tiny_sd_folder, caplog):
     """The page's and the API's wiring to the one validation (the matrix of bad values is in test_settings)."""
     (only,) = [named(values) for values in collect(events.compare_ui(Session(), **inputs(tiny_sd_folder, steps=0)))]
@@ -145,20 +117,6 @@ def test_bad_input_is_a_clear_message_not_a_traceback(events, tiny_sd_folder, ca
     with pytest.raises(gr.Error, match="Unknown scheduler '<b>'"):  # API clients get plain text, not HTML entities
         asyncio.run(events.compare_api(**inputs(tiny_sd_folder, scheduler="<b>")))
     assert "Traceback" not in caplog.text
-
-
-def test_locked_deployment_refuses_unlisted_models(tiny_sd_folder, tmp_path_factory):
-    locked = AppConfig(default_model=str(tiny_sd_folder), models=[], lock_models=True)
-    assert locked.check_model("") == str(tiny_sd_folder)
-    refusals = set()
-    for name in ("someone/any-model", str(tmp_path_factory.getbasetemp()), "/nonexistent", ["a/b"], "../.."):
-        with pytest.raises(InputError) as raised:
-            locked.check_model(name)
-        refusals.add(str(raised.value) if not isinstance(name, list) else "list")
-    refusals.discard("list")
-    assert len(refusals) == 1 and "only offers these models" in refusals.pop()  # one message: nothing is probed
-    with pytest.raises(gr.Error, match="only offers these models"):
-        asyncio.run(make(locked, tmp_path_factory).compare_api(**inputs(tiny_sd_folder, model="someone/any-model")))
 
 
 def test_unloadable_model_is_a_clear_message(events, tiny_sd_folder, tmp_path):
@@ -198,69 +156,12 @@ def test_model_selection_adopts_the_model_defaults(events, tiny_sd_folder):
     assert width["value"] == 32 and "16 to 64 px" in width["info"] and "minimum" not in width
 
 
-def test_examples_file_starts_with_the_articles_case():
-    rows, labels = example_rows(
-        EXAMPLES_FILE, {"steps": 25, "guidance": 7.5, "scheduler": "Euler", "width": 64, "height": 64}, "embedded"
-    )
-    first, second = (dict(zip(EXAMPLE_NAMES, row, strict=True)) for row in rows[:2])
-    assert (first["prompt"], first["negative"]) == ("Portrait photo of a man.", "mustache")
-    assert "without mustache" in second["prompt"]
-    assert len(rows) == len(labels) >= 4 and all(row[EXAMPLE_NAMES.index("model")] == "embedded" for row in rows)
-
-
-def test_only_compare_sweep_and_seeds_are_public_api(config):
-    demo = build_app(config)
-    api = demo.get_api_info()
-    assert set(api["named_endpoints"]) == {"/compare", "/sweep", "/seeds"}
-    assert not api.get("unnamed_endpoints")
-    for endpoint in ("/compare", "/sweep", "/seeds"):  # named like the settings fields, declared once
-        parameters = [parameter["parameter_name"] for parameter in api["named_endpoints"][endpoint]["parameters"]]
-        extra = ["seed_count", "phrased"] if endpoint == "/seeds" else []
-        assert parameters == [*INPUT_NAMES, *extra]
-
-
 def test_sweep_shows_each_start_with_a_reading(events, tiny_sd_folder):
     picture, reading = asyncio.run(events.sweep_ui(**inputs(tiny_sd_folder, steps=10, push_map=False)))
     assert pixels(picture).shape[1] > 6 * 160  # no negative, then six starts side by side
     assert "step" in reading and "of 10" in reading
     with pytest.raises(gr.Error, match="starts at 0.8 of the steps but ends at 0.2"):
         asyncio.run(events.sweep_ui(**inputs(tiny_sd_folder, negative_start=0.8, negative_end=0.2)))
-
-
-def test_command_line_defaults_and_public_lock(monkeypatch):
-    monkeypatch.delenv("SPACE_ID", raising=False)
-    monkeypatch.delenv("NEGPROMPT_MODEL", raising=False)
-    monkeypatch.delenv("GRADIO_SERVER_NAME", raising=False)
-    monkeypatch.delenv("GRADIO_SERVER_PORT", raising=False)
-    args = build_parser().parse_args([])
-    assert (args.host, args.port, args.model) == ("127.0.0.1", None, "embedded")
-    assert not config_from_args(args).lock_models
-    assert config_from_args(build_parser().parse_args(["--share"])).lock_models
-    for host, locked in (("0.0.0.0", True), ("192.168.1.5", True), ("::", True), ("localhost", False), ("::1", False)):
-        assert config_from_args(build_parser().parse_args(["--host", host])).lock_models is locked, host
-    assert not config_from_args(build_parser().parse_args(["--host", "0.0.0.0", "--no-lock-models"])).lock_models
-    assert not config_from_args(build_parser().parse_args(["--share", "--no-lock-models"])).lock_models
-    monkeypatch.setenv("SPACE_ID", "someone/negprompt")
-    monkeypatch.setenv("NEGPROMPT_MODEL", "a/b")
-    space = config_from_args(build_parser().parse_args(["--models", "a/b,c/d"]))
-    assert space.lock_models and space.models == ["a/b", "c/d"] and space.default_model == "a/b"
-
-
-@pytest.mark.slow
-@pytest.mark.skipif(not EMBEDDED_PRESENT, reason="the embedded model has not been trained into the package yet")
-def test_first_example_on_the_embedded_model_shows_two_different_images(tmp_path, monkeypatch, tmp_path_factory):
-    monkeypatch.setenv("GRADIO_EXAMPLES_CACHE", str(tmp_path))
-    config = AppConfig()
-    build_app(config)
-    pipe = load_pipeline(None)
-    from negprompt_demo.models.loading import model_defaults, native_size
-
-    defaults = {"width": native_size(pipe), "height": native_size(pipe), **model_defaults(pipe)}
-    rows, _ = example_rows(EXAMPLES_FILE, defaults, config.default_model)
-    final = named(asyncio.run(make(config, tmp_path_factory).compare_example(*rows[0])))
-    assert not np.array_equal(pixels(final["image_without"]), pixels(final["image_with"]))
-    assert final["trace_id"].startswith("example-")  # stored beside the example cache, readable by every session
-    assert final["x0_with"] is not None and "step" in final["reading"]
 
 
 def test_warnings_are_shown_in_the_status(events, tiny_sd_folder):
@@ -291,53 +192,6 @@ def test_negative_embedding_on_the_page_and_how_the_negative_was_read(events, co
     assert "**(`⟨badhand: 2 vectors⟩` ×1.2)**" in reading
     plain = [named(values) for values in collect(events.compare_ui(Session(), **inputs(tiny_sd_folder, steps=1)))]
     assert "read as plain text: 4 tokens, no weights" in plain[-1]["negative_reading"]
-
-
-def test_locked_deployment_takes_no_embedding(tiny_sd_folder, tmp_path_factory):
-    """A shared instance never opens a file a client names: no upload on the page, and the API refuses a path."""
-    locked = AppConfig(default_model=str(tiny_sd_folder), models=[], lock_models=True)
-    assert not embedding_upload(build_app(locked)).visible
-    events = make(locked, tmp_path_factory)
-    with pytest.raises(gr.Error, match="does not take negative embeddings"):
-        asyncio.run(events.compare_api(**inputs(tiny_sd_folder, negative_embedding="/etc/passwd.safetensors")))
-    (only,) = [
-        named(values)
-        for values in collect(
-            events.compare_ui(Session(), **inputs(tiny_sd_folder, negative_embedding="x.safetensors"))
-        )
-    ]
-    assert "does not take negative embeddings" in only["status"]
-    assert asyncio.run(events.compare_api(**inputs(tiny_sd_folder, steps=1, negative_embedding="")))[2] == 7
-
-
-def test_example_cache_folder_follows_the_weights_and_the_examples_file(sd_pipe, tmp_path, monkeypatch):
-    """A retrained model or edited examples get a fresh example cache; nothing else moves it."""
-    monkeypatch.setenv("GRADIO_EXAMPLES_CACHE", str(tmp_path / "cache"))
-    examples = tmp_path / "examples.json"
-    examples.write_bytes(EXAMPLES_FILE.read_bytes())
-    monkeypatch.setattr(example_module, "EXAMPLES_FILE", examples)
-    pipe = copy.deepcopy(sd_pipe)
-    original = example_cache_folder(pipe)
-    assert original.parent == tmp_path / "cache"
-    assert example_cache_folder(pipe) == original
-    assert example_cache_folder(sd_pipe) == original  # equal weights in another object: the same cache
-
-    for component in ("unet", "vae", "text_encoder"):
-        parameter = list(getattr(pipe, component).parameters())[-1]  # not the first tensor: every one counts
-        with torch.no_grad():
-            kept = parameter.view(-1)[0].item()
-            parameter.view(-1)[0] += 0.25
-            try:
-                assert example_cache_folder(pipe) != original, f"a changed {component} weight"
-            finally:
-                parameter.view(-1)[0] = kept
-        assert example_cache_folder(pipe) == original
-
-    text = examples.read_text(encoding="utf-8")
-    examples.write_text(text.replace("mustache", "beard", 1), encoding="utf-8")
-    assert example_cache_folder(pipe) != original, "edited examples"
-    examples.write_text(text, encoding="utf-8")
-    assert example_cache_folder(pipe) == original
 
 
 @pytest.fixture(scope="module")
@@ -426,3 +280,55 @@ def test_a_link_to_an_example_shows_its_cached_result(events, tiny_sd_folder, co
         assert "link_run" in named(events.open_link(LinkVisit("?prompt=a+red+hat&seed=3&steps=4")), LINK_OUTPUTS)
     finally:
         events.examples = []
+
+
+# --- attention maps on the page and through the API --------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def page(tiny_sd_folder, tmp_path_factory):
+    from negprompt_demo.page.app_config import AppConfig
+
+    config = AppConfig(default_model=str(tiny_sd_folder), models=[str(tiny_sd_folder)])
+    events = make(config, tmp_path_factory)
+    run = [named(v) for v in collect(events.compare_ui(Session(), **inputs(tiny_sd_folder, attention_maps=True)))]
+    return events, run[-1]
+
+
+def test_page_shows_word_chips_the_overlay_and_the_strip(page):
+    events, final = page
+    radio = final["attention_word"]
+    assert radio["choices"] == [("− blue", 0), ("+ a", 1), ("+ red", 2), ("+ hat", 3)] and radio["value"] == 0
+    assert pixels(final["attention"]).shape == (256, 256, 3)
+    assert pixels(final["attention_strip"]).shape[1] > 4 * 40  # one tile per step
+    assert "**blue** (negative" in final["attention_reading"]
+    assert "down and up blocks (as DAAM)" in final["attention_reading"]  # the page says which layers
+    step_one = named(events.show_step(final["trace_id"], 1, 3, Session()), STEP_OUTPUTS)
+    assert "**hat** (prompt" in step_one["attention_reading"]
+    assert not np.array_equal(pixels(step_one["attention"]), pixels(final["attention"]))
+    for bad in ("hat", 99, -1, None, 2.5, True):  # anything else a client sends: the first word, no error
+        shown = named(events.show_step(final["trace_id"], 1, bad, Session()), STEP_OUTPUTS)
+        assert "**blue**" in shown["attention_reading"], bad
+    with pytest.raises(gr.Error, match="no longer stored"):
+        events.show_step(final["trace_id"], 1, 0, Session("session-b"))
+
+
+def test_page_says_how_to_turn_the_maps_on(tiny_sd_folder, tmp_path_factory):
+    from negprompt_demo.page.app_config import AppConfig
+
+    events = make(AppConfig(default_model=str(tiny_sd_folder), models=[str(tiny_sd_folder)]), tmp_path_factory)
+    final = named(collect(events.compare_ui(Session(), **inputs(tiny_sd_folder, steps=1, push_map=False)))[-1])
+    assert final["attention_word"]["choices"] == [] and final["attention"] is None
+    assert "record attention maps" in final["attention_reading"]
+
+
+def test_api_option_returns_the_words_and_maps(page, tiny_sd_folder):
+    events, _ = page
+    *_, document = asyncio.run(events.compare_api(**inputs(tiny_sd_folder, attention_maps=True)))
+    assert [word["word"] for word in document["attention"]["words"]] == ["blue", "a", "red", "hat"]
+    assert np.array(document["attention"]["maps"]).shape == (STEPS, 4, 16, 16)
+    json.dumps(document)  # plain JSON
+    *_, plain = asyncio.run(events.compare_api(**inputs(tiny_sd_folder)))
+    assert "attention" not in plain
+    with pytest.raises(gr.Error, match="attention_maps must be true or false"):
+        asyncio.run(events.compare_api(**inputs(tiny_sd_folder, attention_maps="yes")))

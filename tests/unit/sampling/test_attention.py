@@ -1,20 +1,17 @@
 """Attention maps of the negative's and the prompt's words: words from tokens, the recorded probabilities against
-diffusers' own, the rows read, images unchanged, processors restored, the memory bound, store, page and API."""
+diffusers' own, the rows read, images unchanged, processors restored, the memory bound and the trace's store (the
+page and API: tests/unit/page/test_handlers.py)."""
 
 from __future__ import annotations
 
-import asyncio
-import json
 import pickle
 import threading
 
-import gradio as gr
 import numpy as np
 import pytest
 import torch
 
 from negprompt_demo.models.previews import fill_previews
-from negprompt_demo.page.step_view import STEP_OUTPUTS
 from negprompt_demo.page.tracefile import TraceStore
 from negprompt_demo.sampling import attention
 from negprompt_demo.sampling.attention import (
@@ -27,7 +24,6 @@ from negprompt_demo.sampling.attention import (
 from negprompt_demo.sampling.engine import GenerationCancelled, compare
 from negprompt_demo.settings import CompareSettings
 from negprompt_demo.views.visualize import curves_picture
-from tests.support.handler_calls import Session, collect, inputs, make, named, pixels
 from tests.support.paths import EMBEDDED_PRESENT
 
 PROMPT, NEGATIVE, SEED, STEPS = "portrait photo of a man", "mustache, hat", 5, 4
@@ -316,52 +312,3 @@ def test_trace_json_lists_the_words_and_holds_the_maps(sd_maps):
     assert maps.shape == (STEPS, 7, 16, 16)
     expected = sd_maps[1].trace.steps[2].attention_maps.float().numpy()
     assert np.allclose(maps[2], expected, atol=1e-4)
-
-
-@pytest.fixture(scope="module")
-def page(tiny_sd_folder, tmp_path_factory):
-    from negprompt_demo.page.app_config import AppConfig
-
-    config = AppConfig(default_model=str(tiny_sd_folder), models=[str(tiny_sd_folder)])
-    events = make(config, tmp_path_factory)
-    run = [named(v) for v in collect(events.compare_ui(Session(), **inputs(tiny_sd_folder, attention_maps=True)))]
-    return events, run[-1]
-
-
-def test_page_shows_word_chips_the_overlay_and_the_strip(page):
-    events, final = page
-    radio = final["attention_word"]
-    assert radio["choices"] == [("− blue", 0), ("+ a", 1), ("+ red", 2), ("+ hat", 3)] and radio["value"] == 0
-    assert pixels(final["attention"]).shape == (256, 256, 3)
-    assert pixels(final["attention_strip"]).shape[1] > 4 * 40  # one tile per step
-    assert "**blue** (negative" in final["attention_reading"]
-    assert "down and up blocks (as DAAM)" in final["attention_reading"]  # the page says which layers
-    step_one = named(events.show_step(final["trace_id"], 1, 3, Session()), STEP_OUTPUTS)
-    assert "**hat** (prompt" in step_one["attention_reading"]
-    assert not np.array_equal(pixels(step_one["attention"]), pixels(final["attention"]))
-    for bad in ("hat", 99, -1, None, 2.5, True):  # anything else a client sends: the first word, no error
-        shown = named(events.show_step(final["trace_id"], 1, bad, Session()), STEP_OUTPUTS)
-        assert "**blue**" in shown["attention_reading"], bad
-    with pytest.raises(gr.Error, match="no longer stored"):
-        events.show_step(final["trace_id"], 1, 0, Session("session-b"))
-
-
-def test_page_says_how_to_turn_the_maps_on(tiny_sd_folder, tmp_path_factory):
-    from negprompt_demo.page.app_config import AppConfig
-
-    events = make(AppConfig(default_model=str(tiny_sd_folder), models=[str(tiny_sd_folder)]), tmp_path_factory)
-    final = named(collect(events.compare_ui(Session(), **inputs(tiny_sd_folder, steps=1, push_map=False)))[-1])
-    assert final["attention_word"]["choices"] == [] and final["attention"] is None
-    assert "record attention maps" in final["attention_reading"]
-
-
-def test_api_option_returns_the_words_and_maps(page, tiny_sd_folder):
-    events, _ = page
-    *_, document = asyncio.run(events.compare_api(**inputs(tiny_sd_folder, attention_maps=True)))
-    assert [word["word"] for word in document["attention"]["words"]] == ["blue", "a", "red", "hat"]
-    assert np.array(document["attention"]["maps"]).shape == (STEPS, 4, 16, 16)
-    json.dumps(document)  # plain JSON
-    *_, plain = asyncio.run(events.compare_api(**inputs(tiny_sd_folder)))
-    assert "attention" not in plain
-    with pytest.raises(gr.Error, match="attention_maps must be true or false"):
-        asyncio.run(events.compare_api(**inputs(tiny_sd_folder, attention_maps="yes")))

@@ -1,23 +1,12 @@
-"""A shared instance's bounds, piece by piece and without a server: weights checked before sampling, the chunk cap
-and device-time budget per request, the step view's pictures written once per step, the run folder's size cap,
-who counts as one visitor, and which deployments get these bounds. The live attacks are in test_load.py."""
+"""A shared instance's cost bounds (sampling/cost.py), without a server: prompt chunks counted as A1111 counts them,
+the device-time estimate and budget per request, the chunk cap. The other bounds are tested by their modules
+(settings: weights; page/jobs, page/tracefile, page/door, page/app_config); the live attacks are in
+tests/app/test_load.py."""
 
 from __future__ import annotations
 
-import html
-import os
-import stat
-from types import SimpleNamespace
-
-import numpy as np
 import pytest
 
-from negprompt_demo.page.app import launch_options
-from negprompt_demo.page.app_config import MAX_UPLOAD, AppConfig, config_from_args
-from negprompt_demo.page.door import Door, capped_message
-from negprompt_demo.page.jobs import JobFiles, StepFiles
-from negprompt_demo.page.launch import build_parser
-from negprompt_demo.page.tracefile import trim_folders
 from negprompt_demo.sampling import cost
 from negprompt_demo.sampling.cost import (
     CostLimits,
@@ -26,34 +15,12 @@ from negprompt_demo.sampling.cost import (
     estimate_seconds,
     text_chunks,
 )
-from negprompt_demo.settings import CompareSettings, InputError, check_weights
+from negprompt_demo.settings import CompareSettings, InputError
 
 
 def resolved(**changes) -> CompareSettings:
     values = dict(prompt="a man", negative="mustache", seed=1, steps=20, guidance=7.5, scheduler="Euler")
     return CompareSettings(**{**values, "width": 32, "height": 32, **changes})
-
-
-# --- weights, before any sampling ------------------------------------------------------------------------------
-
-
-def test_500_nested_brackets_are_refused_naming_the_weight():
-    with pytest.raises(InputError, match=r"gives “face” a weight of 4.97e\+20; weights must be between −100 and 100"):
-        check_weights("(" * 500 + "face", "negative prompt")
-
-
-def test_a_400_digit_weight_is_refused_as_too_large_not_blamed_on_fp16():
-    with pytest.raises(InputError, match="The prompt gives “face” a weight of too large to be a number") as caught:
-        check_weights("(face:" + "9" * 400 + ")", "prompt")
-    assert "fp16" not in str(caught.value) and len(str(caught.value)) < 300
-
-
-@pytest.mark.parametrize("text", ["(face:1.5)", "[face]", "((((face))))", "(face:-1)", "a plain prompt", ""])
-def test_ordinary_weights_pass(text):
-    check_weights(text, "prompt")
-
-
-# --- chunks and the device-time budget ---------------------------------------------------------------------------
 
 
 def test_chunks_are_counted_as_a1111_counts_them(sd_pipe):
@@ -99,89 +66,3 @@ def test_device_rates_are_measured_once_per_pipeline(sd_pipe):
     cost._rates.pop(sd_pipe, None)
     first = cost.device_rates(sd_pipe)
     assert all(rate > 0 for rate in first) and cost.device_rates(sd_pipe) is first
-
-
-# --- disk: pictures written once, results 0600, the folder capped -----------------------------------------------
-
-
-def test_step_pictures_are_written_once_per_step(tmp_path):
-    picture = np.zeros((8, 8, 3), np.uint8)
-    first = StepFiles(tmp_path / "pictures", "3-None").png(picture, "x0_with")
-    written = open(first, "rb").read()
-    again = StepFiles(tmp_path / "pictures", "3-None").png(picture + 1, "x0_with")  # other pixels, same step
-    assert again == first and open(first, "rb").read() == written  # the first file, not rewritten
-    assert stat.S_IMODE(os.stat(first).st_mode) == 0o600
-    assert len(list((tmp_path / "pictures").iterdir())) == 1
-
-
-def test_job_files_are_readable_by_this_user_only(tmp_path):
-    path = JobFiles(tmp_path).png(np.zeros((8, 8, 3), np.uint8), "image")
-    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
-
-
-def test_the_run_folder_is_trimmed_oldest_first(tmp_path):
-    jobs, cache = tmp_path / "jobs", tmp_path / "gradio"
-    for number, root in enumerate([jobs, cache, jobs, cache]):
-        folder = root / f"entry{number}"
-        folder.mkdir(parents=True)
-        (folder / "data").write_bytes(b"x" * 1000)
-        os.utime(folder, (number * 100, number * 100))
-    assert trim_folders([jobs, cache, tmp_path / "absent"], cap=2500) == 2000
-    assert sorted(p.name for root in (jobs, cache) for p in root.iterdir()) == ["entry2", "entry3"]
-
-
-# --- who a visitor is, and which deployments are shared ---------------------------------------------------------
-
-
-def door(trusted_proxy: bool) -> Door:
-    demo = SimpleNamespace(_queue=SimpleNamespace(push=None))
-    return Door(demo, AppConfig(shared=True, trusted_proxy=trusted_proxy))
-
-
-def test_a_forwarded_address_counts_only_behind_a_trusted_proxy():
-    request = SimpleNamespace(headers={"x-forwarded-for": "6.6.6.6, 10.0.0.7"})
-    assert door(False).visitor("abc", request) == {"session:abc"}
-    assert door(True).visitor("abc", request) == {"session:abc", "address:10.0.0.7"}  # the proxy's own entry
-
-
-def test_shared_deployments_get_the_bounds_and_local_keeps_todays():
-    parse = build_parser().parse_args
-    assert not config_from_args(parse([])).shared
-    assert config_from_args(parse(["--host", "0.0.0.0"])).shared
-    assert config_from_args(parse(["--share"])).shared
-    assert not config_from_args(parse(["--share", "--no-shared"])).shared
-    assert config_from_args(parse(["--shared", "--trust-proxy"])).trusted_proxy
-    assert launch_options(AppConfig(shared=True))["max_file_size"] == 0
-    assert launch_options(AppConfig())["max_file_size"] == launch_options()["max_file_size"] == MAX_UPLOAD
-
-
-# --- what a client reads back ------------------------------------------------------------------------------------
-
-
-def test_gradio_errors_are_cut():
-    """Gradio's own range and choice errors (a forged request's value) quote at most MAX_ECHO_CHARS of it."""
-    huge = "9" * 4000
-    for message in (
-        f"Value {huge} is greater than maximum value 150.",
-        f"Value: {huge!r} (type: <class 'str'>) is not in the list of choices: ['Euler', 'DDIM']",
-    ):
-        cut = capped_message(message)
-        assert len(cut) < 140 and "9" * 40 not in cut and ("greater than" in cut or "not in the list" in cut)
-    assert capped_message("steps must be between 1 and 150, got 0.") == "steps must be between 1 and 150, got 0."
-
-
-@pytest.mark.parametrize(
-    "negative",
-    ["[click here](https://evil.example/login?next=1)", "**bold** _it_ # head", "<img src=x onerror=alert(1)>"],
-)
-def test_captions_render_user_text_as_text(negative):
-    """The caption over the with-negative image, rendered as CommonMark: no link, emphasis,
-    heading or tag from the user's text, and the text itself still readable."""
-    import markdown_it
-
-    from negprompt_demo.page.messages import caption_for
-
-    rendered = markdown_it.MarkdownIt("commonmark").render(caption_for(negative))
-    inner = rendered.removeprefix("<p><strong>").removesuffix("</strong></p>\n")
-    assert "<a " not in inner and "<em>" not in inner and "<strong>" not in inner and "<img" not in inner
-    assert html.unescape(inner) == "negative: " + (negative if len(negative) <= 40 else negative[:37] + "...")
