@@ -1,5 +1,6 @@
-"""Stored runs (page/tracefile.py): a trace saved once and read back one step at a time by its owner only, the run
-folder capped oldest first, and a private folder whose cleanup follows no link."""
+"""Stored runs (page/tracefile.py): a trace saved once and read back one step at a time by its owner only (examples'
+by everyone), an id that names no file, runs removed after an age limit, the run folder capped oldest first, and a
+private folder whose cleanup follows no link."""
 
 from __future__ import annotations
 
@@ -33,6 +34,47 @@ def test_stored_trace_reads_one_step_and_every_scalar(sd_pipe, tmp_path):
         assert all(step.previews is None for i, step in enumerate(trace.steps) if i != index)  # read one step only
     with pytest.raises(TraceNotFound):
         store.load(trace_id, 0, owner="someone else")
+
+
+@pytest.fixture(scope="module")
+def two_steps(sd_pipe):
+    """A two-step comparison's trace and curves, with every step's x0 pictures."""
+    comparison = compare(sd_pipe, CompareSettings("a cat", "dog", seed=2, steps=2))
+    fill_previews(sd_pipe, comparison.trace.steps)
+    return comparison.trace, curves_picture(comparison.trace)
+
+
+@pytest.mark.parametrize(
+    "trace_id", ["../runs", "run-" + "0" * 32, "run-ABC", "attack-" + "0" * 32, None, ["run-0"], 7]
+)
+def test_an_id_that_is_not_a_stored_trace_names_no_file(two_steps, tmp_path, trace_id):
+    store = TraceStore(tmp_path / "runs", tmp_path / "examples")
+    store.save(*two_steps, owner="me")
+    with pytest.raises(TraceNotFound):
+        store.load(trace_id, 0, owner="me")
+
+
+def test_an_examples_trace_answers_every_session_and_a_step_past_the_end_reads_the_last(two_steps, tmp_path):
+    trace, curves = two_steps
+    store = TraceStore(tmp_path / "runs", tmp_path / "examples")
+    trace_id = store.save(trace, curves, kind="example")
+    assert trace_id.startswith("example-") and (tmp_path / "examples" / trace_id.removeprefix("example-")).is_dir()
+    for owner in ("session-a", "session-b", None):
+        loaded, _ = store.load(trace_id, 99, owner=owner)
+        assert np.array_equal(loaded.steps[-1].previews, trace.steps[-1].previews) and loaded.steps[0].previews is None
+    with pytest.raises(ValueError, match="keeps no example traces"):
+        TraceStore(tmp_path / "runs").save(trace, curves, kind="example")
+
+
+def test_saving_a_run_removes_runs_older_than_the_age_limit(two_steps, tmp_path):
+    runs = tmp_path / "runs"
+    old, recent = runs / ("a" * 32), runs / ("b" * 32)
+    for folder in (old, recent):
+        folder.mkdir(parents=True)
+        (folder / "trace.json").write_text("{}")
+    os.utime(old, (0, 0))  # written at the epoch: far past RUN_MAX_AGE_S
+    trace_id = TraceStore(runs).save(*two_steps)
+    assert not old.exists() and recent.exists() and (runs / trace_id.removeprefix("run-")).is_dir()
 
 
 def test_the_run_folder_is_trimmed_oldest_first(tmp_path):
