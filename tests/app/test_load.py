@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import shutil
 import threading
-import time
 
 import httpx
 import numpy as np
@@ -27,6 +26,7 @@ from negprompt_demo.page.handlers import INPUT_NAMES
 from negprompt_demo.sampling.engine import GenerationCancelled
 from negprompt_demo.settings import DEFAULTS
 from tests.support.api_calls import TIMEOUT, request
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.slow  # live servers (tests/app/conftest.py): --concurrency 2, and --max-queue 1
 
@@ -298,10 +298,7 @@ def test_a_full_queue_refuses_with_gradios_message(live_app, tiny_sd_folder, mon
     sampling = client.submit(**request(tiny_sd_folder, negative="hold", steps=2), api_name="/compare")
     assert holding.wait(timeout=TIMEOUT), "the first job never started"
     waiting = client.submit(**request(tiny_sd_folder), api_name="/compare")
-    deadline = time.monotonic() + TIMEOUT
-    while waiting.status().code.name not in ("IN_QUEUE", "QUEUE_FULL"):  # the server has queued it
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
+    wait_until(lambda: waiting.status().code.name in ("IN_QUEUE", "QUEUE_FULL"), "the server to queue the second job")
     with pytest.raises(QueueError, match="Queue is full! Please try again."):
         client.submit(**request(tiny_sd_folder), api_name="/compare").result(timeout=TIMEOUT)
     release.set()

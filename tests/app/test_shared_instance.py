@@ -6,7 +6,6 @@ are in tests/unit: settings, sampling/cost, page/door, page/jobs, page/tracefile
 from __future__ import annotations
 
 import threading
-import time
 
 import httpx
 import pytest
@@ -20,6 +19,7 @@ from negprompt_demo.page.handlers import INPUT_NAMES
 from negprompt_demo.sampling.cost import device_rates
 from negprompt_demo.settings import DEFAULTS
 from tests.support.api_calls import TIMEOUT, request
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.slow  # a live server (tests/app/conftest.py)
 
@@ -170,15 +170,11 @@ def test_a_killed_clients_many_seeds_job_stops_within_one_step(shared_server, do
                 seen.append(next(lines, None))  # the client reads its progress…
                 assert seen[-1] is not None, f"the job ended before sampling: {seen[-4:]}"
         # …and is gone (connection closed); the server notices within a heartbeat and sets the run's stop flag
-        deadline = time.monotonic() + TIMEOUT
-        while not (runner._stop_flags and all(flag.is_set() for flag in runner._stop_flags.values())):
-            assert time.monotonic() < deadline, "the server never stopped the job of a client that left"
-            time.sleep(0.05)
+        flags = runner._stop_flags
+        wait_until(lambda: flags and all(flag.is_set() for flag in flags.values()), "the stop of a gone client's job")
         held_at = calls.count
         calls.release.set()
-        while runner._stop_flags:  # the job ends
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        wait_until(lambda: not flags, "the job to end")
     finally:
         calls.release.set()
         calls.handle.remove()

@@ -14,7 +14,6 @@ import contextlib
 import os
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from negprompt_demo.settings import FIELDS, MAX_SEED
 from tests.browser.test_browser import CHROMIUM, CHROMIUM_ARGS, move_step
 from tests.support.live_server import free_port
 from tests.support.paths import ROOT
+from tests.support.waiting import wait_until
 
 pytestmark = [
     pytest.mark.browser,
@@ -58,14 +58,15 @@ def server(model: Path, cache: Path, log: Path):
                                    stderr=subprocess.STDOUT)  # fmt: skip
     url = f"http://127.0.0.1:{port}/"
     try:
-        deadline = time.monotonic() + 180
-        while True:
+
+        def answers() -> bool:
             assert process.poll() is None, log.read_text(encoding="utf-8")[-3000:]
-            assert time.monotonic() < deadline, "the app did not start"
             with contextlib.suppress(OSError):
                 urllib.request.urlopen(url, timeout=2)  # noqa: S310 (a local test server)
-                break
-            time.sleep(0.2)
+                return True
+            return False
+
+        wait_until(answers, "the app to start", timeout=180, every=0.2)
         yield url
     finally:
         process.terminate()
