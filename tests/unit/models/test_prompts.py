@@ -1,88 +1,17 @@
-"""Prompt syntax as A1111 reads it: weights, chunks of 75 tokens, the encoding of each, and long prompts and
-negatives in the one paired call (the tiny tokenizer reads one character per token)."""
+"""Prompts as A1111 reads them, in tokens (models/prompts.py): chunks of 75 tokens, the encoding of each with its
+weights, and long prompts and negatives in the one paired call (the tiny tokenizer reads one character per token;
+the weights' syntax itself is in tests/unit/syntax/test_prompt_syntax.py)."""
 
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import torch
 
 from negprompt_demo.models.prompts import encode_runs, encode_text, read_prompt, tokenize_chunks
 from negprompt_demo.sampling.engine import compare
 from negprompt_demo.settings import CompareSettings
-from negprompt_demo.syntax.prompt_syntax import BREAK, WeightError, parse_weights
 
 PROMPT, SEED, STEPS = "portrait photo of a man", 1234, 4
-
-
-def weights_of(text: str) -> list[tuple[str, float | None]]:
-    return [
-        (fragment.text, None if fragment.weight is None else round(fragment.weight, 6))
-        for fragment in parse_weights(text)
-    ]
-
-
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        ("a man, mustache", [("a man, mustache", 1.0)]),
-        ("a (mustache) b", [("a ", 1.0), ("mustache", 1.1), (" b", 1.0)]),
-        ("((mustache))", [("mustache", 1.21)]),
-        ("[mustache]", [("mustache", round(1 / 1.1, 6))]),
-        ("(worst quality:1.4), lowres", [("worst quality", 1.4), (", lowres", 1.0)]),
-        ("((hat:1.5))", [("hat", 1.65)]),  # nested groups multiply
-        ("(a (b:2) c)", [("a ", 1.1), ("b", 2.2), (" c", 1.1)]),
-        ("(hat:0.5) ( beard : 1.3 )", [("hat", 0.5), (" ", 1.0), (" beard ", 1.3)]),
-        (r"\(literal\) x", [("(literal) x", 1.0)]),
-        ("(unclosed", [("unclosed", 1.1)]),  # an open bracket weighs everything after it
-        ("stray) and ]", [("stray) and ]", 1.0)]),
-        ("ratio 16:9", [("ratio 16:9", 1.0)]),
-        ("a BREAK b", [("a", 1.0), (BREAK, None), ("b", 1.0)]),
-        ("", [("", 1.0)]),
-    ],
-)
-def test_weights_as_a1111_reads_them(text, expected):
-    assert weights_of(text) == expected
-
-
-# modules/prompt_parser.py, parse_prompt_attention's doctests, restated (exact floats, as A1111 prints them).
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        ("normal text", [("normal text", 1.0)]),
-        ("an (important) word", [("an ", 1.0), ("important", 1.1), (" word", 1.0)]),
-        ("(unbalanced", [("unbalanced", 1.1)]),
-        (r"\(literal\]", [("(literal]", 1.0)]),
-        ("(unnecessary)(parens)", [("unnecessaryparens", 1.1)]),
-        (
-            "a (((house:1.3)) [on] a (hill:0.5), sun, (((sky))).",
-            [
-                ("a ", 1.0),
-                ("house", 1.5730000000000004),
-                (" ", 1.1),
-                ("on", 1.0),
-                (" a ", 1.1),
-                ("hill", 0.55),
-                (", sun, ", 1.1),
-                ("sky", 1.4641000000000006),
-                (".", 1.1),
-            ],
-        ),  # fmt: skip
-    ],
-)
-def test_a1111_attention_doctests(text, expected):
-    assert [(fragment.text, fragment.weight) for fragment in parse_weights(text)] == expected
-
-
-def test_break_inside_brackets_is_the_word_with_the_brackets_weight_times_minus_one():
-    # A1111 marks BREAK with weight -1 and the brackets multiply the mark: it is no longer a break.
-    assert weights_of("(a BREAK b)") == [("a", 1.1), ("BREAK", -1.1), ("b", 1.1)]
-    assert weights_of("[x BREAK y") == [
-        ("x", round(1 / 1.1, 6)),
-        ("BREAK", round(-1 / 1.1, 6)),
-        ("y", round(1 / 1.1, 6)),
-    ]
-    assert weights_of("a BREAK (b)") == [("a", 1.0), (BREAK, None), ("", 1.0), ("b", 1.1)]
 
 
 def test_break_inside_brackets_is_one_chunk_with_the_token_break(sd_pipe):
@@ -91,18 +20,6 @@ def test_break_inside_brackets_is_one_chunk_with_the_token_break(sd_pipe):
     assert len(chunks) == 1 and chunks[0].weights.count(-1.1) == len(
         tokenizer("BREAK", add_special_tokens=False).input_ids
     )
-
-
-def test_a_lone_backslash_is_dropped_and_escapes_stay():
-    assert weights_of("a \\ b") == [("a  b", 1.0)]
-    assert weights_of("16\\:9") == [("16:9", 1.0)]
-    assert weights_of("back\\\\slash") == [("back\\slash", 1.0)]
-
-
-def test_a_weight_that_is_not_a_number_is_a_clear_error():
-    with pytest.raises(WeightError, match=r'The weight "1.2.3" in "\(…:1.2.3\)" is not a number'):
-        parse_weights("x (a:1.2.3)")
-    assert weights_of("a:1.2.3) x") == [("a:1.2.3) x", 1.0)]  # no open bracket: text, as in A1111
 
 
 def test_chunks_of_75_with_comma_backtrack(sd_pipe):
