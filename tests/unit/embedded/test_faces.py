@@ -1,4 +1,6 @@
-"""faces.ATTRIBUTE_REGIONS: every pixel an attribute changes lies in its box, checked on redrawn portraits."""
+"""The drawn portraits and their captions (embedded/faces.py): every pixel an attribute changes lies in its box
+(ATTRIBUTE_REGIONS, checked on redrawn portraits), attributes are independent coin flips, captions mix forms with
+negation as filler, and the caption vocabulary holds every word a caption can write."""
 
 from __future__ import annotations
 
@@ -7,7 +9,16 @@ import random
 import numpy as np
 import pytest
 
-from negprompt_demo.embedded.faces import ATTRIBUTE_REGIONS, ATTRIBUTES, SIZE, draw_portrait, make_dataset
+from negprompt_demo.embedded.faces import (
+    ATTRIBUTE_REGIONS,
+    ATTRIBUTES,
+    SIZE,
+    caption,
+    caption_vocabulary,
+    caption_words,
+    draw_portrait,
+    make_dataset,
+)
 
 PORTRAITS = 200
 
@@ -59,3 +70,36 @@ def test_the_pixels_an_attribute_changes_lie_in_its_box(portraits, attribute):
         assert not (changed & outside).any(), f"{attribute} changes pixels outside {ATTRIBUTE_REGIONS[attribute]}"
         checked += 1
     assert checked > PORTRAITS // 3
+
+
+def test_portrait_attributes_are_independent_coin_flips():
+    _, labels, _ = make_dataset(400, seed=7)
+    rates = labels.mean(0)
+    assert ((rates > 0.4) & (rates < 0.6)).all(), dict(zip(ATTRIBUTES, rates))
+    corr = np.corrcoef(labels.T.astype(float))
+    assert np.abs(corr[np.triu_indices(len(ATTRIBUTES), 1)]).max() < 0.2
+
+
+@pytest.mark.slow  # 6000 drawn portraits
+def test_captions_mix_forms_and_negation_is_filler():
+    rng = random.Random(3)
+    portraits = [draw_portrait(rng) for _ in range(6000)]
+    caps = [caption(p, rng) for p in portraits]
+    assert 0.06 < sum(c == "" for c in caps) / len(caps) < 0.14  # unconditional share for CFG
+    assert "mustache" in caps or any(c.startswith("mustache") for c in caps)  # bare phrases exist
+    # "without X" says nothing about X: the mustache rate is the same with and without it
+    with_filler = [p.labels["mustache"] for p, c in zip(portraits, caps, strict=True) if "without" in c]
+    assert 400 < len(with_filler) < 700
+    assert 0.35 < np.mean(with_filler) < 0.65
+    # the plain prompt covers faces with and without a mustache
+    plain = [p.labels["mustache"] for p, c in zip(portraits, caps, strict=True) if c == "portrait photo of a man"]
+    assert len(plain) > 60 and 0.3 < np.mean(plain) < 0.55
+
+
+def test_the_caption_vocabulary_holds_every_word_a_caption_can_write():
+    rng = random.Random(0)
+    vocabulary = caption_vocabulary()
+    for _ in range(3000):
+        words = caption_words(caption(draw_portrait(rng), rng))
+        assert set(words) <= vocabulary, set(words) - vocabulary
+    assert {"mustache", "hat", "without", "purple"} <= vocabulary and "blurry" not in vocabulary
