@@ -14,11 +14,6 @@ from negprompt_demo.page.handlers import INPUT_NAMES
 from tests.support.handler_calls import Session, collect, inputs, make, named
 
 
-@pytest.fixture(scope="module")
-def config(tiny_sd_folder) -> AppConfig:
-    return AppConfig(default_model=str(tiny_sd_folder), models=[str(tiny_sd_folder)])
-
-
 def test_only_compare_sweep_and_seeds_are_public_api(config):
     demo = build_app(config)
     api = demo.get_api_info()

@@ -23,11 +23,6 @@ from tests.support.handler_calls import STEPS, Session, collect, inputs, is_skip
 
 
 @pytest.fixture(scope="module")
-def config(tiny_sd_folder) -> AppConfig:
-    return AppConfig(default_model=str(tiny_sd_folder), models=[str(tiny_sd_folder)])
-
-
-@pytest.fixture(scope="module")
 def events(config, tmp_path_factory) -> handlers.Handlers:
     return make(config, tmp_path_factory)
 
@@ -262,10 +257,7 @@ def test_a_link_to_an_example_shows_its_cached_result(events, tiny_sd_folder, co
 
 
 @pytest.fixture(scope="module")
-def page(tiny_sd_folder, tmp_path_factory):
-    from negprompt_demo.page.app_config import AppConfig
-
-    config = AppConfig(default_model=str(tiny_sd_folder), models=[str(tiny_sd_folder)])
+def page(config, tiny_sd_folder, tmp_path_factory):
     events = make(config, tmp_path_factory)
     run = [named(v) for v in collect(events.compare_ui(Session(), **inputs(tiny_sd_folder, attention_maps=True)))]
     return events, run[-1]
@@ -289,10 +281,8 @@ def test_page_shows_word_chips_the_overlay_and_the_strip(page):
         events.show_step(final["trace_id"], 1, 0, Session("session-b"))
 
 
-def test_page_says_how_to_turn_the_maps_on(tiny_sd_folder, tmp_path_factory):
-    from negprompt_demo.page.app_config import AppConfig
-
-    events = make(AppConfig(default_model=str(tiny_sd_folder), models=[str(tiny_sd_folder)]), tmp_path_factory)
+def test_page_says_how_to_turn_the_maps_on(config, tiny_sd_folder, tmp_path_factory):
+    events = make(config, tmp_path_factory)
     final = named(collect(events.compare_ui(Session(), **inputs(tiny_sd_folder, steps=1, push_map=False)))[-1])
     assert final["attention_word"]["choices"] == [] and final["attention"] is None
     assert "record attention maps" in final["attention_reading"]

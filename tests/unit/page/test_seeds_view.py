@@ -14,8 +14,7 @@ from tests.support.paths import EMBEDDED_PRESENT
 
 
 @pytest.fixture(scope="module")
-def seeds_events(tiny_sd_folder, tmp_path_factory) -> SeedsHandlers:
-    config = AppConfig(default_model=str(tiny_sd_folder), models=[str(tiny_sd_folder)])
+def seeds_events(config, tmp_path_factory) -> SeedsHandlers:
     return SeedsHandlers(make(config, tmp_path_factory))
 
 
