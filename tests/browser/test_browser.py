@@ -15,10 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--no-first-run"]  # fmt: skip
-TIMEOUT_MS = 120_000
+from tests.support.browser import CHROMIUM, CHROMIUM_ARGS, TIMEOUT_MS, move_step
 
 pytestmark = [
     pytest.mark.browser,
@@ -64,19 +61,6 @@ def shown_image(page, selector: str) -> Image.Image:
     image = Image.open(io.BytesIO(response.body()))
     image.load()
     return image
-
-
-def set_step(page, step: int) -> None:
-    page.fill("#step input[type=range]", str(step))
-
-
-def move_step(page) -> int:
-    """Move the step slider away from the step the view opened at (where the runs part fastest): to step 1, or to
-    the last step when it opened at step 1. Returns the new step."""
-    shown = int(page.input_value("#step input[type=number]"))
-    step = 1 if shown != 1 else int(page.get_attribute("#step input[type=range]", "max"))
-    set_step(page, step)
-    return step
 
 
 def test_compare_and_scrub_the_steps(app_server, tmp_path):

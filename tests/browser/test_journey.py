@@ -21,7 +21,7 @@ import pytest
 
 from negprompt_demo.page.examples import EXAMPLES_FILE
 from negprompt_demo.settings import FIELDS, MAX_SEED
-from tests.browser.test_browser import CHROMIUM, CHROMIUM_ARGS, move_step
+from tests.support.browser import CHROMIUM, CHROMIUM_ARGS, TIMEOUT_MS, move_step
 from tests.support.live_server import free_port
 from tests.support.paths import ROOT
 from tests.support.waiting import wait_until
@@ -31,7 +31,6 @@ pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"Chromium is not installed at {CHROMIUM}"),
 ]
-TIMEOUT_MS = 120_000
 # True once the page has scrolled and its position is the same as at the previous poll (a smooth scroll has ended).
 SCROLL_SETTLED = """() => {
   const y = window.scrollY, last = window.lastPolledScrollY;

@@ -36,6 +36,10 @@ from transformers import (
 
 TEXT_HIDDEN = 32
 
+# What the SD3 and FLUX.1 tests run: the article's case, and each family's usual guidance scale (FLUX.1 with true CFG).
+PROMPT, NEGATIVE = "portrait photo of a man", "mustache"
+SD3_GUIDANCE, TRUE_CFG = 4.5, 4.0
+
 
 def byte_characters() -> list[str]:
     """The 256 printable stand-ins byte-level BPE (GPT-2/CLIP) uses for the bytes 0..255."""

@@ -16,9 +16,9 @@ from negprompt_demo.models.previews import fill_previews
 from negprompt_demo.sampling.engine import compare
 from negprompt_demo.settings import CompareSettings
 from negprompt_demo.syntax.prompt_editing import window_steps
+from tests.support.tiny_models import NEGATIVE, PROMPT, SD3_GUIDANCE, TRUE_CFG
 
-PROMPT, NEGATIVE, SEED, STEPS = "portrait photo of a man", "mustache", 7, 4
-SD3_GUIDANCE, TRUE_CFG = 4.5, 4.0
+SEED, STEPS = 7, 4
 # A plain diffusers call's guidance arguments for what compare() runs with the guidance setting of each family.
 PLAIN_GUIDANCE = {
     "sd3_pipe": {"guidance_scale": SD3_GUIDANCE},

@@ -11,7 +11,7 @@ import pytest
 from negprompt_demo.sampling.engine import compare, prepare
 from negprompt_demo.sampling.many_seeds import new_grid, sample_grid
 from negprompt_demo.settings import CompareSettings, InputError
-from tests.unit.models.test_flow_models import NEGATIVE, PROMPT, SD3_GUIDANCE, TRUE_CFG
+from tests.support.tiny_models import NEGATIVE, PROMPT, SD3_GUIDANCE, TRUE_CFG
 
 FAMILIES = [("sd3_pipe", SD3_GUIDANCE, "SD3"), ("flux_pipe", TRUE_CFG, "FLUX.1")]
 
