@@ -122,13 +122,13 @@ def test_a_second_comparison_waits_for_the_first(client, tiny_sd_folder, monkeyp
     order, sampling = [], threading.Event()
     original = handlers.astream
 
-    async def spied(model, settings, **options):  # options: the cost limits and the client-gone check
-        order.append(("began", settings.steps))
-        async for event in original(model, settings, **options):
+    async def spied(model, request, **options):  # options: the cost limits and the client-gone check
+        order.append(("began", request.settings.steps))
+        async for event in original(model, request, **options):
             if isinstance(event, Step):
                 sampling.set()
             elif isinstance(event, Done):
-                order.append(("ready", settings.steps))
+                order.append(("ready", request.settings.steps))
             yield event
 
     monkeypatch.setattr(handlers, "astream", spied)
