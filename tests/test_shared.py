@@ -187,3 +187,38 @@ def test_captions_render_user_text_as_text(negative):
     inner = rendered.removeprefix("<p><strong>").removesuffix("</strong></p>\n")
     assert "<a " not in inner and "<em>" not in inner and "<strong>" not in inner and "<img" not in inner
     assert html.unescape(inner) == "negative: " + (negative if len(negative) <= 40 else negative[:37] + "...")
+
+
+# --- memory: nothing piles up in a visitor's session ------------------------------------------------------------
+
+
+def test_a_session_keeps_no_component_copies_between_events():
+    """Gradio files a copy of a component in the session after each `gr.skip()` (or update) followed by a plain
+    value; the door drops them, so a session that streams partial updates for many events stays the app's size."""
+    import gradio as gr
+    from gradio_client import Client
+
+    from tests.conftest import free_port
+
+    calls = []
+
+    def skip_or_value(text: str):
+        calls.append(text)
+        return (gr.skip() if len(calls) % 2 else f"value {len(calls)}"), text
+
+    with gr.Blocks() as demo:
+        box, shown, echo = gr.Textbox(), gr.Markdown(), gr.Textbox()
+        box.submit(skip_or_value, box, [shown, echo], api_name="echo")
+    demo.queue(api_open=False)
+    Door(demo, AppConfig(shared=True))
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        answers = [client.predict(f"call {n}", api_name="/echo") for n in range(10)]
+        (session,) = demo.state_holder.session_data.values()
+        stale = [key for key in session.blocks_config.blocks if key not in demo.blocks]
+    finally:
+        demo.close()
+    assert answers[-1] == ("value 10", "call 9")
+    assert len(stale) <= 1  # at most the last event's copy, dropped when the next event comes; without the door: 5
