@@ -222,3 +222,17 @@ def test_a_session_keeps_no_component_copies_between_events():
         demo.close()
     assert answers[-1] == ("value 10", "call 9")
     assert len(stale) <= 1  # at most the last event's copy, dropped when the next event comes; without the door: 5
+
+
+def test_a_run_gives_the_free_heap_back_when_it_ends(tiny_sd_folder, monkeypatch):
+    """After each run the C heap's free pages go back to the system (glibc malloc_trim), once, after the last
+    step: a long-lived server's RSS is then what it holds, not the free memory of the largest runs it served."""
+    from negprompt_demo import runner
+
+    trims = []
+    monkeypatch.setattr(runner, "_malloc_trim", lambda: trims.append)
+    seen = []
+    for event in runner.stream(str(tiny_sd_folder), resolved(steps=2, width=32, height=32)):
+        seen.append((type(event).__name__, len(trims)))
+    assert seen[-1] == ("Done", 0) and all(count == 0 for _, count in seen)
+    assert trims == [0]
