@@ -1,7 +1,7 @@
 """Soak: a shared instance (`python demo.py --shared`, embedded model) serving many mixed requests through its queue
 as the page sends them: comparisons followed by step-slider moves, sweeps and small many-seeds grids.
 
-Measures the server's RSS after the 20th and after the last request, its folder's size on disk (runs, traces and
+Measures the server's RSS after the 20th, every 25th and the last request, its folder's size (runs, traces and
 Gradio's cache, which `--shared` keeps in one private folder under TMPDIR) against its cap, the bytes written per
 slider move, how long SIGINT takes to stop the server and whether the folder is gone after it.
 

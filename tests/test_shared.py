@@ -1,6 +1,7 @@
-"""A shared instance's bounds, piece by piece and without a server: weights checked before sampling, the chunk cap
-and device-time budget per request, the step view's pictures written once per step, the run folder's size cap,
-who counts as one visitor, and which deployments get these bounds. The live attacks are in test_load.py."""
+"""A shared instance's bounds, piece by piece: weights checked before sampling, the chunk cap and device-time budget
+per request, the step view's pictures written once per step, the run folder's size cap, who counts as one visitor,
+which deployments get these bounds, and memory (a session keeps no component copies; a run gives the free heap
+back). The live attacks are in test_load.py."""
 
 from __future__ import annotations
 
