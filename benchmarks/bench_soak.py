@@ -7,10 +7,13 @@ slider move, how long SIGINT takes to stop the server and whether the folder is 
 
     flock /tmp/heavy.lock python3 benchmarks/bench_soak.py --requests 200
 
-With `--probe FOLDER` the server runs under a memory probe (`serve_with_probe`): on SIGUSR1 it counts live objects
-by type and, from the second signal on, compares tracemalloc snapshots; the soak signals it after the 10th request
-(tracing starts), after `--probe-from` (the baseline) and after the last, and the reports land in FOLDER. Tracing
-makes the server slower and bigger: a probed run's RSS is not the soak's number.
+With `--probe FOLDER` the server runs under a memory probe (`serve_with_probe`) that the soak signals (SIGUSR1)
+after every 10th request and the last: each report in FOLDER gives RSS before and after glibc's malloc_trim, live
+objects by type and what grew since the last report, live torch tensors, and how many component copies each Gradio
+session holds; with `--probe-frames N` also tracemalloc's growth since the 20th request, by traceback (tracing
+starts at the 10th). The probe trims the heap and tracing slows the server: a probed run's RSS is not the soak's.
+
+    flock /tmp/heavy.lock python3 -m benchmarks.bench_soak --requests 60 --probe /tmp/probe
 """
 
 from __future__ import annotations
@@ -40,8 +43,9 @@ from negprompt_demo.page.tracefile import RUN_FOLDER_CAP, folder_bytes
 def serve_with_probe(folder: Path, frames: int, demo_args: list[str]) -> None:
     """Run demo.py in this process with a SIGUSR1 handler that writes a memory report to `folder` (report-N.txt):
     RSS before and after glibc's malloc_trim (what the allocator holds but no longer uses), live objects by type
-    and their change since the previous signal, torch tensors' bytes and, with `frames` > 0, from the third signal
-    on the tracemalloc allocations that grew since the second, grouped by traceback (`frames` deep)."""
+    and their change since the previous signal, torch tensors' bytes, each session's component copies and, with
+    `frames` > 0, from the third signal on the tracemalloc allocations that grew since the second, grouped by
+    traceback (`frames` deep)."""
     import runpy
 
     state = {"signals": 0, "types": collections.Counter(), "snapshot": None}
@@ -135,7 +139,6 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--moves", type=int, default=3, help="step-slider moves after each comparison")
     parser.add_argument("--probe", type=Path, help="run the server under the memory probe; its reports go here")
-    parser.add_argument("--probe-from", type=int, default=50, help="the probe's baseline: after this request")
     parser.add_argument(
         "--probe-frames", type=int, default=0, help="tracemalloc's traceback depth (0: no tracing, ~30x faster)"
     )
@@ -190,7 +193,7 @@ def main() -> None:
             rss[number] = process.memory_info().rss
             folder = folder_bytes(private) / 2**20
             print(f"{number:4d} requests  RSS {rss[number] / 2**20:7.1f} MiB  folder {folder:6.1f} MiB", flush=True)
-        if args.probe and (number in (10, args.probe_from, args.requests) or number % 10 == 0):
+        if args.probe and (number % 10 == 0 or number == args.requests):
             signal_probe(server, args.probe)
     seconds = time.perf_counter() - started
     disk = folder_bytes(private)
