@@ -18,7 +18,7 @@ from negprompt_demo.models.loading import EMBEDDED, load_pipeline, model_default
 from negprompt_demo.page import handlers
 from negprompt_demo.page.app_config import MAX_UPLOAD, AppConfig
 from negprompt_demo.page.article import article_row
-from negprompt_demo.page.door import RENDER_CONCURRENCY, RENDER_LANE, Door
+from negprompt_demo.page.door import RENDER_CONCURRENCY, RENDER_LANE, Door, keep_sessions_small
 from negprompt_demo.page.examples import (
     EXAMPLES_FILE,
     example_cache_folder,
@@ -130,6 +130,7 @@ def build_app(config: AppConfig, warm_first_example: bool = False, private: Path
         default_concurrency_limit=config.concurrency,
         api_open=not config.shared,
     )
+    keep_sessions_small(demo)  # Gradio's per-session component copies, dropped at each event (door.py)
     if config.shared:
         events.door = Door(demo, config)
     demo.page_examples = examples  # the gr.Examples behind the list (tests click its rows as the page does)

@@ -16,7 +16,8 @@ A visitor is a browser session (its session hash); when the app is told it sits 
 client address that proxy reports (the last entry of X-Forwarded-For, the one the proxy itself added). Without
 that, a forwarded header is a client's own claim and is ignored.
 
-At the door a visitor's session also drops the component copies Gradio left in it (`drop_stale_copies`).
+On every instance, shared or not, a session drops the component copies Gradio left in it when its next event joins
+the queue (`keep_sessions_small`).
 """
 
 from __future__ import annotations
@@ -78,10 +79,6 @@ class Door:
 
     async def push(self, body, request, username):
         """Gradio's `Queue.push`, after this door's checks; a refusal is one log line and one short message."""
-        session = getattr(self.demo, "state_holder", None)
-        session = session.session_data.get(body.session_hash) if session is not None else None
-        if session is not None:
-            drop_stale_copies(session, self.demo.blocks)
         refusal = self.refusal(body, request)
         if refusal is not None:
             message, state = refusal
@@ -124,6 +121,21 @@ class Door:
             return not any(event.alive for event in events if event.session_hash == session_hash)
 
         return check
+
+
+def keep_sessions_small(demo: gr.Blocks) -> None:
+    """Wrap the queue's `push` (before a Door does) so that a session's component copies are dropped
+    (`drop_stale_copies`) each time one of its events joins the queue."""
+    push = demo._queue.push
+
+    async def push_after_dropping_copies(body, request, username):
+        holder = getattr(demo, "state_holder", None)  # Gradio's sessions, there once the app is served
+        session = holder.session_data.get(body.session_hash) if holder is not None else None
+        if session is not None:
+            drop_stale_copies(session, demo.blocks)
+        return await push(body=body, request=request, username=username)
+
+    demo._queue.push = push_after_dropping_copies
 
 
 def drop_stale_copies(session, app_blocks: dict) -> int:
