@@ -223,7 +223,7 @@ def release_free_heap() -> None:
     where there is no glibc.
 
     Why: a run's tensors are freed into glibc's arenas (one per sampling thread), which keep the pages; a long-lived
-    server's RSS then holds the free memory of the largest mix of runs it has served, ~150–250 MiB of ~950 on the
+    server's RSS then holds the free memory of the largest mix of runs it has served, 130–250 MiB of ~950 on the
     embedded model (bench_soak --probe), and wanders with the order of requests instead of reaching a plateau."""
     trim = _malloc_trim()
     if trim is not None:
