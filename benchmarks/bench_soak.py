@@ -1,16 +1,27 @@
 """Soak: a shared instance (`python demo.py --shared`, embedded model) serving many mixed requests through its queue
 as the page sends them: comparisons followed by step-slider moves, sweeps and small many-seeds grids.
 
-Measures the server's RSS after the 20th and after the last request, its folder's size on disk (runs, traces and
+Measures the server's RSS after the 20th, every 25th and the last request, its folder's size (runs, traces and
 Gradio's cache, which `--shared` keeps in one private folder under TMPDIR) against its cap, the bytes written per
 slider move, how long SIGINT takes to stop the server and whether the folder is gone after it.
 
     flock /tmp/heavy.lock python3 benchmarks/bench_soak.py --requests 200
+
+With `--probe FOLDER` the server runs under a memory probe (`serve_with_probe`) that the soak signals (SIGUSR1)
+after every 10th request and the last: each report in FOLDER gives RSS before and after glibc's malloc_trim, live
+objects by type and what grew since the last report, live torch tensors, and how many component copies each Gradio
+session holds; with `--probe-frames N` also tracemalloc's growth since the 20th request, by traceback (tracing
+starts at the 10th). The probe trims the heap and tracing slows the server: a probed run's RSS is not the soak's.
+
+    flock /tmp/heavy.lock python3 -m benchmarks.bench_soak --requests 60 --probe /tmp/probe
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
+import ctypes
+import gc
 import json
 import os
 import signal
@@ -19,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tracemalloc
 from pathlib import Path
 
 import httpx
@@ -26,6 +38,64 @@ import psutil
 
 from negprompt_demo.page.handlers import UI_OUTPUTS
 from negprompt_demo.page.tracefile import RUN_FOLDER_CAP, folder_bytes
+
+
+def serve_with_probe(folder: Path, frames: int, demo_args: list[str]) -> None:
+    """Run demo.py in this process with a SIGUSR1 handler that writes a memory report to `folder` (report-N.txt):
+    RSS before and after glibc's malloc_trim (what the allocator holds but no longer uses), live objects by type
+    and their change since the previous signal, torch tensors' bytes, each session's component copies and, with
+    `frames` > 0, from the third signal on the tracemalloc allocations that grew since the second, grouped by
+    traceback (`frames` deep)."""
+    import runpy
+
+    state = {"signals": 0, "types": collections.Counter(), "snapshot": None}
+    process = psutil.Process()
+
+    def report(*_) -> None:
+        state["signals"] += 1
+        number = state["signals"]
+        lines = []
+        gc.collect()
+        rss = process.memory_info().rss
+        trimmed = ctypes.CDLL("libc.so.6").malloc_trim(0)
+        after = process.memory_info().rss
+        lines.append(f"RSS {rss / 2**20:.1f} MiB, after malloc_trim {after / 2**20:.1f} MiB (released: {trimmed})")
+        objects = gc.get_objects()
+        types = collections.Counter(f"{type(o).__module__}.{type(o).__qualname__}" for o in objects)
+        import torch
+
+        tensors = [o for o in objects if isinstance(o, torch.Tensor) and not o.is_meta]
+        storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}
+        tensor_bytes = sum(storages.values())
+        lines.append(f"live objects {len(objects)}, torch tensors {len(tensors)} ({tensor_bytes / 2**20:.1f} MiB)")
+        growth = types - state["types"]
+        lines.append("types that grew since the last signal:")
+        lines += [f"  +{count:7d}  {name} (now {types[name]})" for name, count in growth.most_common(40)]
+        state["types"] = types
+        del objects, tensors
+        for holder in [o for o in gc.get_objects() if type(o).__name__ == "StateHolder"]:
+            for session, session_state in holder.session_data.items():
+                own = session_state.blocks_config.blocks
+                extra = [key for key in own if key not in holder.blocks.blocks]
+                lines.append(f"session {session}: {len(own)} components, {len(extra)} not the app's (copies)")
+        if frames and not tracemalloc.is_tracing():
+            tracemalloc.start(frames)
+        elif frames:
+            snapshot = tracemalloc.take_snapshot().filter_traces([tracemalloc.Filter(False, tracemalloc.__file__)])
+            if state["snapshot"] is None:
+                state["snapshot"] = snapshot
+            else:
+                for key in ("filename", "traceback"):
+                    lines.append(f"tracemalloc growth since the baseline, by {key}:")
+                    for stat in snapshot.compare_to(state["snapshot"], key)[:25]:
+                        lines.append(f"  {stat.size_diff / 2**10:+10.1f} KiB  {stat.count_diff:+7d} blocks")
+                        shown = stat.traceback.format(limit=frames if key == "traceback" else 1, most_recent_first=True)
+                        lines += [f"      {frame}" for frame in shown]
+        (folder / f"report-{number}.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+    signal.signal(signal.SIGUSR1, report)
+    sys.argv = ["demo.py", *demo_args]
+    runpy.run_path("demo.py", run_name="__main__")
 
 
 def free_port() -> int:
@@ -68,6 +138,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--moves", type=int, default=3, help="step-slider moves after each comparison")
+    parser.add_argument("--probe", type=Path, help="run the server under the memory probe; its reports go here")
+    parser.add_argument(
+        "--probe-frames", type=int, default=0, help="tracemalloc's traceback depth (0: no tracing, ~30x faster)"
+    )
     args = parser.parse_args()
 
     scratch = Path(tempfile.mkdtemp(prefix="soak-"))
@@ -75,6 +149,10 @@ def main() -> None:
     env = {**os.environ, "TMPDIR": str(scratch), "GRADIO_ANALYTICS_ENABLED": "False", "NO_PROXY": "127.0.0.1"}
     env["GRADIO_EXAMPLES_CACHE"] = str(scratch / "examples")
     command = [sys.executable, "demo.py", "--shared", "--port", str(port), "--max-request-seconds", "60"]
+    if args.probe:
+        args.probe.mkdir(parents=True, exist_ok=True)
+        probe = ["--serve-with-probe", str(args.probe.resolve()), str(args.probe_frames)]
+        command[1:2] = ["-m", "benchmarks.bench_soak", *probe]
     server = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + 300
@@ -111,10 +189,12 @@ def main() -> None:
         except RuntimeError as error:
             failures += 1
             print(f"request {number} failed: {error}", file=sys.stderr)
-        if number in (20, args.requests) or number % 50 == 0:
+        if number in (20, args.requests) or number % 25 == 0:
             rss[number] = process.memory_info().rss
             folder = folder_bytes(private) / 2**20
             print(f"{number:4d} requests  RSS {rss[number] / 2**20:7.1f} MiB  folder {folder:6.1f} MiB", flush=True)
+        if args.probe and (number % 10 == 0 or number == args.requests):
+            signal_probe(server, args.probe)
     seconds = time.perf_counter() - started
     disk = folder_bytes(private)
     interrupted = time.perf_counter()
@@ -143,5 +223,18 @@ def main() -> None:
     )
 
 
+def signal_probe(server: subprocess.Popen, folder: Path) -> None:
+    """Ask the probed server for a report and wait until it is written."""
+    count = len(list(folder.glob("report-*.txt")))
+    server.send_signal(signal.SIGUSR1)
+    while len(list(folder.glob("report-*.txt"))) == count:
+        assert server.poll() is None, "the server exited"
+        time.sleep(0.5)
+    print(f"probe report {count + 1} written", flush=True)
+
+
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["--serve-with-probe"]:
+        serve_with_probe(Path(sys.argv[2]), int(sys.argv[3]), sys.argv[4:])
+    else:
+        main()

@@ -82,8 +82,8 @@ for any pose jitter; x1 and y1 are exclusive (numpy: image[y0:y1, x0:x1]).
 
 Derived from draw_portrait's drawing code: the hull of the attribute's shapes at 128 px (face-width jitter w
 included), widened by the shift jitter (±JITTER_X, ±JITTER_Y), halved to 64 px, and widened by the 3 pixels that
-the LANCZOS downsampling spreads an edge over. tests/unit/embedded/test_faces.py checks it against redrawn portraits. For
-"smile" the box is the mouth, which also holds the frown drawn when it is absent."""
+the LANCZOS downsampling spreads an edge over. tests/unit/embedded/test_faces.py checks it against redrawn
+portraits. For "smile" the box is the mouth, which also holds the frown drawn when it is absent."""
 
 
 @dataclass

@@ -19,7 +19,7 @@ import gradio as gr
 from negprompt_demo.page import handlers
 from negprompt_demo.page.app_config import MAX_UPLOAD, AppConfig
 from negprompt_demo.page.article import article_row
-from negprompt_demo.page.door import RENDER_CONCURRENCY, RENDER_LANE, Door
+from negprompt_demo.page.door import RENDER_CONCURRENCY, RENDER_LANE, Door, keep_sessions_small
 from negprompt_demo.page.examples import (
     EXAMPLES_FILE,
     example_cache_folder,
@@ -124,6 +124,7 @@ def build_app(config: AppConfig, warm_first_example: bool = False, private: Path
         default_concurrency_limit=config.concurrency,
         api_open=not config.shared,
     )
+    keep_sessions_small(demo)  # Gradio's per-session component copies, dropped at each event (door.py)
     if config.shared:
         events.door = Door(demo, config)
     demo.page_examples = examples  # the gr.Examples behind the list (tests click its rows as the page does)

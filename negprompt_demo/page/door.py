@@ -15,6 +15,9 @@ even a slider move wait or be refused; instead `Door.push` bounds each lane by i
 A visitor is a browser session (its session hash); when the app is told it sits behind a trusted proxy, also the
 client address that proxy reports (the last entry of X-Forwarded-For, the one the proxy itself added). Without
 that, a forwarded header is a client's own claim and is ignored.
+
+On every instance, shared or not, a session drops the component copies Gradio left in it when its next event joins
+the queue (`keep_sessions_small`).
 """
 
 from __future__ import annotations
@@ -118,6 +121,37 @@ class Door:
             return not any(event.alive for event in events if event.session_hash == session_hash)
 
         return check
+
+
+def keep_sessions_small(demo: gr.Blocks) -> None:
+    """Wrap the queue's `push` (before a Door does) so that a session's component copies are dropped
+    (`drop_stale_copies`) each time one of its events joins the queue."""
+    push = demo._queue.push
+
+    async def push_after_dropping_copies(body, request, username):
+        holder = getattr(demo, "state_holder", None)  # Gradio's sessions, there once the app is served
+        session = holder.session_data.get(body.session_hash) if holder is not None else None
+        if session is not None:
+            drop_stale_copies(session, demo.blocks)
+        return await push(body=body, request=request, username=username)
+
+    demo._queue.push = push_after_dropping_copies
+
+
+def drop_stale_copies(session, app_blocks: dict) -> int:
+    """Remove from one Gradio session the components that are not the page's own; returns how many went.
+
+    Why: Gradio 6.31 answers an update (`gr.skip()` too) by storing a new copy of the component, under a new id,
+    in the session's place of the original; the next plain value for that component then also files the copy under
+    its own id (`Blocks.postprocess_data`, `if block._id not in state: state[block._id] = block`), with a config
+    entry. A page that streams partial updates leaves ~33 copies per comparison in a session, for as long as the
+    session lives: the shared instance's RSS grew without a plateau. The page renders nothing per session (no
+    gr.render), so every id that is not one of the app's blocks is such a copy, referenced by nothing else."""
+    stale = [key for key in {*session.blocks_config.blocks, *session.config_values} if key not in app_blocks]
+    for key in stale:
+        session.blocks_config.blocks.pop(key, None)
+        session.config_values.pop(key, None)
+    return len(stale)
 
 
 # Gradio's own input errors (a forged request's value out of a slider's range or a dropdown's choices) quote the

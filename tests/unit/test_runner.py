@@ -115,3 +115,16 @@ def test_a_set_stop_flag_ends_the_stream_after_that_step_without_done(tiny_sd_fo
     assert isinstance(seen[0], Ready) and [event.done for event in seen[1:]] == [1, 2]  # nothing after the stop
     assert not runner.device.stop_flags, "the run's stop flag is still registered"
     assert not pipeline_lock(load_pipeline(str(tiny_sd_folder))).locked()
+
+
+def test_a_run_gives_the_free_heap_back_when_it_ends(tiny_sd_folder, monkeypatch):
+    """After each run the C heap's free pages go back to the system (glibc malloc_trim), once, after the last
+    step: a long-lived server's RSS is then what it holds, not the free memory of the largest runs it served."""
+    trims = []
+    monkeypatch.setattr(runner.device, "_malloc_trim", lambda: trims.append)
+    seen = []
+    settings = CompareSettings("a man", "mustache", seed=1, steps=2, width=32, height=32)
+    for event in runner.stream(str(tiny_sd_folder), CompareRequest(settings)):
+        seen.append((type(event).__name__, len(trims)))
+    assert seen[-1] == ("Done", 0) and all(count == 0 for _, count in seen)
+    assert trims == [0]
