@@ -92,7 +92,8 @@ class Run:
 @dataclass
 class PreparedRun:
     """A checked comparison, ready to sample: everything `prepare` found, read once, and handed to each sampling
-    function (a comparison, a sweep, many seeds). It holds no pipeline, so it crosses ZeroGPU's process boundary."""
+    function (a comparison, a sweep, many seeds). It holds no pipeline, so it crosses ZeroGPU's process boundary.
+    The texts are encoded by `sample_runs`, on the device: on ZeroGPU the process that prepares has no GPU."""
 
     settings: CompareSettings  # resolved: seed, size and the model's defaults filled in
     warnings: list[str]  # what a user must see before the images
