@@ -13,6 +13,7 @@ from PIL import Image
 
 from negprompt_demo.page import handlers
 from negprompt_demo.runner import Done, Step
+from tests.support.api_calls import request
 
 pytestmark = pytest.mark.slow  # a live server (and gradio_client) for the module
 
@@ -24,20 +25,9 @@ def client(app_server) -> Client:
 
 
 def call(client: Client, folder, **changes):
-    values = {
-        "prompt": "a red hat",
-        "negative": "blue",
-        "seed": 11,
-        "steps": 4,
-        "guidance": 7.5,
-        "scheduler": "Euler",
-        "width": 32,
-        "height": 32,
-        "model": str(folder),
-        "push_map": False,
-    }
-    values.update(changes)
-    return client.submit(**values, api_name="/compare")
+    """A small /compare job: "a red hat" / "blue", seed 11, 4 steps, unless changed."""
+    values = request(folder, prompt="a red hat", negative="blue", seed=11, steps=4)
+    return client.submit(**(values | changes), api_name="/compare")
 
 
 def test_compare_returns_both_images_the_seed_and_the_trace(client, tiny_sd_folder):
@@ -122,13 +112,13 @@ def test_a_second_comparison_waits_for_the_first(client, tiny_sd_folder, monkeyp
     order, sampling = [], threading.Event()
     original = handlers.astream
 
-    async def spied(model, request, **options):  # options: the cost limits and the client-gone check
-        order.append(("began", request.settings.steps))
-        async for event in original(model, request, **options):
+    async def spied(model, job, **options):  # options: the cost limits and the client-gone check
+        order.append(("began", job.settings.steps))
+        async for event in original(model, job, **options):
             if isinstance(event, Step):
                 sampling.set()
             elif isinstance(event, Done):
-                order.append(("ready", request.settings.steps))
+                order.append(("ready", job.settings.steps))
             yield event
 
     monkeypatch.setattr(handlers, "astream", spied)
