@@ -19,7 +19,7 @@ import gradio as gr
 from negprompt_demo.page import handlers
 from negprompt_demo.page.app_config import MAX_UPLOAD, AppConfig
 from negprompt_demo.page.article import article_row
-from negprompt_demo.page.door import RENDER_CONCURRENCY, RENDER_LANE, Door, keep_sessions_small
+from negprompt_demo.page.door import DEVICE_LANE, RENDER_CONCURRENCY, RENDER_LANE, Door, keep_sessions_small
 from negprompt_demo.page.examples import (
     EXAMPLES_FILE,
     example_cache_folder,
@@ -195,7 +195,7 @@ def wire_page(demo, config: AppConfig, events, inputs: dict, buttons: dict, show
         inputs_kwargs=inputs,
         outputs=[shown[name] for name in UI_OUTPUTS],
         api_visibility="private",
-        concurrency_id="device",
+        concurrency_id=DEVICE_LANE,
         concurrency_limit=config.concurrency,
         show_progress_on=[shown["progress"]],
     )
@@ -209,7 +209,7 @@ def wire_page(demo, config: AppConfig, events, inputs: dict, buttons: dict, show
         inputs["model"],
         [{**inputs, "model_info": model_note}[name] for name in MODEL_OUTPUTS],
         api_visibility="private",
-        concurrency_id="device",
+        concurrency_id=DEVICE_LANE,
         concurrency_limit=config.concurrency,
     )
     gr.on(
@@ -238,7 +238,7 @@ def wire_links(demo, config: AppConfig, events, inputs: dict, shown: dict, model
         [shown[name] for name in UI_OUTPUTS],
         postprocess=False,
         api_visibility="private",
-        concurrency_id="device",
+        concurrency_id=DEVICE_LANE,
         concurrency_limit=config.concurrency,
     )
 
@@ -250,7 +250,7 @@ def wire_sweep(config: AppConfig, events, inputs: dict, sweep: dict) -> None:
         inputs_kwargs=inputs,
         outputs=[sweep["picture"], sweep["reading"]],
         api_visibility="private",
-        concurrency_id="device",
+        concurrency_id=DEVICE_LANE,
         concurrency_limit=config.concurrency,
     )
 
@@ -295,7 +295,7 @@ def api_endpoints(config: AppConfig, events, defaults: dict) -> None:
             inputs_kwargs=inputs,
             outputs=outputs,
             api_name=name,
-            concurrency_id="device",
+            concurrency_id=DEVICE_LANE,
             concurrency_limit=config.concurrency,
         )
 

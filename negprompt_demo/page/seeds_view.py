@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import gradio as gr
 
+from negprompt_demo.page.door import DEVICE_LANE
 from negprompt_demo.page.handlers import INPUT_NAMES, Handlers
 from negprompt_demo.page.jobs import JobFiles
 from negprompt_demo.page.messages import input_error, user_message
@@ -91,7 +92,7 @@ def wire_seeds(config, events: Handlers, inputs: dict, panel: dict) -> None:
         inputs_kwargs={**inputs, "seed_count": panel["seed_count"], "phrased": panel["phrased"]},
         outputs=[panel[name] for name in SEEDS_OUTPUTS],
         api_visibility="private",
-        concurrency_id="device",
+        concurrency_id=DEVICE_LANE,
         concurrency_limit=config.concurrency,
         show_progress_on=[panel["seeds_progress"]],
     )
