@@ -99,10 +99,9 @@ class PreparedRun:
     warnings: list[str]  # what a user must see before the images
     family: StableDiffusion  # the model family's adapter (models.families)
     guided: bool  # whether the call has a negative branch at all (guidance above 1, on FLUX.1 true CFG)
-    embedding: NegativeEmbedding | None = None  # the negative embedding, its file read once
-    negative_reading: PromptReading | None = None  # how the negative prompt is read where it first acts
-    # The most 75-token chunks the prompt and the negative fill at any step (CLIP families; 1: read whole by T5)
-    chunks: dict[str, int] = field(default_factory=lambda: {"prompt": 1, "negative": 1})
+    embedding: NegativeEmbedding | None  # the negative embedding, its file read once
+    negative_reading: PromptReading | None  # how the negative prompt is read where it first acts
+    chunks: dict[str, int]  # the most 75-token chunks the prompt and the negative fill at any step (T5 reads whole: 1)
 
     def plan(self, start: float | None = None) -> NegativePlan:
         """The with-run's plan from the settings (`start` overrides the window's start, for a sweep)."""
